@@ -1,0 +1,59 @@
+"""mqroute: a RabbitMQ-style message broker in Python on trio, and its client SDK.
+
+The public names live here; the modules behind them are private by convention.
+"""
+
+__version__ = "0.1.0"
+
+from .client import Confirmation, Connection, Consumer, Message, Publisher, QueueInfo, connect
+from .errors import (
+    AccessRefused,
+    BrokerError,
+    ConnectionClosed,
+    ConsumerCancelled,
+    InternalError,
+    InvalidArgument,
+    MessageNacked,
+    MessageReturned,
+    MQRouteError,
+    NotFound,
+    PreconditionFailed,
+    ProtocolError,
+    PublishError,
+    ResourceError,
+    ResourceLocked,
+    UsageError,
+)
+from .model import Properties
+from .server import ServerAddress, ServerConfig, serve
+
+__all__ = [
+    "__version__",
+    "connect",
+    "Connection",
+    "Consumer",
+    "Confirmation",
+    "Message",
+    "Publisher",
+    "QueueInfo",
+    "Properties",
+    "serve",
+    "ServerConfig",
+    "ServerAddress",
+    "MQRouteError",
+    "BrokerError",
+    "NotFound",
+    "PreconditionFailed",
+    "ResourceLocked",
+    "AccessRefused",
+    "InvalidArgument",
+    "ResourceError",
+    "InternalError",
+    "ProtocolError",
+    "ConnectionClosed",
+    "ConsumerCancelled",
+    "PublishError",
+    "MessageReturned",
+    "MessageNacked",
+    "UsageError",
+]

@@ -1,0 +1,552 @@
+"""One virtual host: exchanges, queues, bindings, sessions, and every operation on them.
+
+This is the broker's core. It is plain synchronous Python: no I/O, no clock, no trio, so any
+front end (the native CBOR protocol today, AMQP 0-9-1 later) can drive it and tests can call it
+directly. Operations either succeed completely or raise a ``BrokerError`` having changed
+nothing; validation always comes before mutation.
+
+What a front end must send goes into each session's outbox (deliveries, returns, confirms,
+consumer cancellations); the session's ``wakeup`` callback tells the front end there is output.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any, Iterable
+
+import attrs
+
+from .errors import AccessRefused, InvalidArgument, NotFound, PreconditionFailed, ResourceLocked
+from .model import (
+    EXCHANGE_TYPES,
+    Binding,
+    BrokerStats,
+    ConsumerCancelled,
+    Delivery,
+    Event,
+    ExchangeSpec,
+    Message,
+    QueueSpec,
+    QueueStats,
+    Returned,
+    Table,
+)
+from .queue import MessageQueue, QueueEntry
+from .routing import EXCHANGE_TYPE_CLASSES, ExchangeType
+from .session import ConsumerState, Session, Unacked
+
+DEFAULT_EXCHANGE = ""
+PREDECLARED = {
+    "amq.direct": "direct",
+    "amq.fanout": "fanout",
+    "amq.topic": "topic",
+    "amq.headers": "headers",
+}
+MAX_NAME_LENGTH = 255
+
+
+class Exchange:
+    def __init__(self, spec: ExchangeSpec) -> None:
+        self.spec = spec
+        self.router: ExchangeType = EXCHANGE_TYPE_CLASSES[spec.type]()
+        self.binding_count = 0
+        self.ever_bound = False  # auto-delete waits for a first binding, as RabbitMQ
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@attrs.frozen(kw_only=True)
+class DeclareOk:
+    queue: str
+    message_count: int
+    consumer_count: int
+
+
+@attrs.frozen(kw_only=True)
+class RouteStep:
+    """One binding a message followed, for route explanations."""
+
+    exchange: str
+    exchange_type: str
+    binding: Binding
+
+
+@attrs.frozen(kw_only=True)
+class RouteResult:
+    queues: list[str]
+    steps: list[RouteStep]
+
+
+class Broker:
+    """One virtual host's state. ``max_message_size`` bounds bodies in bytes."""
+
+    def __init__(self, *, max_message_size: int = 16 * 1024 * 1024) -> None:
+        self.max_message_size = max_message_size
+        self.exchanges: dict[str, Exchange] = {}
+        self.queues: dict[str, MessageQueue] = {}
+        self.sessions: dict[int, Session] = {}
+        # Bindings by destination, to remove them when the destination goes.
+        self._bindings_to: dict[tuple[str, str], dict[tuple[Any, ...], Binding]] = {}
+        self._session_ids = itertools.count(1)
+        self._queue_names = itertools.count(1)
+        self._published = self._delivered = self._acked = 0
+        for name, kind in PREDECLARED.items():
+            self.exchanges[name] = Exchange(ExchangeSpec(name=name, type=kind, durable=True))
+
+    # --- sessions ------------------------------------------------------------------------
+
+    def open_session(self, owner: str) -> Session:
+        session = Session(next(self._session_ids), owner)
+        self.sessions[session.id] = session
+        return session
+
+    def close_session(self, session: Session) -> None:
+        """Requeue everything unacked, cancel its consumers. Idempotent."""
+        if session.closed:
+            return
+        session.closed = True
+        for tag in list(session.consumers):
+            self._remove_consumer(session, tag)
+        self._requeue(session.take_all_unacked())
+        del self.sessions[session.id]
+
+    def release_owner(self, owner: str) -> None:
+        """The connection ``owner`` is gone: delete its exclusive queues."""
+        for queue in [q for q in self.queues.values() if q.spec.exclusive and q.owner == owner]:
+            self._delete_queue(queue)
+
+    def take_events(self, session: Session) -> list[Event]:
+        """Everything ``session`` should send now. Dispatch starved by a full outbox resumes."""
+        events = session.take_events()
+        if session.starved:
+            session.starved = False
+            self._resume(session)
+        return events
+
+    def _resume(self, session: Session) -> None:
+        for consumer in list(session.consumers.values()):
+            consumer.queue.activate(consumer)
+            self._dispatch(consumer.queue)
+
+    # --- exchanges -----------------------------------------------------------------------
+
+    def declare_exchange(self, spec: ExchangeSpec, *, passive: bool = False) -> None:
+        if spec.name == DEFAULT_EXCHANGE:
+            raise AccessRefused("operation not permitted on the default exchange")
+        existing = self.exchanges.get(spec.name)
+        if passive:
+            if existing is None:
+                raise NotFound(f"no exchange {spec.name!r}")
+            return
+        if existing is not None:
+            if not existing.spec.equivalent(spec):
+                raise PreconditionFailed(
+                    f"exchange {spec.name!r} exists with different properties: "
+                    f"{_describe_exchange(existing.spec)}; requested {_describe_exchange(spec)}"
+                )
+            return
+        _check_name("exchange", spec.name)
+        if spec.name.startswith("amq."):
+            raise AccessRefused(f"exchange name {spec.name!r} uses the reserved prefix 'amq.'")
+        if spec.type not in EXCHANGE_TYPES:
+            raise InvalidArgument(
+                f"unknown exchange type {spec.type!r}; expected one of {', '.join(EXCHANGE_TYPES)}"
+            )
+        self.exchanges[spec.name] = Exchange(spec)
+
+    def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
+        if name == DEFAULT_EXCHANGE or name.startswith("amq."):
+            raise AccessRefused(f"exchange {name!r} cannot be deleted")
+        exchange = self._exchange(name)
+        if if_unused and exchange.binding_count:
+            raise PreconditionFailed(f"exchange {name!r} in use: it has bindings")
+        self._delete_exchange(exchange)
+
+    def _delete_exchange(self, exchange: Exchange) -> None:
+        del self.exchanges[exchange.name]
+        for binding in list(exchange.router.bindings()):
+            self._forget_binding(binding, exchange)
+        for binding in list(self._bindings_to.get(("exchange", exchange.name), {}).values()):
+            self._remove_binding(binding)
+
+    # --- queues --------------------------------------------------------------------------
+
+    def declare_queue(self, owner: str, spec: QueueSpec, *, passive: bool = False) -> DeclareOk:
+        existing = self.queues.get(spec.name) if spec.name else None
+        if passive:
+            if existing is None:
+                raise NotFound(f"no queue {spec.name!r}")
+            self._check_access(owner, existing)
+            return self._declare_ok(existing)
+        if existing is not None:
+            self._check_access(owner, existing)
+            if not existing.spec.equivalent(spec):
+                raise PreconditionFailed(
+                    f"queue {spec.name!r} exists with different properties: "
+                    f"{_describe_queue(existing.spec)}; requested {_describe_queue(spec)}"
+                )
+            return self._declare_ok(existing)
+        if spec.name:
+            _check_name("queue", spec.name)
+            if spec.name.startswith("amq."):
+                raise AccessRefused(f"queue name {spec.name!r} uses the reserved prefix 'amq.'")
+        else:
+            spec = attrs.evolve(spec, name=self._server_queue_name())
+        queue = MessageQueue(spec, owner=owner if spec.exclusive else None)
+        self.queues[spec.name] = queue
+        return self._declare_ok(queue)
+
+    def delete_queue(
+        self, owner: str, name: str, *, if_unused: bool = False, if_empty: bool = False
+    ) -> int:
+        """Delete a queue; returns how many ready messages it held."""
+        queue = self._queue(name)
+        self._check_access(owner, queue)
+        if if_unused and queue.consumers:
+            raise PreconditionFailed(f"queue {name!r} in use: it has {len(queue.consumers)} consumers")
+        if if_empty and len(queue):
+            raise PreconditionFailed(f"queue {name!r} not empty: it has {len(queue)} messages")
+        return self._delete_queue(queue)
+
+    def purge_queue(self, owner: str, name: str) -> int:
+        queue = self._queue(name)
+        self._check_access(owner, queue)
+        return queue.purge()
+
+    def _delete_queue(self, queue: MessageQueue) -> int:
+        count = len(queue)
+        queue.deleted = True
+        del self.queues[queue.name]
+        for binding in list(self._bindings_to.get(("queue", queue.name), {}).values()):
+            self._remove_binding(binding)
+        for consumer in list(queue.consumers.values()):
+            assert isinstance(consumer, ConsumerState)
+            consumer.session.consumers.pop(consumer.tag, None)
+            consumer.session.emit(
+                ConsumerCancelled(consumer_tag=consumer.tag, reason=f"queue {queue.name!r} deleted")
+            )
+        queue.consumers.clear()
+        queue.purge()
+        return count
+
+    # --- bindings ------------------------------------------------------------------------
+
+    def bind_queue(
+        self, owner: str, queue: str, exchange: str, routing_key: str = "", arguments: Table | None = None
+    ) -> None:
+        q = self._queue(queue)
+        self._check_access(owner, q)
+        self._bind(Binding(source=exchange, destination=queue, destination_kind="queue",
+                           routing_key=routing_key, arguments=arguments or {}))
+
+    def unbind_queue(
+        self, owner: str, queue: str, exchange: str, routing_key: str = "", arguments: Table | None = None
+    ) -> None:
+        q = self._queue(queue)
+        self._check_access(owner, q)
+        self._unbind(Binding(source=exchange, destination=queue, destination_kind="queue",
+                             routing_key=routing_key, arguments=arguments or {}))
+
+    def bind_exchange(
+        self, destination: str, source: str, routing_key: str = "", arguments: Table | None = None
+    ) -> None:
+        self._exchange(destination, writable=True)
+        self._bind(Binding(source=source, destination=destination, destination_kind="exchange",
+                           routing_key=routing_key, arguments=arguments or {}))
+
+    def unbind_exchange(
+        self, destination: str, source: str, routing_key: str = "", arguments: Table | None = None
+    ) -> None:
+        self._exchange(destination, writable=True)
+        self._unbind(Binding(source=source, destination=destination, destination_kind="exchange",
+                             routing_key=routing_key, arguments=arguments or {}))
+
+    def _bind(self, binding: Binding) -> None:
+        source = self._exchange(binding.source, writable=True)
+        source.router.validate_binding(binding)
+        index = self._bindings_to.setdefault((binding.destination_kind, binding.destination), {})
+        if binding.key in index:
+            return  # binding again is a no-op, as in AMQP
+        index[binding.key] = binding
+        source.router.add_binding(binding)
+        source.binding_count += 1
+        source.ever_bound = True
+
+    def _unbind(self, binding: Binding) -> None:
+        self._exchange(binding.source, writable=True)  # NOT_FOUND for the exchange comes first
+        index = self._bindings_to.get((binding.destination_kind, binding.destination), {})
+        if binding.key not in index:
+            raise NotFound(
+                f"no binding from {binding.source!r} to {binding.destination_kind} "
+                f"{binding.destination!r} with key {binding.routing_key!r}"
+            )
+        self._remove_binding(index[binding.key])
+
+    def _remove_binding(self, binding: Binding) -> None:
+        source = self.exchanges[binding.source]
+        self._forget_binding(binding, source)
+        if source.spec.auto_delete and source.binding_count == 0 and source.ever_bound:
+            self._delete_exchange(source)
+
+    def _forget_binding(self, binding: Binding, source: Exchange) -> None:
+        source.router.remove_binding(binding)
+        source.binding_count -= 1
+        index = self._bindings_to.get((binding.destination_kind, binding.destination))
+        if index is not None:
+            index.pop(binding.key, None)
+            if not index:
+                del self._bindings_to[(binding.destination_kind, binding.destination)]
+
+    def bindings(self) -> list[Binding]:
+        return [b for index in self._bindings_to.values() for b in index.values()]
+
+    # --- publishing ----------------------------------------------------------------------
+
+    def publish(self, session: Session, message: Message, *, mandatory: bool = False) -> int:
+        """Route and enqueue ``message``; returns its publish sequence number.
+
+        A publish that fails (no such exchange, body too large) is nacked with the reason and
+        the error is raised too, so a front end can choose between reporting and closing.
+        """
+        seq = session.begin_publish()
+        try:
+            if len(message.body) > self.max_message_size:
+                raise PreconditionFailed(
+                    f"message body of {len(message.body)} bytes exceeds the maximum of "
+                    f"{self.max_message_size}"
+                )
+            queues = self._route(message)
+        except (NotFound, AccessRefused, PreconditionFailed) as exc:
+            session.settle_publish(seq, ok=False, code=exc.code, text=exc.reason)
+            raise
+        self._published += 1
+        if not queues and mandatory:
+            session.emit(
+                Returned(publish_seq=seq, reply_code="NO_ROUTE", reply_text="no queue matched",
+                         message=message)
+            )
+        for queue in queues:
+            queue.publish(message)
+            if queue.consumers:
+                self._dispatch(queue)
+        session.settle_publish(seq, ok=True)
+        return seq
+
+    def _route(self, message: Message, steps: list[RouteStep] | None = None) -> list[MessageQueue]:
+        """Queues ``message`` reaches, each once, following exchange-to-exchange bindings."""
+        name = message.exchange
+        if name == DEFAULT_EXCHANGE:
+            queue = self.queues.get(message.routing_key)
+            if steps is not None and queue is not None:
+                steps.append(RouteStep(exchange="", exchange_type="direct", binding=Binding(
+                    source="", destination=queue.name, destination_kind="queue",
+                    routing_key=queue.name)))
+            return [queue] if queue is not None else []
+        start = self.exchanges.get(name)
+        if start is None:
+            raise NotFound(f"no exchange {name!r}")
+        if start.spec.internal:
+            raise AccessRefused(f"cannot publish to internal exchange {name!r}")
+        found: dict[str, MessageQueue] = {}
+        seen = {name}
+        todo = [start]
+        while todo:
+            exchange = todo.pop()
+            for binding in exchange.router.route(message):
+                if steps is not None:
+                    steps.append(RouteStep(exchange=exchange.name, exchange_type=exchange.spec.type,
+                                           binding=binding))
+                if binding.destination_kind == "queue":
+                    queue = self.queues.get(binding.destination)
+                    if queue is not None:
+                        found[queue.name] = queue
+                elif binding.destination not in seen:
+                    seen.add(binding.destination)
+                    nxt = self.exchanges.get(binding.destination)
+                    if nxt is not None:
+                        todo.append(nxt)
+        return list(found.values())
+
+    def explain_route(self, message: Message) -> RouteResult:
+        """Where ``message`` would go, binding by binding; nothing is published."""
+        steps: list[RouteStep] = []
+        queues = self._route(message, steps)
+        return RouteResult(queues=[q.name for q in queues], steps=steps)
+
+    # --- consuming -----------------------------------------------------------------------
+
+    def consume(
+        self,
+        session: Session,
+        queue: str,
+        *,
+        consumer_tag: str = "",
+        prefetch: int = 0,
+        auto_ack: bool = False,
+        exclusive: bool = False,
+        arguments: Table | None = None,
+    ) -> str:
+        q = self._queue(queue)
+        self._check_access(session.owner, q)
+        if prefetch < 0 or prefetch > 65535:
+            raise InvalidArgument(f"prefetch must be from 0 to 65535, not {prefetch}")
+        if consumer_tag and consumer_tag in session.consumers:
+            raise PreconditionFailed(f"consumer tag {consumer_tag!r} is already in use")
+        if any(c.exclusive for c in q.consumers.values() if isinstance(c, ConsumerState)):
+            raise ResourceLocked(f"queue {queue!r} has an exclusive consumer")
+        if exclusive and q.consumers:
+            raise ResourceLocked(f"queue {queue!r} already has consumers; cannot consume exclusively")
+        tag = consumer_tag or session.new_consumer_tag()
+        consumer = ConsumerState(tag=tag, session=session, queue=q, prefetch=prefetch,
+                                 auto_ack=auto_ack, exclusive=exclusive, arguments=arguments or {})
+        session.consumers[tag] = consumer
+        q.add_consumer(consumer)
+        self._dispatch(q)
+        return tag
+
+    def cancel(self, session: Session, consumer_tag: str) -> None:
+        """Stop a consumer. Its unacked messages stay unacked (ack them or close to requeue)."""
+        if consumer_tag not in session.consumers:
+            raise NotFound(f"no consumer {consumer_tag!r} on this session")
+        self._remove_consumer(session, consumer_tag)
+
+    def _remove_consumer(self, session: Session, tag: str) -> None:
+        consumer = session.consumers.pop(tag)
+        queue = consumer.queue
+        queue.remove_consumer(tag)
+        if queue.spec.auto_delete and not queue.consumers and not queue.deleted:
+            self._delete_queue(queue)
+
+    def get(self, session: Session, queue: str, *, auto_ack: bool = False) -> Delivery | None:
+        q = self._queue(queue)
+        self._check_access(session.owner, q)
+        entry = q.fetch()
+        if entry is None:
+            return None
+        self._delivered += 1
+        delivery = session.record_delivery(q, entry, None, track=not auto_ack)
+        return attrs.evolve(delivery, message_count=len(q))
+
+    def _dispatch(self, queue: MessageQueue) -> None:
+        self._delivered += queue.dispatch()
+
+    # --- settling ------------------------------------------------------------------------
+
+    def ack(self, session: Session, delivery_tag: int, *, multiple: bool = False) -> None:
+        settled = self._take(session, delivery_tag, multiple)
+        self._acked += len(settled)
+        self._release(settled)
+
+    def nack(
+        self, session: Session, delivery_tag: int, *, multiple: bool = False, requeue: bool = True
+    ) -> None:
+        settled = self._take(session, delivery_tag, multiple)
+        if requeue:
+            self._requeue(settled)
+        else:
+            for item in settled:
+                self.dead_letter(item.queue, item.entry, "rejected")
+            self._release(settled)
+
+    def reject(self, session: Session, delivery_tag: int, *, requeue: bool = True) -> None:
+        self.nack(session, delivery_tag, multiple=False, requeue=requeue)
+
+    def dead_letter(self, queue: MessageQueue, entry: QueueEntry, reason: str) -> None:
+        """A message leaves ``queue`` unsuccessfully. It is dropped until dead-lettering lands."""
+
+    def _take(self, session: Session, tag: int, multiple: bool) -> list[Unacked]:
+        if not multiple and tag not in session.unacked:
+            raise PreconditionFailed(f"unknown delivery tag {tag}")
+        settled = session.take_unacked(tag, multiple)
+        if multiple and not settled and tag != 0:
+            raise PreconditionFailed(f"unknown delivery tag {tag}")
+        session.compact_order()
+        return settled
+
+    def _release(self, settled: Iterable[Unacked]) -> None:
+        """Credit goes back to consumers; queues with new credit dispatch."""
+        touched: dict[int, MessageQueue] = {}
+        for item in settled:
+            item.queue.unacked -= 1
+            consumer = item.consumer
+            if consumer is not None:
+                consumer.unacked -= 1
+                if consumer.tag in consumer.session.consumers:
+                    item.queue.activate(consumer)
+                    touched[id(item.queue)] = item.queue
+        for queue in touched.values():
+            if not queue.deleted:
+                self._dispatch(queue)
+
+    def _requeue(self, settled: list[Unacked]) -> None:
+        for item in settled:
+            if not item.queue.deleted:
+                item.queue.requeue(item.entry)
+        self._release(settled)
+
+    # --- lookups and statistics ------------------------------------------------------------
+
+    def _exchange(self, name: str, *, writable: bool = False) -> Exchange:
+        if name == DEFAULT_EXCHANGE and writable:
+            raise AccessRefused("operation not permitted on the default exchange")
+        exchange = self.exchanges.get(name)
+        if exchange is None:
+            raise NotFound(f"no exchange {name!r}")
+        return exchange
+
+    def _queue(self, name: str) -> MessageQueue:
+        queue = self.queues.get(name)
+        if queue is None:
+            raise NotFound(f"no queue {name!r}")
+        return queue
+
+    @staticmethod
+    def _check_access(owner: str, queue: MessageQueue) -> None:
+        if queue.spec.exclusive and queue.owner != owner:
+            raise ResourceLocked(
+                f"queue {queue.name!r} is exclusive to another connection"
+            )
+
+    def _declare_ok(self, queue: MessageQueue) -> DeclareOk:
+        return DeclareOk(queue=queue.name, message_count=len(queue),
+                         consumer_count=len(queue.consumers))
+
+    def _server_queue_name(self) -> str:
+        while True:
+            name = f"mqr.gen-{next(self._queue_names)}"
+            if name not in self.queues:
+                return name
+
+    def queue_stats(self) -> list[QueueStats]:
+        return [q.stats() for q in self.queues.values()]
+
+    def stats(self) -> BrokerStats:
+        return BrokerStats(
+            exchanges=len(self.exchanges),
+            queues=len(self.queues),
+            bindings=sum(len(i) for i in self._bindings_to.values()),
+            sessions=len(self.sessions),
+            consumers=sum(len(q.consumers) for q in self.queues.values()),
+            ready=sum(len(q) for q in self.queues.values()),
+            unacked=sum(q.unacked for q in self.queues.values()),
+            published=self._published,
+            delivered=self._delivered,
+            acked=self._acked,
+        )
+
+
+def _check_name(kind: str, name: str) -> None:
+    if len(name.encode()) > MAX_NAME_LENGTH:
+        raise InvalidArgument(f"{kind} name is longer than {MAX_NAME_LENGTH} bytes")
+
+
+def _describe_exchange(spec: ExchangeSpec) -> str:
+    return (f"type={spec.type} durable={spec.durable} auto_delete={spec.auto_delete} "
+            f"internal={spec.internal} arguments={spec.arguments}")
+
+
+def _describe_queue(spec: QueueSpec) -> str:
+    return (f"durable={spec.durable} exclusive={spec.exclusive} "
+            f"auto_delete={spec.auto_delete} arguments={spec.arguments}")

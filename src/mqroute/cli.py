@@ -1,0 +1,68 @@
+"""The ``mqroute`` command. The only module that imports click; thin over server and client."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+
+import click
+import trio
+
+from . import __version__
+from .datadir import DataDirError, DataDirLock, default_data_dir
+from .server import DEFAULT_HOST, DEFAULT_PORT, ServerConfig, serve
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mqroute")
+def main() -> None:
+    """mqroute: a RabbitMQ-style message broker written in Python on trio.
+
+    Start a broker with `mqroute server`, then connect from Python with
+    `mqroute.connect("mqroute://127.0.0.1:5680")`.
+    """
+
+
+@main.command()
+@click.option("--host", default=DEFAULT_HOST, show_default=True,
+              help="Address to listen on. Use ::1 for IPv6 loopback.")
+@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
+              help="TCP port to listen on; 0 picks a free one (printed at start).")
+@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Directory for the broker's data. Default: $MQROUTE_DATA_DIR, else "
+                   "$XDG_DATA_HOME/mqroute, else ~/.local/share/mqroute.")
+@click.option("--heartbeat", default=60.0, show_default=True, type=click.FloatRange(0),
+              help="Heartbeat interval in seconds offered to clients (0 = off). A client "
+                   "silent for two intervals is disconnected and its messages requeued.")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+              help="How much to log.")
+def server(host: str, port: int, data_dir: Path | None, heartbeat: float, log_level: str) -> None:
+    """Run the broker in the foreground until Ctrl-C or SIGTERM."""
+    logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
+    log = logging.getLogger("mqroute")
+    data_dir = data_dir or default_data_dir()
+    config = ServerConfig(host=host, port=port, heartbeat_ms=int(heartbeat * 1000))
+    try:
+        with DataDirLock(data_dir):
+            log.info("data directory %s", data_dir)
+            trio.run(_run_until_signal, config)
+    except DataDirError as exc:
+        raise click.ClickException(str(exc)) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    log.info("stopped")
+
+
+async def _run_until_signal(config: ServerConfig) -> None:
+    log = logging.getLogger("mqroute")
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve, config)
+            async for signum in signals:
+                log.info("received %s; shutting down", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break

@@ -1,0 +1,587 @@
+"""The native wire protocol, sans I/O: bytes in, events out; events in, bytes out.
+
+A frame is a 4-byte big-endian length followed by that many bytes of CBOR: an array whose
+first item is the frame type and whose other items are the event's fields in order
+(docs/protocol.md lists them all). ``Connection`` holds the parser and the state machine for
+one side; it never touches a socket and never blocks::
+
+    conn.receive_data(data)          # b"" means the peer closed its end
+    event = conn.next_event()        # an event, NEED_DATA, or PeerClosed
+    data = conn.send(event)          # bytes for someone else to write
+
+Input that breaks the protocol raises ``ProtocolError`` and moves the connection to ERROR.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from typing import Any, Callable, ClassVar, Iterable
+
+import attrs
+import cbor2
+
+from .errors import ProtocolError
+from .model import EMPTY_PROPERTIES, PROPERTY_NAMES, Properties, Table
+
+PROTOCOL_VERSION = 1
+SUPPORTED_VERSIONS = (1,)
+DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024 + 64 * 1024
+MAX_NESTING = 16
+
+_HEADER = struct.Struct(">I")
+
+
+class Role(enum.Enum):
+    CLIENT = "client"
+    SERVER = "server"
+
+
+class _NeedData:
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+#: Returned by ``next_event`` when a whole frame has not arrived yet.
+NEED_DATA: Any = _NeedData()
+
+
+class State(enum.Enum):
+    AWAIT_HELLO = "await-hello"  # server: before the client's Hello; client: before sending it
+    AWAIT_WELCOME = "await-welcome"
+    OPEN = "open"
+    ERROR = "error"
+
+
+# --- events ---------------------------------------------------------------------------------
+
+_EVENT_TYPES: dict[int, type[Frame]] = {}
+
+
+class Frame:
+    """Base of every frame event. ``frame_type`` is its number on the wire."""
+
+    __slots__ = ()
+    frame_type: ClassVar[int]
+    sender: ClassVar[frozenset[Role]]
+    _names: ClassVar[tuple[str, ...]]
+    _checks: ClassVar[tuple[Callable[[str, Any], Any], ...]]
+    _encoders: ClassVar[tuple[tuple[str, Callable[[Any], Any] | None], ...]]
+
+
+def _frame(code: int, *senders: Role) -> Callable[[type[Any]], type[Any]]:
+    def register(cls: type[Any]) -> type[Any]:
+        cls = attrs.frozen(kw_only=True)(cls)
+        fields = attrs.fields(cls)
+        cls.frame_type = code
+        cls.sender = frozenset(senders)
+        cls._names = tuple(f.name for f in fields)
+        cls._checks = tuple(_CHECKS[f.type] for f in fields)
+        cls._encoders = tuple((f.name, _ENCODERS.get(f.type)) for f in fields)
+        assert code not in _EVENT_TYPES
+        _EVENT_TYPES[code] = cls
+        return cls
+
+    return register
+
+
+# Field checkers: return the value as the event holds it, or raise ProtocolError.
+
+
+def _fail(name: str, want: str, value: Any) -> ProtocolError:
+    return ProtocolError(f"field {name!r} must be {want}, not {type(value).__name__}")
+
+
+def _check_int(name: str, value: Any) -> int:
+    if type(value) is not int or not 0 <= value < 2**63:
+        raise _fail(name, "a non-negative 63-bit integer", value)
+    return value
+
+
+def _check_bool(name: str, value: Any) -> bool:
+    if type(value) is not bool:
+        raise _fail(name, "a boolean", value)
+    return value
+
+
+def _check_str(name: str, value: Any) -> str:
+    if type(value) is not str:
+        raise _fail(name, "a text string", value)
+    return value
+
+
+def _check_opt_str(name: str, value: Any) -> str | None:
+    if value is not None and type(value) is not str:
+        raise _fail(name, "a text string or null", value)
+    return value
+
+
+def _check_bytes(name: str, value: Any) -> bytes:
+    if type(value) is not bytes:
+        raise _fail(name, "a byte string", value)
+    return value
+
+
+def _check_versions(name: str, value: Any) -> list[int]:
+    if type(value) is not list or not all(type(v) is int for v in value):
+        raise _fail(name, "an array of integers", value)
+    return value
+
+
+def _check_table(name: str, value: Any) -> Table:
+    if type(value) is not dict:
+        raise _fail(name, "a map", value)
+    _check_table_values(name, value, 0)
+    return value
+
+
+_PLAIN = (type(None), bool, int, float, str, bytes)
+
+
+def _check_table_values(name: str, value: Any, depth: int) -> None:
+    if depth > MAX_NESTING:
+        raise ProtocolError(f"field {name!r} is nested deeper than {MAX_NESTING} levels")
+    kind = type(value)
+    if kind in _PLAIN:
+        return
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise ProtocolError(f"field {name!r} has a map key that is not a text string")
+            _check_table_values(name, item, depth + 1)
+        return
+    if kind is list:
+        for item in value:
+            _check_table_values(name, item, depth + 1)
+        return
+    raise ProtocolError(f"field {name!r} holds a {kind.__name__}, which tables cannot carry")
+
+
+def _check_properties(name: str, value: Any) -> Properties:
+    if type(value) is not dict:
+        raise _fail(name, "a map", value)
+    if not value:
+        return EMPTY_PROPERTIES
+    for key in value:
+        if key not in _PROPERTY_SET:
+            raise ProtocolError(f"unknown message property {key!r}")
+    headers = value.get("headers")
+    if headers is not None:
+        _check_table("headers", headers)
+    try:
+        return Properties(**value)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"bad message property: {exc}") from None
+
+
+_PROPERTY_SET = frozenset(PROPERTY_NAMES)
+
+
+def _encode_properties(props: Properties) -> dict[str, Any]:
+    """Only properties that are set go on the wire (``persistent`` only when true)."""
+    if props is EMPTY_PROPERTIES:
+        return {}
+    return {
+        name: value
+        for name in PROPERTY_NAMES
+        if (value := getattr(props, name)) is not None and value is not False
+    }
+
+
+_CHECKS: dict[str, Callable[[str, Any], Any]] = {
+    "int": _check_int,
+    "bool": _check_bool,
+    "str": _check_str,
+    "str | None": _check_opt_str,
+    "bytes": _check_bytes,
+    "Table": _check_table,
+    "list[int]": _check_versions,
+    "Properties": _check_properties,
+}
+_ENCODERS: dict[str, Callable[[Any], Any]] = {"Properties": _encode_properties}
+
+C, S = Role.CLIENT, Role.SERVER
+
+
+# Connection
+
+
+@_frame(1, C)
+class Hello(Frame):
+    versions: list[int]
+    client: str
+    heartbeat_ms: int  # the client's wish; 0 = none
+
+
+@_frame(2, S)
+class Welcome(Frame):
+    version: int
+    server: str
+    heartbeat_ms: int  # what both sides use now; 0 = none
+    max_frame_size: int
+    connection_id: str
+
+
+@_frame(3, C, S)
+class Heartbeat(Frame):
+    pass
+
+
+@_frame(4, C, S)
+class Close(Frame):
+    """Closing the connection; ``code`` is None for a normal close, else the error's code."""
+
+    code: str | None
+    text: str
+
+
+# Requests (client → server) and their answers
+
+
+@_frame(10, C)
+class DeclareExchange(Frame):
+    rid: int
+    name: str
+    type: str
+    durable: bool
+    auto_delete: bool
+    internal: bool
+    passive: bool
+    arguments: Table
+
+
+@_frame(11, C)
+class DeleteExchange(Frame):
+    rid: int
+    name: str
+    if_unused: bool
+
+
+@_frame(12, C)
+class DeclareQueue(Frame):
+    rid: int
+    name: str
+    durable: bool
+    exclusive: bool
+    auto_delete: bool
+    passive: bool
+    arguments: Table
+
+
+@_frame(13, C)
+class DeleteQueue(Frame):
+    rid: int
+    name: str
+    if_unused: bool
+    if_empty: bool
+
+
+@_frame(14, C)
+class PurgeQueue(Frame):
+    rid: int
+    name: str
+
+
+@_frame(15, C)
+class Bind(Frame):
+    """Bind ``destination`` (a queue, or an exchange if ``to_exchange``) to exchange ``source``."""
+
+    rid: int
+    destination: str
+    source: str
+    routing_key: str
+    arguments: Table
+    to_exchange: bool
+
+
+@_frame(16, C)
+class Unbind(Frame):
+    rid: int
+    destination: str
+    source: str
+    routing_key: str
+    arguments: Table
+    to_exchange: bool
+
+
+@_frame(17, C)
+class Consume(Frame):
+    rid: int
+    queue: str
+    consumer_tag: str
+    prefetch: int
+    auto_ack: bool
+    exclusive: bool
+    arguments: Table
+
+
+@_frame(18, C)
+class Cancel(Frame):
+    rid: int
+    consumer_tag: str
+
+
+@_frame(19, C)
+class Get(Frame):
+    rid: int
+    queue: str
+    auto_ack: bool
+
+
+@_frame(30, S)
+class Ok(Frame):
+    """Success of request ``rid``; ``result`` holds what the request returns (docs/protocol.md)."""
+
+    rid: int
+    result: Table
+
+
+@_frame(31, S)
+class Error(Frame):
+    """Failure of request ``rid``; the connection stays open."""
+
+    rid: int
+    code: str
+    text: str
+
+
+@_frame(32, S)
+class GetOk(Frame):
+    rid: int
+    delivery_tag: int
+    redelivered: bool
+    exchange: str
+    routing_key: str
+    message_count: int
+    body: bytes
+    properties: Properties
+
+
+# Messages
+
+
+@_frame(40, C)
+class Publish(Frame):
+    """A message. Publishes are numbered 1, 2, … per connection; confirms use that number."""
+
+    exchange: str
+    routing_key: str
+    body: bytes
+    properties: Properties
+    mandatory: bool
+
+
+@_frame(41, S)
+class Deliver(Frame):
+    consumer_tag: str
+    delivery_tag: int
+    redelivered: bool
+    exchange: str
+    routing_key: str
+    body: bytes
+    properties: Properties
+
+
+@_frame(42, C)
+class Ack(Frame):
+    delivery_tag: int
+    multiple: bool
+
+
+@_frame(43, C)
+class Nack(Frame):
+    delivery_tag: int
+    multiple: bool
+    requeue: bool
+
+
+@_frame(44, S)
+class Confirm(Frame):
+    """Publish ``seq`` (and all below it if ``multiple``) is settled: ``ok`` or nacked with why."""
+
+    seq: int
+    multiple: bool
+    ok: bool
+    error_code: str | None
+    error_text: str | None
+
+
+@_frame(45, S)
+class Return(Frame):
+    """A mandatory publish that reached no queue; sent before its confirm."""
+
+    seq: int
+    reply_code: str
+    reply_text: str
+    exchange: str
+    routing_key: str
+    body: bytes
+    properties: Properties
+
+
+@_frame(46, S)
+class Cancelled(Frame):
+    """The broker cancelled a consumer (for example its queue was deleted)."""
+
+    consumer_tag: str
+    reason: str
+
+
+@attrs.frozen
+class PeerClosed:
+    """The peer closed its end of the byte stream."""
+
+
+# --- codec ----------------------------------------------------------------------------------
+
+
+def _no_tags(decoder: Any) -> Any:
+    raise ValueError("CBOR tags are not allowed")
+
+
+_NO_TAGS = {tag: _no_tags for tag in (*range(0, 300), 1004, 55799)}
+
+
+def encode(event: Frame) -> bytes:
+    """One event as one frame."""
+    payload = [event.frame_type]
+    for name, encoder in event._encoders:
+        value = getattr(event, name)
+        payload.append(encoder(value) if encoder is not None else value)
+    data = cbor2.dumps(payload)
+    return _HEADER.pack(len(data)) + data
+
+
+def decode_payload(data: bytes) -> Frame:
+    """Decode one frame's CBOR payload into an event, or raise ProtocolError."""
+    try:
+        items = cbor2.loads(
+            data, semantic_decoders=_NO_TAGS, max_depth=MAX_NESTING + 4, allow_indefinite=False
+        )
+    except Exception as exc:  # cbor2 raises several kinds for broken input
+        raise ProtocolError(f"undecodable CBOR: {exc}") from None
+    if type(items) is not list or not items or type(items[0]) is not int:
+        raise ProtocolError("a frame must be a CBOR array starting with its integer type")
+    cls = _EVENT_TYPES.get(items[0])
+    if cls is None:
+        raise ProtocolError(f"unknown frame type {items[0]}")
+    names = cls._names
+    if len(items) != len(names) + 1:
+        raise ProtocolError(
+            f"{cls.__name__} frame has {len(items) - 1} fields; expected {len(names)}"
+        )
+    kwargs = {name: check(name, value) for name, check, value in zip(names, cls._checks, items[1:])}
+    return cls(**kwargs)
+
+
+# --- connection state machine ---------------------------------------------------------------
+
+# Which frames each side may send in each state. Close may always be sent.
+_ALLOWED: dict[tuple[Role, State], frozenset[type[Frame]]] = {
+    (C, State.AWAIT_HELLO): frozenset({Hello}),
+    (S, State.AWAIT_HELLO): frozenset(),
+    (C, State.AWAIT_WELCOME): frozenset(),
+    (S, State.AWAIT_WELCOME): frozenset({Welcome}),
+    (C, State.OPEN): frozenset(t for t in _EVENT_TYPES.values() if C in t.sender) - {Hello},
+    (S, State.OPEN): frozenset(t for t in _EVENT_TYPES.values() if S in t.sender) - {Welcome},
+}
+_NEXT_STATE: dict[type[Frame], State] = {Hello: State.AWAIT_WELCOME, Welcome: State.OPEN}
+
+
+class Connection:
+    """One side of a native-protocol connection.
+
+    ``max_frame_size`` bounds incoming frames: a longer frame is a ProtocolError as soon as its
+    length prefix arrives, before its bytes are buffered.
+    """
+
+    def __init__(self, role: Role, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self.role = role
+        self.peer = S if role is C else C
+        self.max_frame_size = max_frame_size
+        self.state = State.AWAIT_HELLO
+        self.we_closed = False
+        self.they_closed = False
+        self._buffer = bytearray()
+        self._pos = 0
+        self._eof = False
+
+    # receiving
+
+    def receive_data(self, data: bytes) -> None:
+        if not data:
+            self._eof = True
+        else:
+            self._buffer += data
+
+    def next_event(self) -> Frame | PeerClosed | Any:
+        """The next event from the peer, ``NEED_DATA``, or ``PeerClosed`` at the end."""
+        if self.state is State.ERROR:
+            raise ProtocolError("connection is in the error state")
+        buf = self._buffer
+        pos = self._pos
+        available = len(buf) - pos
+        if available < 4:
+            return self._need_data(available)
+        (length,) = _HEADER.unpack_from(buf, pos)
+        if length > self.max_frame_size:
+            self._error()
+            raise ProtocolError(
+                f"frame of {length} bytes exceeds the maximum frame size of {self.max_frame_size}"
+            )
+        if available < 4 + length:
+            return self._need_data(available)
+        payload = bytes(buf[pos + 4 : pos + 4 + length])
+        pos += 4 + length
+        if pos >= 65536 and pos * 2 >= len(buf):
+            del buf[:pos]
+            pos = 0
+        self._pos = pos
+        try:
+            event = decode_payload(payload)
+            self._check(self.peer, event)
+        except ProtocolError:
+            self._error()
+            raise
+        if type(event) is Close:
+            self.they_closed = True
+        return event
+
+    def _need_data(self, available: int) -> Any:
+        if not self._eof:
+            return NEED_DATA
+        if available:
+            self._error()
+            raise ProtocolError("connection ended in the middle of a frame")
+        return PeerClosed()
+
+    def _error(self) -> None:
+        self.state = State.ERROR
+
+    # sending
+
+    def send(self, event: Frame) -> bytes:
+        """Bytes for ``event``. Sending what the protocol forbids raises ProtocolError."""
+        self._check(self.role, event)
+        if type(event) is Close:
+            self.we_closed = True
+        return encode(event)
+
+    def send_many(self, events: Iterable[Frame]) -> bytes:
+        """Bytes for several events, for one write."""
+        return b"".join([self.send(e) for e in events])
+
+    def _check(self, sender: Role, event: Frame) -> None:
+        kind = type(event)
+        if kind is Close:
+            return
+        closed = self.we_closed if sender is self.role else self.they_closed
+        if closed:
+            raise ProtocolError(f"{kind.__name__} frame after Close")
+        if self.state is State.ERROR or kind not in _ALLOWED[(sender, self.state)]:
+            raise ProtocolError(
+                f"{sender.value} may not send a {kind.__name__} frame in state {self.state.value}"
+            )
+        next_state = _NEXT_STATE.get(kind)
+        if next_state is not None:
+            self.state = next_state

@@ -1,0 +1,142 @@
+"""One queue's messages and consumers: ready order, requeue position, prefetch credit, dispatch.
+
+Messages are numbered as they arrive (``seq``). Ready messages that were never delivered wait
+in a deque; requeued ones wait in a heap by ``seq`` and always go first, because anything
+delivered left the queue before everything still in the deque. That puts a requeued message
+back at its original position, as RabbitMQ's classic queues do, in O(log n).
+
+Dispatch walks a ring of consumers that have credit, so a message costs the same whether the
+queue has one consumer or a thousand; a consumer that runs out of credit leaves the ring and
+re-enters it when an ack gives credit back.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from typing import Protocol
+
+import attrs
+
+from .model import Message, QueueSpec, QueueStats
+
+
+@attrs.define(eq=False, slots=True)
+class QueueEntry:
+    """A message in one queue, with that queue's delivery history of it."""
+
+    seq: int
+    message: Message
+    delivery_count: int = 0  # how many times it has been handed out
+
+    @property
+    def redelivered(self) -> bool:
+        return self.delivery_count > 0
+
+
+class Consumer(Protocol):
+    """What the queue needs from a consumer (the session implements it)."""
+
+    tag: str
+
+    def has_credit(self) -> bool: ...
+
+    def deliver(self, queue: MessageQueue, entry: QueueEntry) -> None: ...
+
+
+class MessageQueue:
+    def __init__(self, spec: QueueSpec, owner: str | None = None) -> None:
+        self.spec = spec
+        self.owner = owner  # the connection an exclusive queue belongs to
+        self.deleted = False
+        self.unacked = 0
+        self.ever_consumed = False  # auto-delete only applies once a consumer came and went
+        self.consumers: dict[str, Consumer] = {}
+        self._ready: deque[QueueEntry] = deque()
+        self._requeued: list[tuple[int, QueueEntry]] = []
+        self._ring: deque[Consumer] = deque()
+        self._in_ring: set[str] = set()
+        self._next_seq = 1
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def __len__(self) -> int:
+        """Ready messages (not counting unacked ones)."""
+        return len(self._ready) + len(self._requeued)
+
+    # --- messages -----------------------------------------------------------------------
+
+    def publish(self, message: Message) -> QueueEntry:
+        entry = QueueEntry(self._next_seq, message)
+        self._next_seq += 1
+        self._ready.append(entry)
+        return entry
+
+    def fetch(self) -> QueueEntry | None:
+        """Take the next ready message (requeued ones first, in their original order)."""
+        if self._requeued:
+            return heapq.heappop(self._requeued)[1]
+        if self._ready:
+            return self._ready.popleft()
+        return None
+
+    def requeue(self, entry: QueueEntry) -> None:
+        """Put a delivered message back at its original position."""
+        heapq.heappush(self._requeued, (entry.seq, entry))
+
+    def purge(self) -> int:
+        count = len(self)
+        self._ready.clear()
+        self._requeued.clear()
+        return count
+
+    # --- consumers ----------------------------------------------------------------------
+
+    def add_consumer(self, consumer: Consumer) -> None:
+        self.consumers[consumer.tag] = consumer
+        self.ever_consumed = True
+        self.activate(consumer)
+
+    def remove_consumer(self, tag: str) -> None:
+        consumer = self.consumers.pop(tag, None)
+        if consumer is not None and tag in self._in_ring:
+            self._in_ring.discard(tag)
+            self._ring.remove(consumer)
+
+    def activate(self, consumer: Consumer) -> None:
+        """Let ``consumer`` take part in dispatch again (it may have credit now)."""
+        if consumer.tag in self.consumers and consumer.tag not in self._in_ring:
+            self._in_ring.add(consumer.tag)
+            self._ring.append(consumer)
+
+    def dispatch(self) -> int:
+        """Hand ready messages round robin to consumers with credit. Returns how many."""
+        ring = self._ring
+        sent = 0
+        while ring and (self._requeued or self._ready):
+            consumer = ring.popleft()
+            if not consumer.has_credit():
+                self._in_ring.discard(consumer.tag)
+                continue
+            entry = self.fetch()
+            assert entry is not None
+            consumer.deliver(self, entry)
+            sent += 1
+            if consumer.has_credit():
+                ring.append(consumer)
+            else:
+                self._in_ring.discard(consumer.tag)
+        return sent
+
+    def stats(self) -> QueueStats:
+        return QueueStats(
+            name=self.name,
+            durable=self.spec.durable,
+            exclusive=self.spec.exclusive,
+            auto_delete=self.spec.auto_delete,
+            ready=len(self),
+            unacked=self.unacked,
+            consumers=len(self.consumers),
+        )

@@ -1,0 +1,441 @@
+"""The trio server: listens, runs one reader and one writer task per connection, drives the core.
+
+Each connection lives in its own nursery, so a failure in one connection's tasks ends that
+connection and nothing else. The reader turns bytes into events (``protocol``) and events into
+broker calls (``broker``); the writer sends the session's outbox and request answers, many
+frames per socket write. A slow reader is bounded by the session's outbox limit, a fast writer
+by the reader waiting while its answers are unsent.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import Any, Callable
+
+import attrs
+import trio
+
+from . import __version__
+from .broker import Broker
+from .errors import BrokerError, ProtocolError
+from .model import (
+    Confirm as ConfirmEvent,
+    ConsumerCancelled,
+    Delivery,
+    Event,
+    ExchangeSpec,
+    Message,
+    QueueSpec,
+    Returned,
+)
+from .protocol import (
+    DEFAULT_MAX_FRAME_SIZE,
+    NEED_DATA,
+    SUPPORTED_VERSIONS,
+    Ack,
+    Bind,
+    Cancel,
+    Cancelled,
+    Close,
+    Confirm,
+    Connection,
+    Consume,
+    DeclareExchange,
+    DeclareQueue,
+    DeleteExchange,
+    DeleteQueue,
+    Deliver,
+    Error,
+    Frame,
+    Get,
+    GetOk,
+    Heartbeat,
+    Hello,
+    Nack,
+    Ok,
+    PeerClosed,
+    Publish,
+    PurgeQueue,
+    Return,
+    Role,
+    Unbind,
+    Welcome,
+)
+from .session import Session
+
+log = logging.getLogger("mqroute.server")
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 5680
+RECEIVE_SIZE = 256 * 1024
+PENDING_REPLIES_LIMIT = 1024  # the reader stops reading while more answers than this are unsent
+
+
+@attrs.frozen(kw_only=True)
+class ServerConfig:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    heartbeat_ms: int = 60_000  # the server's wish; the smaller non-zero of both sides wins
+    handshake_timeout: float = 10.0
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    max_message_size: int = 16 * 1024 * 1024
+    close_timeout: float = 2.0  # how long a closing connection may take to flush
+
+
+@attrs.frozen
+class ServerAddress:
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"mqroute://{host}:{self.port}"
+
+
+async def serve(
+    config: ServerConfig = ServerConfig(),
+    *,
+    broker: Broker | None = None,
+    task_status: trio.TaskStatus[ServerAddress] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a broker until cancelled. ``task_status.started`` gets the bound address.
+
+    Use port 0 for an ephemeral port (tests)::
+
+        address = await nursery.start(serve, ServerConfig(port=0))
+    """
+    broker = broker or Broker(max_message_size=config.max_message_size)
+    listeners = await trio.open_tcp_listeners(config.port, host=config.host)
+    sockname = listeners[0].socket.getsockname()
+    address = ServerAddress(sockname[0], sockname[1])
+    ids = itertools.count(1)
+
+    async def handle(stream: trio.SocketStream) -> None:
+        await ServerConnection(broker, stream, config, f"conn-{next(ids)}").run()
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(trio.serve_listeners, handle, listeners)
+        log.info("mqroute %s listening on %s", __version__, address.url)
+        task_status.started(address)
+
+
+class ServerConnection:
+    """One client connection: handshake, then reader, writer and heartbeat tasks."""
+
+    def __init__(
+        self, broker: Broker, stream: trio.SocketStream, config: ServerConfig, conn_id: str
+    ) -> None:
+        self.broker = broker
+        self.stream = stream
+        self.config = config
+        self.id = conn_id
+        self.proto = Connection(Role.SERVER, max_frame_size=config.max_frame_size)
+        self.session: Session | None = None
+        self.client_name = "?"
+        self.peer = _peer_name(stream)
+        self._replies: list[Frame] = []
+        self._wakeup = trio.Event()
+        self._drained = trio.Event()
+        self._close: Close | None = None  # set once the connection is closing
+        self._last_received = trio.current_time()
+        self._last_sent = trio.current_time()
+        self._heartbeat = 0.0
+        self._handlers: dict[type[Frame], Callable[[Any], Any]] = {
+            DeclareExchange: self._declare_exchange,
+            DeleteExchange: self._delete_exchange,
+            DeclareQueue: self._declare_queue,
+            DeleteQueue: self._delete_queue,
+            PurgeQueue: self._purge_queue,
+            Bind: self._bind,
+            Unbind: self._unbind,
+            Consume: self._consume,
+            Cancel: self._cancel,
+            Get: self._get,
+        }
+
+    async def run(self) -> None:
+        try:
+            with trio.move_on_after(self.config.handshake_timeout) as scope:
+                hello = await self._handshake()
+            if scope.cancelled_caught:
+                log.info("%s from %s: no handshake within %ss", self.id, self.peer,
+                         self.config.handshake_timeout)
+                await self._send_close("FRAME_ERROR", "no Hello frame within the handshake timeout")
+                return
+            if hello is None:
+                return
+            self.session = self.broker.open_session(self.id)
+            self.session.wakeup = self._wake
+            log.info("%s opened from %s (client %r)", self.id, self.peer, self.client_name)
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer)
+                if self._heartbeat:
+                    nursery.start_soon(self._heartbeats, nursery.cancel_scope)
+                await self._reader()
+                self._wake()
+                with trio.move_on_after(self.config.close_timeout):
+                    await self._drained.wait()
+                nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            log.info("%s: connection lost", self.id)
+        except Exception:
+            log.exception("%s: internal error; closing this connection", self.id)
+        finally:
+            if self.session is not None:
+                self.broker.close_session(self.session)
+                self.broker.release_owner(self.id)
+                log.info("%s closed%s", self.id, self._close_reason())
+            await trio.aclose_forcefully(self.stream)
+
+    def _close_reason(self) -> str:
+        if self._close is None or self._close.code is None:
+            return ""
+        return f": {self._close.code} {self._close.text}"
+
+    # --- handshake -----------------------------------------------------------------------
+
+    async def _handshake(self) -> Hello | None:
+        while True:
+            try:
+                event = self.proto.next_event()
+            except ProtocolError as exc:
+                log.warning("%s from %s: protocol error in handshake: %s", self.id, self.peer, exc)
+                await self._send_close(exc.code, str(exc))
+                return None
+            if event is NEED_DATA:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+                self.proto.receive_data(data)
+                continue
+            if not isinstance(event, Hello):
+                return None  # PeerClosed or Close before the handshake finished
+            common = set(event.versions) & set(SUPPORTED_VERSIONS)
+            if not common:
+                await self._send_close(
+                    "FRAME_ERROR",
+                    f"no common protocol version: client offers {event.versions}, "
+                    f"server speaks {list(SUPPORTED_VERSIONS)}",
+                )
+                return None
+            self.client_name = event.client
+            wanted = [ms for ms in (event.heartbeat_ms, self.config.heartbeat_ms) if ms]
+            heartbeat_ms = min(wanted) if wanted else 0
+            self._heartbeat = heartbeat_ms / 1000
+            welcome = Welcome(
+                version=max(common),
+                server=f"mqroute {__version__}",
+                heartbeat_ms=heartbeat_ms,
+                max_frame_size=self.config.max_frame_size,
+                connection_id=self.id,
+            )
+            await self.stream.send_all(self.proto.send(welcome))
+            return event
+
+    async def _send_close(self, code: str | None, text: str) -> None:
+        self._close = Close(code=code, text=text)
+        with trio.move_on_after(self.config.close_timeout):
+            try:
+                await self.stream.send_all(self.proto.send(self._close))
+            except trio.BrokenResourceError:
+                pass
+
+    # --- reader --------------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        proto = self.proto
+        while self._close is None:
+            try:
+                event = proto.next_event()
+            except ProtocolError as exc:
+                log.warning("%s: protocol error: %s", self.id, exc)
+                self._closing(exc.code, str(exc))
+                return
+            if event is NEED_DATA:
+                if len(self._replies) > PENDING_REPLIES_LIMIT:
+                    self._drained = trio.Event()
+                    await self._drained.wait()
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+                self._last_received = trio.current_time()
+                proto.receive_data(data)
+                continue
+            kind = type(event)
+            if kind is Publish:
+                self._publish(event)
+            elif kind is Ack:
+                self._settle(self.broker.ack, event.delivery_tag, multiple=event.multiple)
+            elif kind is Nack:
+                self._settle(self.broker.nack, event.delivery_tag, multiple=event.multiple,
+                             requeue=event.requeue)
+            elif kind is Heartbeat:
+                pass
+            elif kind is Close:
+                if event.code is not None:
+                    log.info("%s: client closed with %s %s", self.id, event.code, event.text)
+                self._closing(None, "closed by client")
+                return
+            elif isinstance(event, PeerClosed):
+                return
+            else:
+                self._request(event)
+
+    def _closing(self, code: str | None, text: str) -> None:
+        self._close = Close(code=code, text=text)
+        self._wake()
+
+    def _publish(self, event: Publish) -> None:
+        assert self.session is not None
+        message = Message(exchange=event.exchange, routing_key=event.routing_key, body=event.body,
+                          properties=event.properties)
+        try:
+            self.broker.publish(self.session, message, mandatory=event.mandatory)
+        except BrokerError:
+            pass  # the publish was nacked with the reason; the connection goes on
+
+    def _settle(self, op: Callable[..., None], tag: int, **kwargs: Any) -> None:
+        try:
+            op(self.session, tag, **kwargs)
+        except BrokerError as exc:
+            # As RabbitMQ closes the channel: the client's view of its deliveries is wrong.
+            log.warning("%s: %s", self.id, exc)
+            self._closing(exc.code, exc.reason)
+
+    def _request(self, event: Any) -> None:
+        try:
+            result = self._handlers[type(event)](event)
+        except BrokerError as exc:
+            reply: Frame = Error(rid=event.rid, code=exc.code, text=exc.reason)
+        else:
+            reply = result if isinstance(result, Frame) else Ok(rid=event.rid, result=result or {})
+        self._replies.append(reply)
+        self._wake()
+
+    # --- requests ------------------------------------------------------------------------
+
+    def _declare_exchange(self, ev: DeclareExchange) -> None:
+        spec = ExchangeSpec(name=ev.name, type=ev.type, durable=ev.durable,
+                            auto_delete=ev.auto_delete, internal=ev.internal,
+                            arguments=ev.arguments)
+        self.broker.declare_exchange(spec, passive=ev.passive)
+
+    def _delete_exchange(self, ev: DeleteExchange) -> None:
+        self.broker.delete_exchange(ev.name, if_unused=ev.if_unused)
+
+    def _declare_queue(self, ev: DeclareQueue) -> dict[str, Any]:
+        spec = QueueSpec(name=ev.name, durable=ev.durable, exclusive=ev.exclusive,
+                         auto_delete=ev.auto_delete, arguments=ev.arguments)
+        ok = self.broker.declare_queue(self.id, spec, passive=ev.passive)
+        return {"queue": ok.queue, "message_count": ok.message_count,
+                "consumer_count": ok.consumer_count}
+
+    def _delete_queue(self, ev: DeleteQueue) -> dict[str, Any]:
+        count = self.broker.delete_queue(self.id, ev.name, if_unused=ev.if_unused,
+                                         if_empty=ev.if_empty)
+        return {"message_count": count}
+
+    def _purge_queue(self, ev: PurgeQueue) -> dict[str, Any]:
+        return {"message_count": self.broker.purge_queue(self.id, ev.name)}
+
+    def _bind(self, ev: Bind) -> None:
+        if ev.to_exchange:
+            self.broker.bind_exchange(ev.destination, ev.source, ev.routing_key, ev.arguments)
+        else:
+            self.broker.bind_queue(self.id, ev.destination, ev.source, ev.routing_key, ev.arguments)
+
+    def _unbind(self, ev: Unbind) -> None:
+        if ev.to_exchange:
+            self.broker.unbind_exchange(ev.destination, ev.source, ev.routing_key, ev.arguments)
+        else:
+            self.broker.unbind_queue(self.id, ev.destination, ev.source, ev.routing_key,
+                                     ev.arguments)
+
+    def _consume(self, ev: Consume) -> dict[str, Any]:
+        assert self.session is not None
+        tag = self.broker.consume(self.session, ev.queue, consumer_tag=ev.consumer_tag,
+                                  prefetch=ev.prefetch, auto_ack=ev.auto_ack,
+                                  exclusive=ev.exclusive, arguments=ev.arguments)
+        return {"consumer_tag": tag}
+
+    def _cancel(self, ev: Cancel) -> None:
+        assert self.session is not None
+        self.broker.cancel(self.session, ev.consumer_tag)
+
+    def _get(self, ev: Get) -> Frame | None:
+        assert self.session is not None
+        d = self.broker.get(self.session, ev.queue, auto_ack=ev.auto_ack)
+        if d is None:
+            return None
+        return GetOk(rid=ev.rid, delivery_tag=d.delivery_tag, redelivered=d.redelivered,
+                     exchange=d.exchange, routing_key=d.routing_key,
+                     message_count=d.message_count or 0, body=d.message.body,
+                     properties=d.message.properties)
+
+    # --- writer --------------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
+    async def _writer(self) -> None:
+        assert self.session is not None
+        send = self.proto.send
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            replies, self._replies = self._replies, []
+            events = self.broker.take_events(self.session)
+            chunks = [send(r) for r in replies]
+            chunks.extend(send(_to_frame(e)) for e in events)
+            if self._close is not None:
+                chunks.append(send(self._close))
+            if chunks:
+                await self.stream.send_all(b"".join(chunks))
+                self._last_sent = trio.current_time()
+            if self._close is not None:
+                self._drained.set()
+                return
+            if not self._replies:
+                self._drained.set()
+
+    async def _heartbeats(self, cancel_scope: trio.CancelScope) -> None:
+        """Send a heartbeat after half an interval of silence; give up after two intervals."""
+        interval = self._heartbeat
+        while True:
+            now = trio.current_time()
+            if now - self._last_received > 2 * interval:
+                log.warning("%s: no heartbeat from the client for %.1fs; closing", self.id,
+                            now - self._last_received)
+                self._close = Close(code="FRAME_ERROR", text="missed heartbeats")
+                cancel_scope.cancel()  # the reader may be blocked on a dead socket
+                return
+            if now - self._last_sent >= interval / 2:
+                self._replies.append(Heartbeat())
+                self._wake()
+                self._last_sent = now
+            wait = min(self._last_sent + interval / 2, self._last_received + 2 * interval) - now
+            await trio.sleep(max(wait, 0.001))
+
+
+def _to_frame(event: Event) -> Frame:
+    if isinstance(event, Delivery):
+        m = event.message
+        return Deliver(consumer_tag=event.consumer_tag, delivery_tag=event.delivery_tag,
+                       redelivered=event.redelivered, exchange=event.exchange,
+                       routing_key=event.routing_key, body=m.body, properties=m.properties)
+    if isinstance(event, ConfirmEvent):
+        return Confirm(seq=event.seq, multiple=event.multiple, ok=event.ok,
+                       error_code=event.error_code, error_text=event.error_text)
+    if isinstance(event, Returned):
+        m = event.message
+        return Return(seq=event.publish_seq, reply_code=event.reply_code,
+                      reply_text=event.reply_text, exchange=m.exchange,
+                      routing_key=m.routing_key, body=m.body, properties=m.properties)
+    return Cancelled(consumer_tag=event.consumer_tag, reason=event.reason)
+
+
+def _peer_name(stream: trio.SocketStream) -> str:
+    try:
+        addr = stream.socket.getpeername()
+    except OSError:
+        return "?"
+    return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
+

@@ -1,0 +1,192 @@
+"""A session: one client's view of the broker (an AMQP channel).
+
+It owns what is per client rather than per queue: delivery tags and the unacked messages behind
+them, consumers with their prefetch credit, publish sequence numbers and their confirms, and
+the outbox of events waiting to be written. Front ends drain the outbox with ``take_events``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any, Callable
+
+import attrs
+
+from .model import Confirm, Delivery, Event, Table
+from .queue import MessageQueue, QueueEntry
+
+
+@attrs.define(eq=False, slots=True)
+class Unacked:
+    """A delivered message waiting for ack, nack or reject."""
+
+    tag: int
+    queue: MessageQueue
+    entry: QueueEntry
+    consumer: ConsumerState | None  # None for a basic.get
+
+
+@attrs.define(eq=False)
+class ConsumerState:
+    """A push consumer on one queue. Implements ``queue.Consumer``."""
+
+    tag: str
+    session: Session
+    queue: MessageQueue
+    prefetch: int  # 0 = unlimited
+    auto_ack: bool
+    exclusive: bool
+    arguments: Table
+    unacked: int = 0
+
+    def has_credit(self) -> bool:
+        session = self.session
+        if session.closed:
+            return False
+        if len(session._outbox) >= session.outbox_limit:
+            session.starved = True
+            return False
+        return self.auto_ack or self.prefetch == 0 or self.unacked < self.prefetch
+
+    def deliver(self, queue: MessageQueue, entry: QueueEntry) -> None:
+        self.session.record_delivery(queue, entry, self, track=not self.auto_ack)
+
+
+class Session:
+    """Per-client state. ``owner`` names the connection (for exclusive queues)."""
+
+    def __init__(self, session_id: int, owner: str) -> None:
+        self.id = session_id
+        self.owner = owner
+        self.closed = False
+        # Dispatch stops while this many events wait to be written (slow reader), and resumes
+        # when the front end takes them; so a session's buffered output stays bounded.
+        self.outbox_limit = 1024
+        self.starved = False
+        self.consumers: dict[str, ConsumerState] = {}
+        self.unacked: dict[int, Unacked] = {}
+        self._unacked_order: deque[int] = deque()
+        self._next_tag = 1
+        self._next_consumer = 1
+        # Publisher confirms: seqs in order with their outcome (None while not yet settled).
+        self._next_publish_seq = 1
+        self._pending: deque[list[Any]] = deque()  # [seq, ok, error code, error text]
+        self._outbox: list[Event] = []
+        self.wakeup: Callable[[], None] | None = None  # the front end's "you have output"
+
+    # --- outbox --------------------------------------------------------------------------
+
+    def emit(self, event: Event) -> None:
+        was_idle = not self._outbox
+        self._outbox.append(event)
+        if was_idle and self.wakeup is not None:
+            self.wakeup()
+
+    def take_events(self) -> list[Event]:
+        """Everything to send, in order, with settled confirms coalesced at the end."""
+        self._flush_confirms()
+        events, self._outbox = self._outbox, []
+        return events
+
+    def has_events(self) -> bool:
+        return bool(self._outbox) or bool(self._pending and self._pending[0][1] is not None)
+
+    # --- delivery tags -------------------------------------------------------------------
+
+    def record_delivery(
+        self, queue: MessageQueue, entry: QueueEntry, consumer: ConsumerState | None, *, track: bool
+    ) -> Delivery:
+        """Give ``entry`` a delivery tag, track it for ack if asked, emit it to a consumer."""
+        tag = self._next_tag
+        self._next_tag += 1
+        redelivered = entry.redelivered
+        entry.delivery_count += 1
+        if track:
+            self.unacked[tag] = Unacked(tag, queue, entry, consumer)
+            self._unacked_order.append(tag)
+            queue.unacked += 1
+            if consumer is not None:
+                consumer.unacked += 1
+        message = entry.message
+        delivery = Delivery(
+            consumer_tag=consumer.tag if consumer is not None else "",
+            delivery_tag=tag,
+            redelivered=redelivered,
+            exchange=message.exchange,
+            routing_key=message.routing_key,
+            message=message,
+            delivery_count=entry.delivery_count,
+        )
+        if consumer is not None:
+            self.emit(delivery)
+        return delivery
+
+    def take_unacked(self, tag: int, multiple: bool) -> list[Unacked]:
+        """Remove and return the deliveries a settle of ``tag`` covers (none if unknown)."""
+        if not multiple:
+            found = self.unacked.pop(tag, None)
+            return [found] if found is not None else []
+        taken = []
+        order = self._unacked_order
+        while order and order[0] <= tag:
+            found = self.unacked.pop(order.popleft(), None)
+            if found is not None:
+                taken.append(found)
+        if tag == 0:  # multiple with tag 0 means "everything so far"
+            taken.extend(self.unacked.values())
+            self.unacked.clear()
+            order.clear()
+        return taken
+
+    def take_all_unacked(self) -> list[Unacked]:
+        taken = list(self.unacked.values())
+        self.unacked.clear()
+        self._unacked_order.clear()
+        return taken
+
+    def compact_order(self) -> None:
+        """Drop settled tags from the ordering deque so it does not grow without bound."""
+        if len(self._unacked_order) > 2 * len(self.unacked) + 64:
+            self._unacked_order = deque(t for t in self._unacked_order if t in self.unacked)
+
+    def new_consumer_tag(self) -> str:
+        tag = f"ctag-{self.id}.{self._next_consumer}"
+        self._next_consumer += 1
+        return tag
+
+    # --- publisher confirms ----------------------------------------------------------------
+
+    def begin_publish(self) -> int:
+        seq = self._next_publish_seq
+        self._next_publish_seq += 1
+        self._pending.append([seq, None, None, None])
+        return seq
+
+    def settle_publish(
+        self, seq: int, ok: bool, code: str | None = None, text: str | None = None
+    ) -> None:
+        """Mark one publish confirmed (ok) or nacked (with why). Confirms go out in seq order."""
+        pending = self._pending
+        item = pending[-1] if pending and pending[-1][0] == seq else None
+        if item is None:
+            item = next(i for i in pending if i[0] == seq)
+        item[1], item[2], item[3] = ok, code, text
+        if pending[0][1] is not None and not self._outbox and self.wakeup is not None:
+            self.wakeup()
+
+    def _flush_confirms(self) -> None:
+        pending = self._pending
+        last_ok = None
+        while pending and pending[0][1] is not None:
+            seq, ok, code, text = pending.popleft()
+            if ok:
+                last_ok = seq
+                continue
+            if last_ok is not None:
+                self._outbox.append(Confirm(seq=last_ok, multiple=True))
+                last_ok = None
+            self._outbox.append(
+                Confirm(seq=seq, multiple=False, ok=False, error_code=code, error_text=text)
+            )
+        if last_ok is not None:
+            self._outbox.append(Confirm(seq=last_ok, multiple=True))
