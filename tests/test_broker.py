@@ -470,3 +470,14 @@ def test_full_outbox_stops_dispatch_until_taken(b: Broker, s: Session) -> None:
     first = deliveries(b, s)
     assert len(first) == 3
     assert len(deliveries(b, s)) == 3  # taking the events let dispatch go on
+
+
+def test_requeued_messages_go_to_other_waiting_consumers(b: Broker) -> None:
+    queue(b, "q")
+    first, second = b.open_session("a"), b.open_session("b")
+    b.consume(first, "q", prefetch=1)
+    b.publish(first, msg("", "q", b"job"))
+    b.consume(second, "q", prefetch=1)
+    b.close_session(first)
+    [d] = deliveries(b, second)
+    assert d.message.body == b"job" and d.redelivered

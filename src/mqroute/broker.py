@@ -481,10 +481,14 @@ class Broker:
                 self._dispatch(queue)
 
     def _requeue(self, settled: list[Unacked]) -> None:
+        queues: dict[int, MessageQueue] = {}
         for item in settled:
             if not item.queue.deleted:
                 item.queue.requeue(item.entry)
+                queues[id(item.queue)] = item.queue
         self._release(settled)
+        for queue in queues.values():
+            self._dispatch(queue)  # other consumers may be waiting for these
 
     # --- lookups and statistics ------------------------------------------------------------
 

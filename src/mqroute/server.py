@@ -184,10 +184,15 @@ class ServerConnection:
             log.exception("%s: internal error; closing this connection", self.id)
         finally:
             if self.session is not None:
-                self.broker.close_session(self.session)
-                self.broker.release_owner(self.id)
+                self._release()
                 log.info("%s closed%s", self.id, self._close_reason())
             await trio.aclose_forcefully(self.stream)
+
+    def _release(self) -> None:
+        """Requeue what this connection holds and drop its exclusive queues. Idempotent."""
+        assert self.session is not None
+        self.broker.close_session(self.session)
+        self.broker.release_owner(self.id)
 
     def _close_reason(self) -> str:
         if self._close is None or self._close.code is None:
@@ -272,6 +277,7 @@ class ServerConnection:
             elif kind is Close:
                 if event.code is not None:
                     log.info("%s: client closed with %s %s", self.id, event.code, event.text)
+                self._release()  # before the reply, so the client sees its queues gone
                 self._closing(None, "closed by client")
                 return
             elif isinstance(event, PeerClosed):
