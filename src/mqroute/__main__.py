@@ -1,0 +1,5 @@
+"""``python -m mqroute`` is the ``mqroute`` command."""
+
+from .cli import main
+
+main()
