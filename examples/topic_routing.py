@@ -1,11 +1,11 @@
 """Topic routing in a shop: order events go where their routing keys say.
 
-    inventory      binds order.*        (every order event, one word after "order")
-    notifications  binds *.created      (anything created: orders, users)
-    audit          binds #              (everything)
-    eu-shipping    binds order.shipped.eu
+inventory      binds order.*        (every order event, one word after "order")
+notifications  binds *.created      (anything created: orders, users)
+audit          binds #              (everything)
+eu-shipping    binds order.shipped.eu
 
-    python examples/topic_routing.py
+python examples/topic_routing.py
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ async def main(url: str) -> None:
             await conn.bind_queue(queue, "shop", pattern)
         async with conn.publisher() as pub:
             for key in EVENTS:
-                await pub.publish("shop", key, f'{{"event": "{key}"}}',
-                                  content_type="application/json")
+                await pub.publish(
+                    "shop", key, f'{{"event": "{key}"}}', content_type="application/json"
+                )
         for queue, pattern in BINDINGS.items():
             keys = []
             while (msg := await conn.get(queue)) is not None:

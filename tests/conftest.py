@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 import pytest
 import trio
@@ -20,8 +20,9 @@ def broker() -> Broker:
 @pytest.fixture
 async def server(nursery: trio.Nursery, broker: Broker) -> ServerAddress:
     """The real server, in this test's nursery, on 127.0.0.1 and a free port."""
-    return await nursery.start(lambda task_status: serve(
-        ServerConfig(port=0), broker=broker, task_status=task_status))
+    return await nursery.start(
+        lambda task_status: serve(ServerConfig(port=0), broker=broker, task_status=task_status)
+    )
 
 
 @pytest.fixture

@@ -14,8 +14,9 @@ class RawClient:
         self.proto = Connection(Role.CLIENT)
 
     @classmethod
-    async def connect(cls, address: ServerAddress, *, heartbeat_ms: int = 0,
-                      handshake: bool = True) -> RawClient:
+    async def connect(
+        cls, address: ServerAddress, *, heartbeat_ms: int = 0, handshake: bool = True
+    ) -> RawClient:
         client = cls(await trio.open_tcp_stream(address.host, address.port))
         if handshake:
             await client.send(Hello(versions=[1], client="raw", heartbeat_ms=heartbeat_ms))

@@ -57,8 +57,12 @@ def queue(b: Broker, name: str, owner: str = "c1", **kw: Any) -> str:
 
 
 def test_predeclared_exchanges_exist(b: Broker) -> None:
-    for name, kind in [("amq.direct", "direct"), ("amq.fanout", "fanout"),
-                       ("amq.topic", "topic"), ("amq.headers", "headers")]:
+    for name, kind in [
+        ("amq.direct", "direct"),
+        ("amq.fanout", "fanout"),
+        ("amq.topic", "topic"),
+        ("amq.headers", "headers"),
+    ]:
         assert b.exchanges[name].spec.type == kind
 
 
@@ -68,8 +72,10 @@ def test_redeclare_same_exchange_is_idempotent(b: Broker) -> None:
     assert len(b.exchanges) == 5
 
 
-@pytest.mark.parametrize("change", [{"type": "direct"}, {"durable": False},
-                                    {"auto_delete": True}, {"arguments": {"a": 1}}])
+@pytest.mark.parametrize(
+    "change",
+    [{"type": "direct"}, {"durable": False}, {"auto_delete": True}, {"arguments": {"a": 1}}],
+)
 def test_redeclare_with_other_properties_fails(b: Broker, change: dict[str, Any]) -> None:
     b.declare_exchange(ExchangeSpec(name="x", type="topic", durable=True))
     spec = dict(name="x", type="topic", durable=True) | change
@@ -303,8 +309,13 @@ def test_publish_to_missing_exchange_is_nacked_with_reason(b: Broker, s: Session
     b.publish(s, msg("", "q"))
     assert s.take_events() == [
         Confirm(seq=1, multiple=True),
-        Confirm(seq=2, multiple=False, ok=False, error_code="NOT_FOUND",
-                error_text="no exchange 'missing'"),
+        Confirm(
+            seq=2,
+            multiple=False,
+            ok=False,
+            error_code="NOT_FOUND",
+            error_text="no exchange 'missing'",
+        ),
         Confirm(seq=3, multiple=True),
     ]
 

@@ -32,4 +32,6 @@ def test_protocol_doc_lists_every_error_code() -> None:
 def test_public_names_are_exported() -> None:
     for name in mqroute.__all__:
         assert hasattr(mqroute, name), name
-    assert {"connect", "serve", "Properties", "NotFound", "ConnectionClosed"} <= set(mqroute.__all__)
+    assert {"connect", "serve", "Properties", "NotFound", "ConnectionClosed"} <= set(
+        mqroute.__all__
+    )

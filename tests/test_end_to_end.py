@@ -34,13 +34,23 @@ async def take(consumer: mqroute.Consumer, n: int) -> list[mqroute.Message]:
 
 async def test_publish_consume_ack_round_trip(conn: mqroute.Connection, broker: Broker) -> None:
     await conn.declare_queue("tasks")
-    await conn.publish("", "tasks", b'{"n": 1}', content_type="application/json",
-                       headers={"attempt": 1}, message_id="m-1", persistent=True)
+    await conn.publish(
+        "",
+        "tasks",
+        b'{"n": 1}',
+        content_type="application/json",
+        headers={"attempt": 1},
+        message_id="m-1",
+        persistent=True,
+    )
     async with conn.consume("tasks", prefetch=1) as messages:
         [msg] = await take(messages, 1)
         assert msg.body == b'{"n": 1}'
         assert (msg.content_type, msg.headers, msg.message_id) == (
-            "application/json", {"attempt": 1}, "m-1")
+            "application/json",
+            {"attempt": 1},
+            "m-1",
+        )
         assert msg.properties.persistent and not msg.redelivered
         assert (msg.exchange, msg.routing_key) == ("", "tasks")
         await msg.ack()
@@ -63,8 +73,11 @@ async def test_topic_routing_through_the_sdk(conn: mqroute.Connection) -> None:
 
 
 async def test_competing_consumers_share_the_work(server: ServerAddress) -> None:
-    async with mqroute.connect(server.url) as producer, \
-            mqroute.connect(server.url) as w1, mqroute.connect(server.url) as w2:
+    async with (
+        mqroute.connect(server.url) as producer,
+        mqroute.connect(server.url) as w1,
+        mqroute.connect(server.url) as w2,
+    ):
         await producer.declare_queue("work")
         async with w1.consume("work", prefetch=1) as c1, w2.consume("work", prefetch=1) as c2:
             async with producer.publisher() as pub:
@@ -116,8 +129,17 @@ async def test_unacked_messages_return_redelivered_when_the_consumer_dies(
         worker = RawClient(await trio.open_tcp_stream(server.host, server.port))
         await worker.send(Hello(versions=[1], client="doomed", heartbeat_ms=0))
         await worker.next()
-        await worker.send(Consume(rid=1, queue="jobs", consumer_tag="w", prefetch=10,
-                                  auto_ack=False, exclusive=False, arguments={}))
+        await worker.send(
+            Consume(
+                rid=1,
+                queue="jobs",
+                consumer_tag="w",
+                prefetch=10,
+                auto_ack=False,
+                exclusive=False,
+                arguments={},
+            )
+        )
         frames = [await worker.next() for _ in range(4)]
         assert sum(isinstance(f, Deliver) for f in frames) == 3
         await worker.stream.aclose()  # the worker dies without acking
@@ -263,8 +285,17 @@ async def test_silent_peer_is_dropped_and_its_deliveries_requeued(
         await conn.declare_queue("q")
         await conn.publish("", "q", b"x")
         silent = await RawClient.connect(server, heartbeat_ms=1000)
-        await silent.send(Consume(rid=1, queue="q", consumer_tag="s", prefetch=1,
-                                  auto_ack=False, exclusive=False, arguments={}))
+        await silent.send(
+            Consume(
+                rid=1,
+                queue="q",
+                consumer_tag="s",
+                prefetch=1,
+                auto_ack=False,
+                exclusive=False,
+                arguments={},
+            )
+        )
         # It never answers heartbeats; after two intervals the broker gives up on it.
         events = await silent.until_closed()
         assert any(isinstance(e, Deliver) for e in events)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 
@@ -15,8 +14,11 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
 
 async def run(script: str, *args: str) -> str:
     result = await trio.run_process(
-        [sys.executable, str(EXAMPLES / script), *args], capture_stdout=True,
-        capture_stderr=True, check=False)
+        [sys.executable, str(EXAMPLES / script), *args],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
     return result.stdout.decode() + result.stderr.decode()
 
 
@@ -51,13 +53,18 @@ async def test_two_workers_together_do_every_task(server: ServerAddress) -> None
     results: dict[str, str] = {}
 
     async def worker(name: str) -> None:
-        results[name] = await run("worker.py", "--url", server.url, "--name", name,
-                                  "--exit-after", "3")
+        results[name] = await run(
+            "worker.py", "--url", server.url, "--name", name, "--exit-after", "3"
+        )
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(worker, "A")
         nursery.start_soon(worker, "B")
     assert "[A] done 3 tasks" in results["A"] and "[B] done 3 tasks" in results["B"]
-    tasks = {line.split()[3] for out in results.values() for line in out.splitlines()
-             if " got task " in line}
+    tasks = {
+        line.split()[3]
+        for out in results.values()
+        for line in out.splitlines()
+        if " got task " in line
+    }
     assert tasks == {"1", "2", "3", "4", "5", "6"}

@@ -43,25 +43,52 @@ from mqroute.protocol import (
     Welcome,
 )
 
-PROPS = Properties(content_type="application/json", content_encoding="gzip",
-                   headers={"a": 1, "nested": {"l": [1, "x", None, True, 1.5, b"b"]}},
-                   persistent=True, priority=5, correlation_id="c", reply_to="r",
-                   expiration="60000", message_id="m", timestamp=1700000000, type="t",
-                   user_id="u", app_id="app")
+PROPS = Properties(
+    content_type="application/json",
+    content_encoding="gzip",
+    headers={"a": 1, "nested": {"l": [1, "x", None, True, 1.5, b"b"]}},
+    persistent=True,
+    priority=5,
+    correlation_id="c",
+    reply_to="r",
+    expiration="60000",
+    message_id="m",
+    timestamp=1700000000,
+    type="t",
+    user_id="u",
+    app_id="app",
+)
 
 CLIENT_FRAMES = [
-    DeclareExchange(rid=1, name="x", type="topic", durable=True, auto_delete=False,
-                    internal=False, passive=False, arguments={"alternate-exchange": "ae"}),
+    DeclareExchange(
+        rid=1,
+        name="x",
+        type="topic",
+        durable=True,
+        auto_delete=False,
+        internal=False,
+        passive=False,
+        arguments={"alternate-exchange": "ae"},
+    ),
     DeleteExchange(rid=2, name="x", if_unused=True),
-    DeclareQueue(rid=3, name="", durable=False, exclusive=True, auto_delete=True, passive=False,
-                 arguments={}),
+    DeclareQueue(
+        rid=3, name="", durable=False, exclusive=True, auto_delete=True, passive=False, arguments={}
+    ),
     DeleteQueue(rid=4, name="q", if_unused=False, if_empty=True),
     PurgeQueue(rid=5, name="q"),
     Bind(rid=6, destination="q", source="x", routing_key="a.*", arguments={}, to_exchange=False),
-    Unbind(rid=7, destination="x2", source="x", routing_key="#", arguments={"k": "v"},
-           to_exchange=True),
-    Consume(rid=8, queue="q", consumer_tag="t", prefetch=10, auto_ack=False, exclusive=False,
-            arguments={}),
+    Unbind(
+        rid=7, destination="x2", source="x", routing_key="#", arguments={"k": "v"}, to_exchange=True
+    ),
+    Consume(
+        rid=8,
+        queue="q",
+        consumer_tag="t",
+        prefetch=10,
+        auto_ack=False,
+        exclusive=False,
+        arguments={},
+    ),
     Cancel(rid=9, consumer_tag="t"),
     Get(rid=10, queue="q", auto_ack=True),
     Publish(exchange="x", routing_key="a.b", body=b"\x00" * 300, properties=PROPS, mandatory=True),
@@ -73,14 +100,36 @@ CLIENT_FRAMES = [
 SERVER_FRAMES = [
     Ok(rid=1, result={"queue": "q", "message_count": 0}),
     Error(rid=2, code="NOT_FOUND", text="no queue 'q'"),
-    GetOk(rid=3, delivery_tag=1, redelivered=True, exchange="", routing_key="q",
-          message_count=7, body=b"b", properties=PROPS),
-    Deliver(consumer_tag="t", delivery_tag=2, redelivered=False, exchange="x", routing_key="k",
-            body=b"body", properties=Properties(headers={"h": [1]})),
+    GetOk(
+        rid=3,
+        delivery_tag=1,
+        redelivered=True,
+        exchange="",
+        routing_key="q",
+        message_count=7,
+        body=b"b",
+        properties=PROPS,
+    ),
+    Deliver(
+        consumer_tag="t",
+        delivery_tag=2,
+        redelivered=False,
+        exchange="x",
+        routing_key="k",
+        body=b"body",
+        properties=Properties(headers={"h": [1]}),
+    ),
     Confirm(seq=9, multiple=True, ok=True, error_code=None, error_text=None),
     Confirm(seq=10, multiple=False, ok=False, error_code="NOT_FOUND", error_text="no exchange"),
-    Return(seq=11, reply_code="NO_ROUTE", reply_text="no queue matched", exchange="x",
-           routing_key="k", body=b"", properties=Properties()),
+    Return(
+        seq=11,
+        reply_code="NO_ROUTE",
+        reply_text="no queue matched",
+        exchange="x",
+        routing_key="k",
+        body=b"",
+        properties=Properties(),
+    ),
     Cancelled(consumer_tag="t", reason="queue deleted"),
     Heartbeat(),
 ]
@@ -90,8 +139,13 @@ def open_pair() -> tuple[Connection, Connection]:
     client, server = Connection(Role.CLIENT), Connection(Role.SERVER)
     server.receive_data(client.send(Hello(versions=[1], client="c", heartbeat_ms=0)))
     assert isinstance(server.next_event(), Hello)
-    client.receive_data(server.send(Welcome(version=1, server="s", heartbeat_ms=0,
-                                            max_frame_size=1 << 20, connection_id="c1")))
+    client.receive_data(
+        server.send(
+            Welcome(
+                version=1, server="s", heartbeat_ms=0, max_frame_size=1 << 20, connection_id="c1"
+            )
+        )
+    )
     assert isinstance(client.next_event(), Welcome)
     assert client.state is server.state is State.OPEN
     return client, server
@@ -156,25 +210,30 @@ def frame(payload: object) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
-@pytest.mark.parametrize(("data", "message"), [
-    (b"\x00\x00\x00\x02\xff\xff", "undecodable CBOR"),
-    (frame({"not": "an array"}), "CBOR array"),
-    (frame([]), "CBOR array"),
-    (frame([999]), "unknown frame type 999"),
-    (frame([42, 1]), "Ack frame has 1 fields; expected 2"),
-    (frame([42, "1", False]), "'delivery_tag' must be a non-negative 63-bit integer"),
-    (frame([42, -1, False]), "'delivery_tag' must be a non-negative 63-bit integer"),
-    (frame([42, 1, 0]), "'multiple' must be a boolean"),
-    (frame([40, "x", "k", "body-as-text", {}, False]), "'body' must be a byte string"),
-    (frame([40, "x", "k", b"", {"colour": "red"}, False]), "unknown message property 'colour'"),
-    (frame([40, "x", "k", b"", {"priority": 300}, False]), "priority"),
-    (frame([40, "x", "k", b"", {"headers": {1: 2}}, False]), "map key"),
-    (frame([40, "x", "k", b"", {"headers": {"t": cbor2.CBORTag(1, 0)}}, False]), "CBOR"),
-    (frame([40, "x", "k", b"", {"headers": {"t": cbor2.CBORTag(9999, 0)}}, False]),
-     "tables cannot carry"),
-    (frame([1, [1], "again", 0]), "may not send a Hello frame in state open"),
-    (frame([41, "t", 1, False, "x", "k", b"", {}]), "client may not send a Deliver frame"),
-])
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"\x00\x00\x00\x02\xff\xff", "undecodable CBOR"),
+        (frame({"not": "an array"}), "CBOR array"),
+        (frame([]), "CBOR array"),
+        (frame([999]), "unknown frame type 999"),
+        (frame([42, 1]), "Ack frame has 1 fields; expected 2"),
+        (frame([42, "1", False]), "'delivery_tag' must be a non-negative 63-bit integer"),
+        (frame([42, -1, False]), "'delivery_tag' must be a non-negative 63-bit integer"),
+        (frame([42, 1, 0]), "'multiple' must be a boolean"),
+        (frame([40, "x", "k", "body-as-text", {}, False]), "'body' must be a byte string"),
+        (frame([40, "x", "k", b"", {"colour": "red"}, False]), "unknown message property 'colour'"),
+        (frame([40, "x", "k", b"", {"priority": 300}, False]), "priority"),
+        (frame([40, "x", "k", b"", {"headers": {1: 2}}, False]), "map key"),
+        (frame([40, "x", "k", b"", {"headers": {"t": cbor2.CBORTag(1, 0)}}, False]), "CBOR"),
+        (
+            frame([40, "x", "k", b"", {"headers": {"t": cbor2.CBORTag(9999, 0)}}, False]),
+            "tables cannot carry",
+        ),
+        (frame([1, [1], "again", 0]), "may not send a Hello frame in state open"),
+        (frame([41, "t", 1, False, "x", "k", b"", {}]), "client may not send a Deliver frame"),
+    ],
+)
 def test_bad_input_names_the_problem(data: bytes, message: str) -> None:
     _, server = open_pair()
     server.receive_data(data)
@@ -195,8 +254,11 @@ def test_oversized_frame_fails_on_its_length_prefix() -> None:
 def test_nothing_but_hello_before_the_handshake() -> None:
     client, server = Connection(Role.CLIENT), Connection(Role.SERVER)
     with pytest.raises(ProtocolError, match="may not send a Publish"):
-        client.send(Publish(exchange="", routing_key="q", body=b"", properties=Properties(),
-                            mandatory=False))
+        client.send(
+            Publish(
+                exchange="", routing_key="q", body=b"", properties=Properties(), mandatory=False
+            )
+        )
     server.receive_data(frame([42, 1, False]))
     with pytest.raises(ProtocolError, match="may not send a Ack frame in state await-hello"):
         server.next_event()
@@ -222,17 +284,28 @@ def test_random_bytes_only_raise_protocol_error(data: bytes) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), st.text(),
-              st.binary()),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner,
-                                                                 max_size=4),
-    max_leaves=12,
-).flatmap(lambda tail: st.tuples(st.integers(0, 50), st.just(tail))))
+@given(
+    st.recursive(
+        st.one_of(
+            st.none(),
+            st.booleans(),
+            st.integers(),
+            st.floats(allow_nan=False),
+            st.text(),
+            st.binary(),
+        ),
+        lambda inner: (
+            st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=3), inner, max_size=4)
+        ),
+        max_leaves=12,
+    ).flatmap(lambda tail: st.tuples(st.integers(0, 50), st.just(tail)))
+)
 def test_random_well_formed_cbor_only_raises_protocol_error(item: tuple[int, object]) -> None:
     frame_type, tail = item
     _, server = open_pair()
-    server.receive_data(frame([frame_type, *tail] if isinstance(tail, list) else [frame_type, tail]))
+    server.receive_data(
+        frame([frame_type, *tail] if isinstance(tail, list) else [frame_type, tail])
+    )
     try:
         drain(server)
     except ProtocolError:
@@ -240,16 +313,37 @@ def test_random_well_formed_cbor_only_raises_protocol_error(item: tuple[int, obj
 
 
 @settings(max_examples=200, deadline=None)
-@given(headers=st.dictionaries(st.text(max_size=5), st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**63 - 1),
-              st.floats(allow_nan=False), st.text(max_size=5), st.binary(max_size=5)),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner,
-                                                                 max_size=3),
-    max_leaves=8), max_size=4),
-    body=st.binary(max_size=64), key=st.text(max_size=20))
+@given(
+    headers=st.dictionaries(
+        st.text(max_size=5),
+        st.recursive(
+            st.one_of(
+                st.none(),
+                st.booleans(),
+                st.integers(-(2**63), 2**63 - 1),
+                st.floats(allow_nan=False),
+                st.text(max_size=5),
+                st.binary(max_size=5),
+            ),
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+            ),
+            max_leaves=8,
+        ),
+        max_size=4,
+    ),
+    body=st.binary(max_size=64),
+    key=st.text(max_size=20),
+)
 def test_publish_round_trips_any_headers(headers: dict[str, object], body: bytes, key: str) -> None:
     client, server = open_pair()
-    event = Publish(exchange="x", routing_key=key, body=body,
-                    properties=Properties(headers=headers), mandatory=False)
+    event = Publish(
+        exchange="x",
+        routing_key=key,
+        body=body,
+        properties=Properties(headers=headers),
+        mandatory=False,
+    )
     server.receive_data(client.send(event))
     assert server.next_event() == event

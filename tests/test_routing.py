@@ -14,13 +14,13 @@ from mqroute.routing import DirectExchange, FanoutExchange, HeadersExchange, Top
 
 
 def binding(dest: str, key: str = "", **arguments: Any) -> Binding:
-    return Binding(source="x", destination=dest, destination_kind="queue", routing_key=key,
-                   arguments=arguments)
+    return Binding(
+        source="x", destination=dest, destination_kind="queue", routing_key=key, arguments=arguments
+    )
 
 
 def message(key: str = "", headers: dict[str, Any] | None = None) -> Message:
-    return Message(exchange="x", routing_key=key, body=b"",
-                   properties=Properties(headers=headers))
+    return Message(exchange="x", routing_key=key, body=b"", properties=Properties(headers=headers))
 
 
 def routed(exchange: Any, msg: Message) -> list[str]:
@@ -80,7 +80,9 @@ HEADER_CASES = [
 
 
 @pytest.mark.parametrize(("arguments", "headers", "expected"), HEADER_CASES)
-def test_headers_matching(arguments: dict[str, Any], headers: dict[str, Any], expected: bool) -> None:
+def test_headers_matching(
+    arguments: dict[str, Any], headers: dict[str, Any], expected: bool
+) -> None:
     x = HeadersExchange()
     b = binding("q", **arguments)
     x.validate_binding(b)
@@ -106,18 +108,29 @@ def test_headers_rejects_unknown_x_match(bad: Any) -> None:
         HeadersExchange().validate_binding(binding("q", **{"x-match": bad}))
 
 
-values = st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.sampled_from(["a", "1"]),
-                   st.floats(-2, 2).filter(lambda f: f == int(f)))
+values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-3, 3),
+    st.sampled_from(["a", "1"]),
+    st.floats(-2, 2).filter(lambda f: f == int(f)),
+)
 
 
-@given(args=st.dictionaries(st.sampled_from(["a", "b", "x-c"]), values, max_size=3),
-       headers=st.dictionaries(st.sampled_from(["a", "b", "x-c"]), values, max_size=3),
-       mode=st.sampled_from(["all", "any", "all-with-x", "any-with-x"]))
-def test_headers_agree_with_reference(args: dict[str, Any], headers: dict[str, Any], mode: str) -> None:
+@given(
+    args=st.dictionaries(st.sampled_from(["a", "b", "x-c"]), values, max_size=3),
+    headers=st.dictionaries(st.sampled_from(["a", "b", "x-c"]), values, max_size=3),
+    mode=st.sampled_from(["all", "any", "all-with-x", "any-with-x"]),
+)
+def test_headers_agree_with_reference(
+    args: dict[str, Any], headers: dict[str, Any], mode: str
+) -> None:
     x = HeadersExchange()
     x.add_binding(binding("q", **args, **{"x-match": mode}))
     compared = {k: v for k, v in args.items() if mode.endswith("with-x") or not k.startswith("x-")}
-    hits = [k in headers and type(headers[k]) is type(v) and headers[k] == v
-            for k, v in compared.items()]
+    hits = [
+        k in headers and type(headers[k]) is type(v) and headers[k] == v
+        for k, v in compared.items()
+    ]
     expected = all(hits) if mode.startswith("all") else any(hits)
     assert (routed(x, message(headers=headers)) == ["q"]) is expected

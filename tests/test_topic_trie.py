@@ -114,7 +114,9 @@ def test_trie_agrees_with_reference_matcher(patterns: list[str], key: str) -> No
     patterns=st.lists(st.lists(pattern_words, max_size=4).map(".".join), min_size=1, max_size=8),
     data=st.data(),
 )
-def test_removing_bindings_keeps_the_rest_matching(patterns: list[str], data: st.DataObject) -> None:
+def test_removing_bindings_keeps_the_rest_matching(
+    patterns: list[str], data: st.DataObject
+) -> None:
     trie: TopicTrie[str] = TopicTrie()
     for i, p in enumerate(patterns):
         trie.add(p, i, p)

@@ -12,7 +12,8 @@ consumer cancellations); the session's ``wakeup`` callback tells the front end t
 from __future__ import annotations
 
 import itertools
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import attrs
 
@@ -205,7 +206,9 @@ class Broker:
         queue = self._queue(name)
         self._check_access(owner, queue)
         if if_unused and queue.consumers:
-            raise PreconditionFailed(f"queue {name!r} in use: it has {len(queue.consumers)} consumers")
+            raise PreconditionFailed(
+                f"queue {name!r} in use: it has {len(queue.consumers)} consumers"
+            )
         if if_empty and len(queue):
             raise PreconditionFailed(f"queue {name!r} not empty: it has {len(queue)} messages")
         return self._delete_queue(queue)
@@ -234,34 +237,58 @@ class Broker:
     # --- bindings ------------------------------------------------------------------------
 
     def bind_queue(
-        self, owner: str, queue: str, exchange: str, routing_key: str = "", arguments: Table | None = None
+        self,
+        owner: str,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: Table | None = None,
     ) -> None:
-        q = self._queue(queue)
-        self._check_access(owner, q)
-        self._bind(Binding(source=exchange, destination=queue, destination_kind="queue",
-                           routing_key=routing_key, arguments=arguments or {}))
+        self._bind(self._queue_binding(owner, queue, exchange, routing_key, arguments))
 
     def unbind_queue(
-        self, owner: str, queue: str, exchange: str, routing_key: str = "", arguments: Table | None = None
+        self,
+        owner: str,
+        queue: str,
+        exchange: str,
+        routing_key: str = "",
+        arguments: Table | None = None,
     ) -> None:
-        q = self._queue(queue)
-        self._check_access(owner, q)
-        self._unbind(Binding(source=exchange, destination=queue, destination_kind="queue",
-                             routing_key=routing_key, arguments=arguments or {}))
+        self._unbind(self._queue_binding(owner, queue, exchange, routing_key, arguments))
 
     def bind_exchange(
         self, destination: str, source: str, routing_key: str = "", arguments: Table | None = None
     ) -> None:
-        self._exchange(destination, writable=True)
-        self._bind(Binding(source=source, destination=destination, destination_kind="exchange",
-                           routing_key=routing_key, arguments=arguments or {}))
+        self._bind(self._exchange_binding(destination, source, routing_key, arguments))
 
     def unbind_exchange(
         self, destination: str, source: str, routing_key: str = "", arguments: Table | None = None
     ) -> None:
+        self._unbind(self._exchange_binding(destination, source, routing_key, arguments))
+
+    def _queue_binding(
+        self, owner: str, queue: str, exchange: str, routing_key: str, arguments: Table | None
+    ) -> Binding:
+        self._check_access(owner, self._queue(queue))
+        return Binding(
+            source=exchange,
+            destination=queue,
+            destination_kind="queue",
+            routing_key=routing_key,
+            arguments=arguments or {},
+        )
+
+    def _exchange_binding(
+        self, destination: str, source: str, routing_key: str, arguments: Table | None
+    ) -> Binding:
         self._exchange(destination, writable=True)
-        self._unbind(Binding(source=source, destination=destination, destination_kind="exchange",
-                             routing_key=routing_key, arguments=arguments or {}))
+        return Binding(
+            source=source,
+            destination=destination,
+            destination_kind="exchange",
+            routing_key=routing_key,
+            arguments=arguments or {},
+        )
 
     def _bind(self, binding: Binding) -> None:
         source = self._exchange(binding.source, writable=True)
@@ -324,8 +351,12 @@ class Broker:
         self._published += 1
         if not queues and mandatory:
             session.emit(
-                Returned(publish_seq=seq, reply_code="NO_ROUTE", reply_text="no queue matched",
-                         message=message)
+                Returned(
+                    publish_seq=seq,
+                    reply_code="NO_ROUTE",
+                    reply_text="no queue matched",
+                    message=message,
+                )
             )
         for queue in queues:
             queue.publish(message)
@@ -340,9 +371,18 @@ class Broker:
         if name == DEFAULT_EXCHANGE:
             queue = self.queues.get(message.routing_key)
             if steps is not None and queue is not None:
-                steps.append(RouteStep(exchange="", exchange_type="direct", binding=Binding(
-                    source="", destination=queue.name, destination_kind="queue",
-                    routing_key=queue.name)))
+                steps.append(
+                    RouteStep(
+                        exchange="",
+                        exchange_type="direct",
+                        binding=Binding(
+                            source="",
+                            destination=queue.name,
+                            destination_kind="queue",
+                            routing_key=queue.name,
+                        ),
+                    )
+                )
             return [queue] if queue is not None else []
         start = self.exchanges.get(name)
         if start is None:
@@ -356,8 +396,13 @@ class Broker:
             exchange = todo.pop()
             for binding in exchange.router.route(message):
                 if steps is not None:
-                    steps.append(RouteStep(exchange=exchange.name, exchange_type=exchange.spec.type,
-                                           binding=binding))
+                    steps.append(
+                        RouteStep(
+                            exchange=exchange.name,
+                            exchange_type=exchange.spec.type,
+                            binding=binding,
+                        )
+                    )
                 if binding.destination_kind == "queue":
                     queue = self.queues.get(binding.destination)
                     if queue is not None:
@@ -397,10 +442,19 @@ class Broker:
         if any(c.exclusive for c in q.consumers.values() if isinstance(c, ConsumerState)):
             raise ResourceLocked(f"queue {queue!r} has an exclusive consumer")
         if exclusive and q.consumers:
-            raise ResourceLocked(f"queue {queue!r} already has consumers; cannot consume exclusively")
+            raise ResourceLocked(
+                f"queue {queue!r} already has consumers; cannot consume exclusively"
+            )
         tag = consumer_tag or session.new_consumer_tag()
-        consumer = ConsumerState(tag=tag, session=session, queue=q, prefetch=prefetch,
-                                 auto_ack=auto_ack, exclusive=exclusive, arguments=arguments or {})
+        consumer = ConsumerState(
+            tag=tag,
+            session=session,
+            queue=q,
+            prefetch=prefetch,
+            auto_ack=auto_ack,
+            exclusive=exclusive,
+            arguments=arguments or {},
+        )
         session.consumers[tag] = consumer
         q.add_consumer(consumer)
         self._dispatch(q)
@@ -509,13 +563,12 @@ class Broker:
     @staticmethod
     def _check_access(owner: str, queue: MessageQueue) -> None:
         if queue.spec.exclusive and queue.owner != owner:
-            raise ResourceLocked(
-                f"queue {queue.name!r} is exclusive to another connection"
-            )
+            raise ResourceLocked(f"queue {queue.name!r} is exclusive to another connection")
 
     def _declare_ok(self, queue: MessageQueue) -> DeclareOk:
-        return DeclareOk(queue=queue.name, message_count=len(queue),
-                         consumer_count=len(queue.consumers))
+        return DeclareOk(
+            queue=queue.name, message_count=len(queue), consumer_count=len(queue.consumers)
+        )
 
     def _server_queue_name(self) -> str:
         while True:
@@ -547,10 +600,14 @@ def _check_name(kind: str, name: str) -> None:
 
 
 def _describe_exchange(spec: ExchangeSpec) -> str:
-    return (f"type={spec.type} durable={spec.durable} auto_delete={spec.auto_delete} "
-            f"internal={spec.internal} arguments={spec.arguments}")
+    return (
+        f"type={spec.type} durable={spec.durable} auto_delete={spec.auto_delete} "
+        f"internal={spec.internal} arguments={spec.arguments}"
+    )
 
 
 def _describe_queue(spec: QueueSpec) -> str:
-    return (f"durable={spec.durable} exclusive={spec.exclusive} "
-            f"auto_delete={spec.auto_delete} arguments={spec.arguments}")
+    return (
+        f"durable={spec.durable} exclusive={spec.exclusive} "
+        f"auto_delete={spec.auto_delete} arguments={spec.arguments}"
+    )

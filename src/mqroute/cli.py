@@ -27,19 +27,41 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--host", default=DEFAULT_HOST, show_default=True,
-              help="Address to listen on. Use ::1 for IPv6 loopback.")
-@click.option("--port", default=DEFAULT_PORT, show_default=True, type=click.IntRange(0, 65535),
-              help="TCP port to listen on; 0 picks a free one (printed at start).")
-@click.option("--data-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Directory for the broker's data. Default: $MQROUTE_DATA_DIR, else "
-                   "$XDG_DATA_HOME/mqroute, else ~/.local/share/mqroute.")
-@click.option("--heartbeat", default=60.0, show_default=True, type=click.FloatRange(0),
-              help="Heartbeat interval in seconds offered to clients (0 = off). A client "
-                   "silent for two intervals is disconnected and its messages requeued.")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
-              help="How much to log.")
+@click.option(
+    "--host",
+    default=DEFAULT_HOST,
+    show_default=True,
+    help="Address to listen on. Use ::1 for IPv6 loopback.",
+)
+@click.option(
+    "--port",
+    default=DEFAULT_PORT,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="TCP port to listen on; 0 picks a free one (printed at start).",
+)
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Directory for the broker's data. Default: $MQROUTE_DATA_DIR, else "
+    "$XDG_DATA_HOME/mqroute, else ~/.local/share/mqroute.",
+)
+@click.option(
+    "--heartbeat",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Heartbeat interval in seconds offered to clients (0 = off). A client "
+    "silent for two intervals is disconnected and its messages requeued.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    help="How much to log.",
+)
 def server(host: str, port: int, data_dir: Path | None, heartbeat: float, log_level: str) -> None:
     """Run the broker in the foreground until Ctrl-C or SIGTERM."""
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)

@@ -23,7 +23,8 @@ import itertools
 import math
 import os
 import urllib.parse
-from typing import Any, AsyncIterator, Generator
+from collections.abc import AsyncIterator, Generator
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -50,7 +51,6 @@ from .protocol import (
     Cancelled,
     Close,
     Confirm,
-    Connection as ProtocolConnection,
     Consume,
     DeclareExchange,
     DeclareQueue,
@@ -73,10 +73,14 @@ from .protocol import (
     Unbind,
     Welcome,
 )
+from .protocol import (
+    Connection as ProtocolConnection,
+)
 
 DEFAULT_URL = "mqroute://127.0.0.1:5680"
 WRITE_BUFFER_LIMIT = 1024 * 1024  # senders wait while more than this is unsent
 RECEIVE_SIZE = 256 * 1024
+CANCEL_TIMEOUT = 10.0  # leaving a consume block waits at most this long for the broker
 
 Body = bytes | bytearray | memoryview | str
 
@@ -108,8 +112,9 @@ def connect(
     ``heartbeat`` (seconds, 0 = off) is what this side asks for; the broker may lower it. A
     broker silent for two heartbeat intervals is taken for dead.
     """
-    return Connection(url, client_name=client_name, heartbeat=heartbeat,
-                      connect_timeout=connect_timeout)
+    return Connection(
+        url, client_name=client_name, heartbeat=heartbeat, connect_timeout=connect_timeout
+    )
 
 
 def parse_url(url: str) -> tuple[str, int]:
@@ -122,7 +127,7 @@ def parse_url(url: str) -> tuple[str, int]:
 class Confirmation:
     """The broker's answer to one publish. ``await confirmation`` raises if it was refused."""
 
-    __slots__ = ("seq", "_event", "error")
+    __slots__ = ("_event", "error", "seq")
 
     def __init__(self, seq: int) -> None:
         self.seq = seq
@@ -154,12 +159,32 @@ class Message:
     Settle it exactly once: ``ack``, ``nack`` or ``reject``. Settling twice raises UsageError.
     """
 
-    __slots__ = ("body", "properties", "exchange", "routing_key", "delivery_tag", "redelivered",
-                 "consumer_tag", "auto_ack", "settled", "_conn")
+    __slots__ = (
+        "_conn",
+        "auto_ack",
+        "body",
+        "consumer_tag",
+        "delivery_tag",
+        "exchange",
+        "properties",
+        "redelivered",
+        "routing_key",
+        "settled",
+    )
 
-    def __init__(self, conn: Connection, *, body: bytes, properties: Properties, exchange: str,
-                 routing_key: str, delivery_tag: int, redelivered: bool, consumer_tag: str,
-                 auto_ack: bool) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        *,
+        body: bytes,
+        properties: Properties,
+        exchange: str,
+        routing_key: str,
+        delivery_tag: int,
+        redelivered: bool,
+        consumer_tag: str,
+        auto_ack: bool,
+    ) -> None:
         self._conn = conn
         self.body = body
         self.properties = properties
@@ -172,8 +197,10 @@ class Message:
         self.settled = auto_ack
 
     def __repr__(self) -> str:
-        return (f"<Message tag={self.delivery_tag} exchange={self.exchange!r} "
-                f"routing_key={self.routing_key!r} body={self.body[:40]!r}>")
+        return (
+            f"<Message tag={self.delivery_tag} exchange={self.exchange!r} "
+            f"routing_key={self.routing_key!r} body={self.body[:40]!r}>"
+        )
 
     @property
     def headers(self) -> Table:
@@ -215,8 +242,9 @@ class Message:
 class Connection:
     """A connection to a broker. States: unopened → open → closed; each misuse says which."""
 
-    def __init__(self, url: str, *, client_name: str | None, heartbeat: float,
-                 connect_timeout: float) -> None:
+    def __init__(
+        self, url: str, *, client_name: str | None, heartbeat: float, connect_timeout: float
+    ) -> None:
         self.url = url
         self.host, self.port = parse_url(url)
         self.client_name = client_name or f"mqroute-python pid {os.getpid()}"
@@ -262,8 +290,11 @@ class Connection:
                 self._stream = await anyio.connect_tcp(self.host, self.port)
             except OSError as exc:
                 raise ConnectionClosed(f"cannot connect to {self.url}: {exc}") from exc
-            hello = Hello(versions=[PROTOCOL_VERSION], client=self.client_name,
-                          heartbeat_ms=int(self.heartbeat * 1000))
+            hello = Hello(
+                versions=[PROTOCOL_VERSION],
+                client=self.client_name,
+                heartbeat_ms=int(self.heartbeat * 1000),
+            )
             await self._stream.send(self._proto.send(hello))
             welcome = await self._read_welcome()
         self.connection_id = welcome.connection_id
@@ -435,13 +466,17 @@ class Connection:
         elif kind is Return:
             confirmation = self._confirms.get(event.seq)
             if confirmation is not None:
-                confirmation.error = MessageReturned(event.reply_code, event.reply_text,
-                                                     event.exchange, event.routing_key)
+                confirmation.error = MessageReturned(
+                    event.reply_code, event.reply_text, event.exchange, event.routing_key
+                )
         elif kind is Cancelled:
             consumer = self._consumers.pop(event.consumer_tag, None)
             if consumer is not None:
-                consumer._end(ConsumerCancelled(
-                    f"consumer {event.consumer_tag!r} cancelled by the broker: {event.reason}"))
+                consumer._end(
+                    ConsumerCancelled(
+                        f"consumer {event.consumer_tag!r} cancelled by the broker: {event.reason}"
+                    )
+                )
         elif kind is Close:
             if event.code is None:
                 error = ConnectionClosed(f"broker closed the connection: {event.text}")
@@ -456,10 +491,17 @@ class Connection:
         return True  # Heartbeat: receiving it was the point
 
     def _message(self, event: Deliver | GetOk, auto_ack: bool) -> Message:
-        msg = Message(self, body=event.body, properties=event.properties,
-                      exchange=event.exchange, routing_key=event.routing_key,
-                      delivery_tag=event.delivery_tag, redelivered=event.redelivered,
-                      consumer_tag=getattr(event, "consumer_tag", ""), auto_ack=auto_ack)
+        msg = Message(
+            self,
+            body=event.body,
+            properties=event.properties,
+            exchange=event.exchange,
+            routing_key=event.routing_key,
+            delivery_tag=event.delivery_tag,
+            redelivered=event.redelivered,
+            consumer_tag=getattr(event, "consumer_tag", ""),
+            auto_ack=auto_ack,
+        )
         if not auto_ack:
             self._unsettled[event.delivery_tag] = msg
         return msg
@@ -483,6 +525,7 @@ class Connection:
 
     def _confirm(self, event: Confirm) -> None:
         confirms = self._confirms
+        error: MQRouteError | None
         if event.ok:
             error = None
         elif event.error_code is not None:
@@ -505,9 +548,12 @@ class Connection:
         while self._state is _State.OPEN:
             now = anyio.current_time()
             if now - self._last_received > 2 * interval:
-                self._fail(ConnectionClosed(
-                    f"broker at {self.url} sent nothing for {now - self._last_received:.1f}s "
-                    "(missed heartbeats)"))
+                self._fail(
+                    ConnectionClosed(
+                        f"broker at {self.url} sent nothing for {now - self._last_received:.1f}s "
+                        "(missed heartbeats)"
+                    )
+                )
                 assert self._stream is not None
                 await self._stream.aclose()
                 return
@@ -519,31 +565,59 @@ class Connection:
 
     # --- declarations --------------------------------------------------------------------
 
-    async def declare_exchange(self, name: str, type: str = "direct", *, durable: bool = False,
-                               auto_delete: bool = False, internal: bool = False,
-                               passive: bool = False, arguments: Table | None = None) -> None:
+    async def declare_exchange(
+        self,
+        name: str,
+        type: str = "direct",
+        *,
+        durable: bool = False,
+        auto_delete: bool = False,
+        internal: bool = False,
+        passive: bool = False,
+        arguments: Table | None = None,
+    ) -> None:
         """Create an exchange, or check that an equal one exists (PreconditionFailed if not)."""
-        await self._request(DeclareExchange, name=name, type=type, durable=durable,
-                            auto_delete=auto_delete, internal=internal, passive=passive,
-                            arguments=arguments or {})
+        await self._request(
+            DeclareExchange,
+            name=name,
+            type=type,
+            durable=durable,
+            auto_delete=auto_delete,
+            internal=internal,
+            passive=passive,
+            arguments=arguments or {},
+        )
 
     async def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
         await self._request(DeleteExchange, name=name, if_unused=if_unused)
 
-    async def declare_queue(self, name: str = "", *, durable: bool = False,
-                            exclusive: bool = False, auto_delete: bool = False,
-                            passive: bool = False, arguments: Table | None = None) -> QueueInfo:
+    async def declare_queue(
+        self,
+        name: str = "",
+        *,
+        durable: bool = False,
+        exclusive: bool = False,
+        auto_delete: bool = False,
+        passive: bool = False,
+        arguments: Table | None = None,
+    ) -> QueueInfo:
         """Create a queue (server-named if ``name`` is empty) or check an equal one exists."""
-        result = await self._request(DeclareQueue, name=name, durable=durable,
-                                     exclusive=exclusive, auto_delete=auto_delete,
-                                     passive=passive, arguments=arguments or {})
+        result = await self._request(
+            DeclareQueue,
+            name=name,
+            durable=durable,
+            exclusive=exclusive,
+            auto_delete=auto_delete,
+            passive=passive,
+            arguments=arguments or {},
+        )
         return QueueInfo(result["queue"], result["message_count"], result["consumer_count"])
 
-    async def delete_queue(self, name: str, *, if_unused: bool = False,
-                           if_empty: bool = False) -> int:
+    async def delete_queue(
+        self, name: str, *, if_unused: bool = False, if_empty: bool = False
+    ) -> int:
         """Delete a queue; returns how many messages it held."""
-        result = await self._request(DeleteQueue, name=name, if_unused=if_unused,
-                                     if_empty=if_empty)
+        result = await self._request(DeleteQueue, name=name, if_unused=if_unused, if_empty=if_empty)
         return int(result["message_count"])
 
     async def purge_queue(self, name: str) -> int:
@@ -551,32 +625,58 @@ class Connection:
         result = await self._request(PurgeQueue, name=name)
         return int(result["message_count"])
 
-    async def bind_queue(self, queue: str, exchange: str, routing_key: str = "",
-                         arguments: Table | None = None) -> None:
-        await self._request(Bind, destination=queue, source=exchange, routing_key=routing_key,
-                            arguments=arguments or {}, to_exchange=False)
+    async def bind_queue(
+        self, queue: str, exchange: str, routing_key: str = "", arguments: Table | None = None
+    ) -> None:
+        await self._binding(Bind, queue, exchange, routing_key, arguments, to_exchange=False)
 
-    async def unbind_queue(self, queue: str, exchange: str, routing_key: str = "",
-                           arguments: Table | None = None) -> None:
-        await self._request(Unbind, destination=queue, source=exchange, routing_key=routing_key,
-                            arguments=arguments or {}, to_exchange=False)
+    async def unbind_queue(
+        self, queue: str, exchange: str, routing_key: str = "", arguments: Table | None = None
+    ) -> None:
+        await self._binding(Unbind, queue, exchange, routing_key, arguments, to_exchange=False)
 
-    async def bind_exchange(self, destination: str, source: str, routing_key: str = "",
-                            arguments: Table | None = None) -> None:
+    async def bind_exchange(
+        self, destination: str, source: str, routing_key: str = "", arguments: Table | None = None
+    ) -> None:
         """Messages routed by ``source`` that match also go through ``destination``."""
-        await self._request(Bind, destination=destination, source=source,
-                            routing_key=routing_key, arguments=arguments or {}, to_exchange=True)
+        await self._binding(Bind, destination, source, routing_key, arguments, to_exchange=True)
 
-    async def unbind_exchange(self, destination: str, source: str, routing_key: str = "",
-                              arguments: Table | None = None) -> None:
-        await self._request(Unbind, destination=destination, source=source,
-                            routing_key=routing_key, arguments=arguments or {}, to_exchange=True)
+    async def unbind_exchange(
+        self, destination: str, source: str, routing_key: str = "", arguments: Table | None = None
+    ) -> None:
+        await self._binding(Unbind, destination, source, routing_key, arguments, to_exchange=True)
+
+    async def _binding(
+        self,
+        frame: type[Bind] | type[Unbind],
+        destination: str,
+        source: str,
+        routing_key: str,
+        arguments: Table | None,
+        *,
+        to_exchange: bool,
+    ) -> None:
+        await self._request(
+            frame,
+            destination=destination,
+            source=source,
+            routing_key=routing_key,
+            arguments=arguments or {},
+            to_exchange=to_exchange,
+        )
 
     # --- publishing ----------------------------------------------------------------------
 
-    async def publish(self, exchange: str, routing_key: str, body: Body, *,
-                      mandatory: bool = False, properties: Properties | None = None,
-                      **props: Any) -> None:
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: Body,
+        *,
+        mandatory: bool = False,
+        properties: Properties | None = None,
+        **props: Any,
+    ) -> None:
         """Publish and wait for the broker's confirm.
 
         Keyword arguments are message properties (``content_type``, ``headers``,
@@ -585,11 +685,17 @@ class Connection:
         ConnectionClosed if the connection went before the confirm arrived — then the broker
         may or may not have the message, so retry with the same ``message_id``.
         """
-        await (await self._send_publish(exchange, routing_key, body, mandatory, properties,
-                                        props))
+        await (await self._send_publish(exchange, routing_key, body, mandatory, properties, props))
 
-    async def _send_publish(self, exchange: str, routing_key: str, body: Body, mandatory: bool,
-                            properties: Properties | None, props: dict[str, Any]) -> Confirmation:
+    async def _send_publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: Body,
+        mandatory: bool,
+        properties: Properties | None,
+        props: dict[str, Any],
+    ) -> Confirmation:
         if properties is None:
             properties = Properties(**props) if props else EMPTY_PROPERTIES
         elif props:
@@ -603,8 +709,15 @@ class Connection:
         self._next_seq += 1
         confirmation = Confirmation(seq)
         self._confirms[seq] = confirmation
-        await self._send(Publish(exchange=exchange, routing_key=routing_key, body=body,
-                                 properties=properties, mandatory=mandatory))
+        await self._send(
+            Publish(
+                exchange=exchange,
+                routing_key=routing_key,
+                body=body,
+                properties=properties,
+                mandatory=mandatory,
+            )
+        )
         return confirmation
 
     def publisher(self, *, max_in_flight: int = 1000) -> Publisher:
@@ -621,9 +734,16 @@ class Connection:
 
     # --- consuming -----------------------------------------------------------------------
 
-    def consume(self, queue: str, *, prefetch: int = 0, auto_ack: bool = False,
-                exclusive: bool = False, consumer_tag: str = "",
-                arguments: Table | None = None) -> Consumer:
+    def consume(
+        self,
+        queue: str,
+        *,
+        prefetch: int = 0,
+        auto_ack: bool = False,
+        exclusive: bool = False,
+        consumer_tag: str = "",
+        arguments: Table | None = None,
+    ) -> Consumer:
         """A push consumer: ``async with conn.consume(q, prefetch=10) as messages``.
 
         ``prefetch`` bounds unacked deliveries to this consumer (0 = no limit). Leaving the
@@ -659,15 +779,23 @@ class Publisher:
         if exc_type is None:
             await self.flush()
 
-    async def publish(self, exchange: str, routing_key: str, body: Body, *,
-                      mandatory: bool = False, properties: Properties | None = None,
-                      **props: Any) -> Confirmation:
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: Body,
+        *,
+        mandatory: bool = False,
+        properties: Properties | None = None,
+        **props: Any,
+    ) -> Confirmation:
         """Send one message; waits only while ``max_in_flight`` are unconfirmed."""
         in_flight = self._in_flight
         while len(in_flight) >= self.max_in_flight:
             await self._retire(in_flight.popleft())
-        confirmation = await self.conn._send_publish(exchange, routing_key, body, mandatory,
-                                                     properties, props)
+        confirmation = await self.conn._send_publish(
+            exchange, routing_key, body, mandatory, properties, props
+        )
         in_flight.append(confirmation)
         return confirmation
 
@@ -692,8 +820,16 @@ class Publisher:
 class Consumer:
     """An active consumer; iterate it for messages. Made by ``Connection.consume``."""
 
-    def __init__(self, conn: Connection, queue: str, tag: str, prefetch: int, auto_ack: bool,
-                 exclusive: bool, arguments: Table) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        queue: str,
+        tag: str,
+        prefetch: int,
+        auto_ack: bool,
+        exclusive: bool,
+        arguments: Table,
+    ) -> None:
         self.conn = conn
         self.queue = queue
         self.tag = tag
@@ -716,9 +852,15 @@ class Consumer:
         self.conn._consumers[self.tag] = self
         self._active = True
         try:
-            await self.conn._request(Consume, queue=self.queue, consumer_tag=self.tag,
-                                     prefetch=self.prefetch, auto_ack=self.auto_ack,
-                                     exclusive=self.exclusive, arguments=self.arguments)
+            await self.conn._request(
+                Consume,
+                queue=self.queue,
+                consumer_tag=self.tag,
+                prefetch=self.prefetch,
+                auto_ack=self.auto_ack,
+                exclusive=self.exclusive,
+                arguments=self.arguments,
+            )
         except BaseException:
             self.conn._consumers.pop(self.tag, None)
             self._active = False
@@ -735,7 +877,7 @@ class Consumer:
         self._active = False
         conn = self.conn
         if conn.is_open and self.tag in conn._consumers:
-            with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(CANCEL_TIMEOUT, shield=True):
                 try:
                     await conn._request(Cancel, consumer_tag=self.tag)
                 except (BrokerError, ConnectionClosed):

@@ -155,7 +155,7 @@ def freeze(value: Any) -> Any:
 
 def same_value(a: Any, b: Any) -> bool:
     """Equality by type and value, as header matching needs (True is not 1, 1 is not 1.0)."""
-    return freeze(a) == freeze(b)
+    return bool(freeze(a) == freeze(b))
 
 
 # --- records the broker hands to a front end --------------------------------------------------

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import enum
 import struct
-from typing import Any, Callable, ClassVar, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
 
 import attrs
 import cbor2
@@ -71,7 +72,6 @@ class Frame:
 
 def _frame(code: int, *senders: Role) -> Callable[[type[Any]], type[Any]]:
     def register(cls: type[Any]) -> type[Any]:
-        cls = attrs.frozen(kw_only=True)(cls)
         fields = attrs.fields(cls)
         cls.frame_type = code
         cls.sender = frozenset(senders)
@@ -207,6 +207,7 @@ C, S = Role.CLIENT, Role.SERVER
 
 
 @_frame(1, C)
+@attrs.frozen(kw_only=True)
 class Hello(Frame):
     versions: list[int]
     client: str
@@ -214,6 +215,7 @@ class Hello(Frame):
 
 
 @_frame(2, S)
+@attrs.frozen(kw_only=True)
 class Welcome(Frame):
     version: int
     server: str
@@ -223,11 +225,13 @@ class Welcome(Frame):
 
 
 @_frame(3, C, S)
+@attrs.frozen(kw_only=True)
 class Heartbeat(Frame):
     pass
 
 
 @_frame(4, C, S)
+@attrs.frozen(kw_only=True)
 class Close(Frame):
     """Closing the connection; ``code`` is None for a normal close, else the error's code."""
 
@@ -239,6 +243,7 @@ class Close(Frame):
 
 
 @_frame(10, C)
+@attrs.frozen(kw_only=True)
 class DeclareExchange(Frame):
     rid: int
     name: str
@@ -251,6 +256,7 @@ class DeclareExchange(Frame):
 
 
 @_frame(11, C)
+@attrs.frozen(kw_only=True)
 class DeleteExchange(Frame):
     rid: int
     name: str
@@ -258,6 +264,7 @@ class DeleteExchange(Frame):
 
 
 @_frame(12, C)
+@attrs.frozen(kw_only=True)
 class DeclareQueue(Frame):
     rid: int
     name: str
@@ -269,6 +276,7 @@ class DeclareQueue(Frame):
 
 
 @_frame(13, C)
+@attrs.frozen(kw_only=True)
 class DeleteQueue(Frame):
     rid: int
     name: str
@@ -277,12 +285,14 @@ class DeleteQueue(Frame):
 
 
 @_frame(14, C)
+@attrs.frozen(kw_only=True)
 class PurgeQueue(Frame):
     rid: int
     name: str
 
 
 @_frame(15, C)
+@attrs.frozen(kw_only=True)
 class Bind(Frame):
     """Bind ``destination`` (a queue, or an exchange if ``to_exchange``) to exchange ``source``."""
 
@@ -295,6 +305,7 @@ class Bind(Frame):
 
 
 @_frame(16, C)
+@attrs.frozen(kw_only=True)
 class Unbind(Frame):
     rid: int
     destination: str
@@ -305,6 +316,7 @@ class Unbind(Frame):
 
 
 @_frame(17, C)
+@attrs.frozen(kw_only=True)
 class Consume(Frame):
     rid: int
     queue: str
@@ -316,12 +328,14 @@ class Consume(Frame):
 
 
 @_frame(18, C)
+@attrs.frozen(kw_only=True)
 class Cancel(Frame):
     rid: int
     consumer_tag: str
 
 
 @_frame(19, C)
+@attrs.frozen(kw_only=True)
 class Get(Frame):
     rid: int
     queue: str
@@ -329,6 +343,7 @@ class Get(Frame):
 
 
 @_frame(30, S)
+@attrs.frozen(kw_only=True)
 class Ok(Frame):
     """Success of request ``rid``; ``result`` holds what the request returns (docs/protocol.md)."""
 
@@ -337,6 +352,7 @@ class Ok(Frame):
 
 
 @_frame(31, S)
+@attrs.frozen(kw_only=True)
 class Error(Frame):
     """Failure of request ``rid``; the connection stays open."""
 
@@ -346,6 +362,7 @@ class Error(Frame):
 
 
 @_frame(32, S)
+@attrs.frozen(kw_only=True)
 class GetOk(Frame):
     rid: int
     delivery_tag: int
@@ -361,6 +378,7 @@ class GetOk(Frame):
 
 
 @_frame(40, C)
+@attrs.frozen(kw_only=True)
 class Publish(Frame):
     """A message. Publishes are numbered 1, 2, … per connection; confirms use that number."""
 
@@ -372,6 +390,7 @@ class Publish(Frame):
 
 
 @_frame(41, S)
+@attrs.frozen(kw_only=True)
 class Deliver(Frame):
     consumer_tag: str
     delivery_tag: int
@@ -383,12 +402,14 @@ class Deliver(Frame):
 
 
 @_frame(42, C)
+@attrs.frozen(kw_only=True)
 class Ack(Frame):
     delivery_tag: int
     multiple: bool
 
 
 @_frame(43, C)
+@attrs.frozen(kw_only=True)
 class Nack(Frame):
     delivery_tag: int
     multiple: bool
@@ -396,6 +417,7 @@ class Nack(Frame):
 
 
 @_frame(44, S)
+@attrs.frozen(kw_only=True)
 class Confirm(Frame):
     """Publish ``seq`` (and all below it if ``multiple``) is settled: ``ok`` or nacked with why."""
 
@@ -407,6 +429,7 @@ class Confirm(Frame):
 
 
 @_frame(45, S)
+@attrs.frozen(kw_only=True)
 class Return(Frame):
     """A mandatory publish that reached no queue; sent before its confirm."""
 
@@ -420,6 +443,7 @@ class Return(Frame):
 
 
 @_frame(46, S)
+@attrs.frozen(kw_only=True)
 class Cancelled(Frame):
     """The broker cancelled a consumer (for example its queue was deleted)."""
 
@@ -470,7 +494,10 @@ def decode_payload(data: bytes) -> Frame:
         raise ProtocolError(
             f"{cls.__name__} frame has {len(items) - 1} fields; expected {len(names)}"
         )
-    kwargs = {name: check(name, value) for name, check, value in zip(names, cls._checks, items[1:])}
+    kwargs = {
+        name: check(name, value)
+        for name, check, value in zip(names, cls._checks, items[1:], strict=True)
+    }
     return cls(**kwargs)
 
 
@@ -514,8 +541,11 @@ class Connection:
         else:
             self._buffer += data
 
-    def next_event(self) -> Frame | PeerClosed | Any:
-        """The next event from the peer, ``NEED_DATA``, or ``PeerClosed`` at the end."""
+    def next_event(self) -> Any:
+        """The next event from the peer (a Frame), ``NEED_DATA``, or ``PeerClosed`` at the end.
+
+        Typed ``Any`` so callers can dispatch on ``type(event)`` without casts.
+        """
         if self.state is State.ERROR:
             raise ProtocolError("connection is in the error state")
         buf = self._buffer

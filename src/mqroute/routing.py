@@ -10,7 +10,8 @@ The contract, as RabbitMQ's ``rabbit_exchange_type``:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Iterable
+from collections.abc import Iterable
+from typing import Any, ClassVar
 
 from .errors import PreconditionFailed
 from .model import Binding, Message, Table, same_value
@@ -144,7 +145,9 @@ class HeadersExchange(ExchangeType):
 
     def route(self, message: Message) -> Iterable[Binding]:
         headers = message.properties.headers or {}
-        return [b for b, match_all, wanted in self._all.values() if _matches(headers, match_all, wanted)]
+        return [
+            b for b, match_all, wanted in self._all.values() if _matches(headers, match_all, wanted)
+        ]
 
     def bindings(self) -> Iterable[Binding]:
         return (entry[0] for entry in self._all.values())

@@ -4,14 +4,15 @@ Each connection lives in its own nursery, so a failure in one connection's tasks
 connection and nothing else. The reader turns bytes into events (``protocol``) and events into
 broker calls (``broker``); the writer sends the session's outbox and request answers, many
 frames per socket write. A slow reader is bounded by the session's outbox limit, a fast writer
-by the reader waiting while its answers are unsent.
+by the reader waiting while its output is unsent.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 import trio
@@ -21,7 +22,8 @@ from .broker import Broker
 from .errors import BrokerError, ProtocolError
 from .model import (
     Confirm as ConfirmEvent,
-    ConsumerCancelled,
+)
+from .model import (
     Delivery,
     Event,
     ExchangeSpec,
@@ -69,7 +71,7 @@ log = logging.getLogger("mqroute.server")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5680
 RECEIVE_SIZE = 256 * 1024
-PENDING_REPLIES_LIMIT = 1024  # the reader stops reading while more answers than this are unsent
+PENDING_OUTPUT_LIMIT = 1024  # the reader stops reading while more frames than this are unsent
 
 
 @attrs.frozen(kw_only=True)
@@ -160,8 +162,12 @@ class ServerConnection:
             with trio.move_on_after(self.config.handshake_timeout) as scope:
                 hello = await self._handshake()
             if scope.cancelled_caught:
-                log.info("%s from %s: no handshake within %ss", self.id, self.peer,
-                         self.config.handshake_timeout)
+                log.info(
+                    "%s from %s: no handshake within %ss",
+                    self.id,
+                    self.peer,
+                    self.config.handshake_timeout,
+                )
                 await self._send_close("FRAME_ERROR", "no Hello frame within the handshake timeout")
                 return
             if hello is None:
@@ -257,8 +263,9 @@ class ServerConnection:
                 self._closing(exc.code, str(exc))
                 return
             if event is NEED_DATA:
-                if len(self._replies) > PENDING_REPLIES_LIMIT:
-                    self._drained = trio.Event()
+                assert self.session is not None
+                if len(self._replies) + self.session.outbox_size() > PENDING_OUTPUT_LIMIT:
+                    self._drained = trio.Event()  # a client not reading: stop reading it
                     await self._drained.wait()
                 data = await self.stream.receive_some(RECEIVE_SIZE)
                 self._last_received = trio.current_time()
@@ -270,8 +277,12 @@ class ServerConnection:
             elif kind is Ack:
                 self._settle(self.broker.ack, event.delivery_tag, multiple=event.multiple)
             elif kind is Nack:
-                self._settle(self.broker.nack, event.delivery_tag, multiple=event.multiple,
-                             requeue=event.requeue)
+                self._settle(
+                    self.broker.nack,
+                    event.delivery_tag,
+                    multiple=event.multiple,
+                    requeue=event.requeue,
+                )
             elif kind is Heartbeat:
                 pass
             elif kind is Close:
@@ -291,8 +302,12 @@ class ServerConnection:
 
     def _publish(self, event: Publish) -> None:
         assert self.session is not None
-        message = Message(exchange=event.exchange, routing_key=event.routing_key, body=event.body,
-                          properties=event.properties)
+        message = Message(
+            exchange=event.exchange,
+            routing_key=event.routing_key,
+            body=event.body,
+            properties=event.properties,
+        )
         try:
             self.broker.publish(self.session, message, mandatory=event.mandatory)
         except BrokerError:
@@ -319,24 +334,38 @@ class ServerConnection:
     # --- requests ------------------------------------------------------------------------
 
     def _declare_exchange(self, ev: DeclareExchange) -> None:
-        spec = ExchangeSpec(name=ev.name, type=ev.type, durable=ev.durable,
-                            auto_delete=ev.auto_delete, internal=ev.internal,
-                            arguments=ev.arguments)
+        spec = ExchangeSpec(
+            name=ev.name,
+            type=ev.type,
+            durable=ev.durable,
+            auto_delete=ev.auto_delete,
+            internal=ev.internal,
+            arguments=ev.arguments,
+        )
         self.broker.declare_exchange(spec, passive=ev.passive)
 
     def _delete_exchange(self, ev: DeleteExchange) -> None:
         self.broker.delete_exchange(ev.name, if_unused=ev.if_unused)
 
     def _declare_queue(self, ev: DeclareQueue) -> dict[str, Any]:
-        spec = QueueSpec(name=ev.name, durable=ev.durable, exclusive=ev.exclusive,
-                         auto_delete=ev.auto_delete, arguments=ev.arguments)
+        spec = QueueSpec(
+            name=ev.name,
+            durable=ev.durable,
+            exclusive=ev.exclusive,
+            auto_delete=ev.auto_delete,
+            arguments=ev.arguments,
+        )
         ok = self.broker.declare_queue(self.id, spec, passive=ev.passive)
-        return {"queue": ok.queue, "message_count": ok.message_count,
-                "consumer_count": ok.consumer_count}
+        return {
+            "queue": ok.queue,
+            "message_count": ok.message_count,
+            "consumer_count": ok.consumer_count,
+        }
 
     def _delete_queue(self, ev: DeleteQueue) -> dict[str, Any]:
-        count = self.broker.delete_queue(self.id, ev.name, if_unused=ev.if_unused,
-                                         if_empty=ev.if_empty)
+        count = self.broker.delete_queue(
+            self.id, ev.name, if_unused=ev.if_unused, if_empty=ev.if_empty
+        )
         return {"message_count": count}
 
     def _purge_queue(self, ev: PurgeQueue) -> dict[str, Any]:
@@ -352,14 +381,21 @@ class ServerConnection:
         if ev.to_exchange:
             self.broker.unbind_exchange(ev.destination, ev.source, ev.routing_key, ev.arguments)
         else:
-            self.broker.unbind_queue(self.id, ev.destination, ev.source, ev.routing_key,
-                                     ev.arguments)
+            self.broker.unbind_queue(
+                self.id, ev.destination, ev.source, ev.routing_key, ev.arguments
+            )
 
     def _consume(self, ev: Consume) -> dict[str, Any]:
         assert self.session is not None
-        tag = self.broker.consume(self.session, ev.queue, consumer_tag=ev.consumer_tag,
-                                  prefetch=ev.prefetch, auto_ack=ev.auto_ack,
-                                  exclusive=ev.exclusive, arguments=ev.arguments)
+        tag = self.broker.consume(
+            self.session,
+            ev.queue,
+            consumer_tag=ev.consumer_tag,
+            prefetch=ev.prefetch,
+            auto_ack=ev.auto_ack,
+            exclusive=ev.exclusive,
+            arguments=ev.arguments,
+        )
         return {"consumer_tag": tag}
 
     def _cancel(self, ev: Cancel) -> None:
@@ -371,10 +407,16 @@ class ServerConnection:
         d = self.broker.get(self.session, ev.queue, auto_ack=ev.auto_ack)
         if d is None:
             return None
-        return GetOk(rid=ev.rid, delivery_tag=d.delivery_tag, redelivered=d.redelivered,
-                     exchange=d.exchange, routing_key=d.routing_key,
-                     message_count=d.message_count or 0, body=d.message.body,
-                     properties=d.message.properties)
+        return GetOk(
+            rid=ev.rid,
+            delivery_tag=d.delivery_tag,
+            redelivered=d.redelivered,
+            exchange=d.exchange,
+            routing_key=d.routing_key,
+            message_count=d.message_count or 0,
+            body=d.message.body,
+            properties=d.message.properties,
+        )
 
     # --- writer --------------------------------------------------------------------------
 
@@ -399,7 +441,7 @@ class ServerConnection:
             if self._close is not None:
                 self._drained.set()
                 return
-            if not self._replies:
+            if not self._replies and not self.session.outbox_size():
                 self._drained.set()
 
     async def _heartbeats(self, cancel_scope: trio.CancelScope) -> None:
@@ -408,8 +450,11 @@ class ServerConnection:
         while True:
             now = trio.current_time()
             if now - self._last_received > 2 * interval:
-                log.warning("%s: no heartbeat from the client for %.1fs; closing", self.id,
-                            now - self._last_received)
+                log.warning(
+                    "%s: no heartbeat from the client for %.1fs; closing",
+                    self.id,
+                    now - self._last_received,
+                )
                 self._close = Close(code="FRAME_ERROR", text="missed heartbeats")
                 cancel_scope.cancel()  # the reader may be blocked on a dead socket
                 return
@@ -424,17 +469,34 @@ class ServerConnection:
 def _to_frame(event: Event) -> Frame:
     if isinstance(event, Delivery):
         m = event.message
-        return Deliver(consumer_tag=event.consumer_tag, delivery_tag=event.delivery_tag,
-                       redelivered=event.redelivered, exchange=event.exchange,
-                       routing_key=event.routing_key, body=m.body, properties=m.properties)
+        return Deliver(
+            consumer_tag=event.consumer_tag,
+            delivery_tag=event.delivery_tag,
+            redelivered=event.redelivered,
+            exchange=event.exchange,
+            routing_key=event.routing_key,
+            body=m.body,
+            properties=m.properties,
+        )
     if isinstance(event, ConfirmEvent):
-        return Confirm(seq=event.seq, multiple=event.multiple, ok=event.ok,
-                       error_code=event.error_code, error_text=event.error_text)
+        return Confirm(
+            seq=event.seq,
+            multiple=event.multiple,
+            ok=event.ok,
+            error_code=event.error_code,
+            error_text=event.error_text,
+        )
     if isinstance(event, Returned):
         m = event.message
-        return Return(seq=event.publish_seq, reply_code=event.reply_code,
-                      reply_text=event.reply_text, exchange=m.exchange,
-                      routing_key=m.routing_key, body=m.body, properties=m.properties)
+        return Return(
+            seq=event.publish_seq,
+            reply_code=event.reply_code,
+            reply_text=event.reply_text,
+            exchange=m.exchange,
+            routing_key=m.routing_key,
+            body=m.body,
+            properties=m.properties,
+        )
     return Cancelled(consumer_tag=event.consumer_tag, reason=event.reason)
 
 
@@ -444,4 +506,3 @@ def _peer_name(stream: trio.SocketStream) -> str:
     except OSError:
         return "?"
     return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)
-

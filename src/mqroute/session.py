@@ -8,7 +8,8 @@ the outbox of events waiting to be written. Front ends drain the outbox with ``t
 from __future__ import annotations
 
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import attrs
 
@@ -88,8 +89,8 @@ class Session:
         events, self._outbox = self._outbox, []
         return events
 
-    def has_events(self) -> bool:
-        return bool(self._outbox) or bool(self._pending and self._pending[0][1] is not None)
+    def outbox_size(self) -> int:
+        return len(self._outbox)
 
     # --- delivery tags -------------------------------------------------------------------
 

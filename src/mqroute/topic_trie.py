@@ -7,7 +7,8 @@ reach, not in the number of bindings (as RabbitMQ's and NATS's tries). Words are
 
 from __future__ import annotations
 
-from typing import Generic, Hashable, Iterator, TypeVar
+from collections.abc import Hashable, Iterator
+from typing import Generic, TypeVar
 
 V = TypeVar("V")
 
@@ -18,7 +19,7 @@ def split_words(key: str) -> list[str]:
 
 
 class _Node(Generic[V]):
-    __slots__ = ("children", "star", "hash", "values")
+    __slots__ = ("children", "hash", "star", "values")
 
     def __init__(self) -> None:
         self.children: dict[str, _Node[V]] = {}

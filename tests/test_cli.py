@@ -1,0 +1,88 @@
+"""`mqroute server` as users start it: a real subprocess, real signals, a real data directory."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+import mqroute
+
+
+async def start_server(data_dir: Path, *args: str) -> tuple[trio.Process, str, list[str]]:
+    """Start the server on a free port; return it, its URL and its log so far."""
+    process = await trio.lowlevel.open_process(
+        [
+            sys.executable,
+            "-m",
+            "mqroute",
+            "server",
+            "--port",
+            "0",
+            "--data-dir",
+            str(data_dir),
+            *args,
+        ],
+        stderr=subprocess.PIPE,
+    )
+    assert process.stderr is not None
+    log: list[str] = []
+    buffer = b""
+    with trio.fail_after(20):
+        while True:
+            chunk = await process.stderr.receive_some(4096)
+            assert chunk, f"server exited early: {b''.join([buffer]).decode()}"
+            buffer += chunk
+            match = re.search(rb"listening on (mqroute://\S+)", buffer)
+            if match:
+                log.extend(buffer.decode().splitlines())
+                return process, match.group(1).decode(), log
+
+
+async def read_rest(process: trio.Process) -> str:
+    assert process.stderr is not None
+    chunks = []
+    while chunk := await process.stderr.receive_some(4096):
+        chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+async def test_server_serves_logs_and_stops_on_sigterm(tmp_path: Path) -> None:
+    process, url, log = await start_server(tmp_path / "data")
+    assert any("data directory" in line for line in log)
+    async with mqroute.connect(url, client_name="cli-test") as conn:
+        await conn.declare_queue("q")
+        await conn.publish("", "q", b"hi")
+    process.send_signal(signal.SIGTERM)
+    rest = await read_rest(process)
+    assert await process.wait() == 0
+    assert "opened from 127.0.0.1" in rest and "(client 'cli-test')" in rest
+    assert "received SIGTERM; shutting down" in rest and "stopped" in rest
+
+
+async def test_second_server_on_the_same_data_dir_refuses(tmp_path: Path) -> None:
+    first, _, _ = await start_server(tmp_path)
+    try:
+        result = await trio.run_process(
+            [sys.executable, "-m", "mqroute", "server", "--port", "0", "--data-dir", str(tmp_path)],
+            capture_stderr=True,
+            check=False,
+        )
+        assert result.returncode == 1
+        assert b"is in use by another mqroute server" in result.stderr
+    finally:
+        first.send_signal(signal.SIGINT)
+        await first.wait()
+
+
+async def test_help_explains_the_options() -> None:
+    result = await trio.run_process(
+        [sys.executable, "-m", "mqroute", "server", "--help"], capture_stdout=True
+    )
+    text = result.stdout.decode()
+    for option in ("--host", "--port", "--data-dir", "--heartbeat", "--log-level"):
+        assert option in text
