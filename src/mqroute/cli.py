@@ -56,18 +56,39 @@ def main() -> None:
     "silent for two intervals is disconnected and its messages requeued.",
 )
 @click.option(
+    "--max-message-size",
+    default=16 * 1024 * 1024,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Largest message body accepted, in bytes; larger publishes are refused "
+    "(PRECONDITION_FAILED).",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     help="How much to log.",
 )
-def server(host: str, port: int, data_dir: Path | None, heartbeat: float, log_level: str) -> None:
+def server(
+    host: str,
+    port: int,
+    data_dir: Path | None,
+    heartbeat: float,
+    max_message_size: int,
+    log_level: str,
+) -> None:
     """Run the broker in the foreground until Ctrl-C or SIGTERM."""
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
     log = logging.getLogger("mqroute")
     data_dir = data_dir or default_data_dir()
-    config = ServerConfig(host=host, port=port, heartbeat_ms=int(heartbeat * 1000))
+    config = ServerConfig(
+        host=host,
+        port=port,
+        heartbeat_ms=int(heartbeat * 1000),
+        max_message_size=max_message_size,
+        max_frame_size=max_message_size + 64 * 1024,
+    )
     try:
         with DataDirLock(data_dir):
             log.info("data directory %s", data_dir)

@@ -300,6 +300,7 @@ class Connection:
         self.connection_id = welcome.connection_id
         self.server = welcome.server
         self._heartbeat_interval = welcome.heartbeat_ms / 1000
+        self._proto.max_frame_size = welcome.max_frame_size  # deliveries can be this large
         self._state = _State.OPEN
         self._last_received = self._last_sent = anyio.current_time()
         self._tg = anyio.create_task_group()

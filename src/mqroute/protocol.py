@@ -526,12 +526,25 @@ class Connection:
         self.role = role
         self.peer = S if role is C else C
         self.max_frame_size = max_frame_size
+        self._mine: frozenset[type[Frame]] = frozenset()
+        self._theirs: frozenset[type[Frame]] = frozenset()
         self.state = State.AWAIT_HELLO
         self.we_closed = False
         self.they_closed = False
         self._buffer = bytearray()
         self._pos = 0
         self._eof = False
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+    @state.setter
+    def state(self, state: State) -> None:
+        # What each side may send now, looked up once per change rather than once per frame.
+        self._state = state
+        self._mine = _ALLOWED.get((self.role, state), frozenset())
+        self._theirs = _ALLOWED.get((self.peer, state), frozenset())
 
     # receiving
 
@@ -605,10 +618,10 @@ class Connection:
         kind = type(event)
         if kind is Close:
             return
-        closed = self.we_closed if sender is self.role else self.they_closed
-        if closed:
+        mine = sender is self.role
+        if self.we_closed if mine else self.they_closed:
             raise ProtocolError(f"{kind.__name__} frame after Close")
-        if self.state is State.ERROR or kind not in _ALLOWED[(sender, self.state)]:
+        if kind not in (self._mine if mine else self._theirs):
             raise ProtocolError(
                 f"{sender.value} may not send a {kind.__name__} frame in state {self.state.value}"
             )

@@ -1,0 +1,73 @@
+"""SDK behaviour that needs more than a well-behaved broker: asyncio, dead brokers, big bodies."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import trio
+import trio.testing
+
+import mqroute
+from mqroute.errors import ConnectionClosed, PreconditionFailed
+from mqroute.protocol import NEED_DATA, Connection, Hello, Role, Welcome
+from mqroute.server import ServerAddress, ServerConfig, serve
+
+
+async def test_the_sdk_runs_under_asyncio(server: ServerAddress) -> None:
+    async def asyncio_app() -> list[bytes]:
+        async with mqroute.connect(server.url, client_name="asyncio") as conn:
+            await conn.declare_queue("from-asyncio")
+            await conn.publish("", "from-asyncio", b"hello from asyncio")
+            async with conn.consume("from-asyncio", prefetch=1) as messages:
+                async for msg in messages:
+                    await msg.ack()
+                    return [msg.body]
+        return []
+
+    # The broker runs on trio in this thread; the application runs on asyncio in another.
+    got = await trio.to_thread.run_sync(asyncio.run, asyncio_app())
+    assert got == [b"hello from asyncio"]
+
+
+async def test_a_silent_broker_is_detected_by_heartbeats(
+    autojump_clock: trio.testing.MockClock, nursery: trio.Nursery
+) -> None:
+    async def mute_broker(stream: trio.SocketStream) -> None:
+        proto = Connection(Role.SERVER)
+        while (event := proto.next_event()) is NEED_DATA:
+            proto.receive_data(await stream.receive_some(4096))
+        assert isinstance(event, Hello)
+        welcome = Welcome(
+            version=1, server="mute", heartbeat_ms=1000, max_frame_size=1 << 20, connection_id="m"
+        )
+        await stream.send_all(proto.send(welcome))
+        await trio.sleep_forever()  # and never says another word
+
+    [listener] = await nursery.start(
+        lambda task_status: trio.serve_tcp(
+            mute_broker, 0, host="127.0.0.1", task_status=task_status
+        )
+    )
+    port = listener.socket.getsockname()[1]
+    async with mqroute.connect(f"mqroute://127.0.0.1:{port}", heartbeat=1) as conn:
+        with pytest.raises(ConnectionClosed, match="missed heartbeats"):
+            await conn.declare_queue("q")
+        assert 2.0 <= trio.current_time() < 3.0
+
+
+async def test_bodies_up_to_the_configured_maximum(nursery: trio.Nursery) -> None:
+    limit = 20 * 1024 * 1024
+    address = await nursery.start(
+        lambda task_status: serve(
+            ServerConfig(port=0, max_message_size=limit, max_frame_size=limit + 65536),
+            task_status=task_status,
+        )
+    )
+    async with mqroute.connect(address.url) as conn:
+        await conn.declare_queue("big")
+        await conn.publish("", "big", b"\x01" * limit)
+        with pytest.raises(PreconditionFailed, match="exceeds the maximum"):
+            await conn.publish("", "big", b"\x01" * (limit + 1))
+        msg = await conn.get("big", auto_ack=True)
+        assert msg is not None and len(msg.body) == limit
