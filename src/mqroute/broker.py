@@ -32,6 +32,19 @@ from .model import (
     Returned,
     Table,
 )
+from .journal import (
+    Batch,
+    DropBinding,
+    DropExchange,
+    DropMessages,
+    DropQueue,
+    Journal,
+    PutBinding,
+    PutExchange,
+    PutMessage,
+    PutQueue,
+    Record,
+)
 from .queue import MessageQueue, QueueEntry
 from .routing import EXCHANGE_TYPE_CLASSES, ExchangeType
 from .session import ConsumerState, Session, Unacked
@@ -81,10 +94,16 @@ class RouteResult:
 
 
 class Broker:
-    """One virtual host's state. ``max_message_size`` bounds bodies in bytes."""
+    """One virtual host's state. ``max_message_size`` bounds bodies in bytes.
 
-    def __init__(self, *, max_message_size: int = 16 * 1024 * 1024) -> None:
+    With ``durable=True`` the broker journals every change to durable state (``self.journal``)
+    and holds back confirms of persistent messages in durable queues until the front end
+    reports the batch holding them committed (``batch_committed``).
+    """
+
+    def __init__(self, *, max_message_size: int = 16 * 1024 * 1024, durable: bool = False) -> None:
         self.max_message_size = max_message_size
+        self.journal: Journal | None = Journal() if durable else None
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, MessageQueue] = {}
         self.sessions: dict[int, Session] = {}
@@ -99,7 +118,7 @@ class Broker:
     # --- sessions ------------------------------------------------------------------------
 
     def open_session(self, owner: str) -> Session:
-        session = Session(next(self._session_ids), owner)
+        session = Session(next(self._session_ids), owner, self.journal)
         self.sessions[session.id] = session
         return session
 
@@ -156,6 +175,8 @@ class Broker:
                 f"unknown exchange type {spec.type!r}; expected one of {', '.join(EXCHANGE_TYPES)}"
             )
         self.exchanges[spec.name] = Exchange(spec)
+        if spec.durable:
+            self._record(PutExchange(spec))
 
     def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
         if name == DEFAULT_EXCHANGE or name.startswith("amq."):
@@ -167,6 +188,8 @@ class Broker:
 
     def _delete_exchange(self, exchange: Exchange) -> None:
         del self.exchanges[exchange.name]
+        if exchange.spec.durable:
+            self._record(DropExchange(exchange.name))
         for binding in list(exchange.router.bindings()):
             self._forget_binding(binding, exchange)
         for binding in list(self._bindings_to.get(("exchange", exchange.name), {}).values()):
@@ -197,6 +220,8 @@ class Broker:
             spec = attrs.evolve(spec, name=self._server_queue_name())
         queue = MessageQueue(spec, owner=owner if spec.exclusive else None)
         self.queues[spec.name] = queue
+        if queue.keeps_messages:
+            self._record(PutQueue(spec))
         return self._declare_ok(queue)
 
     def delete_queue(
@@ -216,12 +241,16 @@ class Broker:
     def purge_queue(self, owner: str, name: str) -> int:
         queue = self._queue(name)
         self._check_access(owner, queue)
-        return queue.purge()
+        removed = queue.purge()
+        self._forget_stored(queue, removed)
+        return len(removed)
 
     def _delete_queue(self, queue: MessageQueue) -> int:
         count = len(queue)
         queue.deleted = True
         del self.queues[queue.name]
+        if queue.keeps_messages:
+            self._record(DropQueue(queue.name))
         for binding in list(self._bindings_to.get(("queue", queue.name), {}).values()):
             self._remove_binding(binding)
         for consumer in list(queue.consumers.values()):
@@ -297,6 +326,8 @@ class Broker:
         if binding.key in index:
             return  # binding again is a no-op, as in AMQP
         index[binding.key] = binding
+        if self._is_durable_binding(binding):
+            self._record(PutBinding(binding))
         source.router.add_binding(binding)
         source.binding_count += 1
         source.ever_bound = True
@@ -318,6 +349,8 @@ class Broker:
             self._delete_exchange(source)
 
     def _forget_binding(self, binding: Binding, source: Exchange) -> None:
+        if self._is_durable_binding(binding):
+            self._record(DropBinding(binding))
         source.router.remove_binding(binding)
         source.binding_count -= 1
         index = self._bindings_to.get((binding.destination_kind, binding.destination))
@@ -358,11 +391,20 @@ class Broker:
                     message=message,
                 )
             )
+        stored = False
+        keep = self.journal is not None and message.properties.persistent
         for queue in queues:
-            queue.publish(message)
+            entry = queue.publish(message)
+            if keep and queue.keeps_messages:
+                entry.persisted = stored = True
+                self._record(PutMessage(queue.name, entry.seq, message))
             if queue.consumers:
                 self._dispatch(queue)
-        session.settle_publish(seq, ok=True)
+        if stored:
+            assert self.journal is not None
+            self.journal.batch.confirms.append((session, seq))  # confirmed after the commit
+        else:
+            session.settle_publish(seq, ok=True)
         return seq
 
     def _route(self, message: Message, steps: list[RouteStep] | None = None) -> list[MessageQueue]:
@@ -491,6 +533,7 @@ class Broker:
     def ack(self, session: Session, delivery_tag: int, *, multiple: bool = False) -> None:
         settled = self._take(session, delivery_tag, multiple)
         self._acked += len(settled)
+        self._forget_settled(settled)
         self._release(settled)
 
     def nack(
@@ -502,6 +545,7 @@ class Broker:
         else:
             for item in settled:
                 self.dead_letter(item.queue, item.entry, "rejected")
+            self._forget_settled(settled)
             self._release(settled)
 
     def reject(self, session: Session, delivery_tag: int, *, requeue: bool = True) -> None:
@@ -543,6 +587,81 @@ class Broker:
         self._release(settled)
         for queue in queues.values():
             self._dispatch(queue)  # other consumers may be waiting for these
+
+    # --- durability --------------------------------------------------------------------
+
+    def _record(self, record: Record) -> None:
+        if self.journal is not None:
+            self.journal.add(record)
+
+    def _is_durable_binding(self, binding: Binding) -> bool:
+        """Both ends durable. An end being deleted counts as not: dropping it drops its rows."""
+        if self.journal is None:
+            return False
+        source = self.exchanges.get(binding.source)
+        if source is None or not source.spec.durable:
+            return False
+        if binding.destination_kind == "exchange":
+            exchange = self.exchanges.get(binding.destination)
+            return exchange is not None and exchange.spec.durable
+        queue = self.queues.get(binding.destination)
+        return queue is not None and queue.keeps_messages
+
+    def _forget_stored(self, queue: MessageQueue, entries: Iterable[QueueEntry]) -> None:
+        seqs = tuple(e.seq for e in entries if e.persisted)
+        if seqs and not queue.deleted:
+            self._record(DropMessages(queue.name, seqs))
+
+    def _forget_settled(self, settled: list[Unacked]) -> None:
+        by_queue: dict[int, list[Unacked]] = {}
+        for item in settled:
+            if item.entry.persisted:
+                by_queue.setdefault(id(item.queue), []).append(item)
+        for items in by_queue.values():
+            self._forget_stored(items[0].queue, (i.entry for i in items))
+
+    def batch_committed(self, batch: Batch) -> None:
+        """The store holds ``batch``: confirm its publishes."""
+        for session, seq in batch.confirms:
+            if not session.closed:
+                session.settle_publish(seq, ok=True)
+
+    def restore(self, snapshot: Any) -> int:
+        """Rebuild durable state from a store snapshot (at start). Returns the message count.
+
+        After an unclean shutdown every restored message is marked redelivered: it may have
+        been delivered without the store hearing of it.
+        """
+        for spec in snapshot.exchanges:
+            if spec.name not in self.exchanges:
+                self.exchanges[spec.name] = Exchange(spec)
+        for spec in snapshot.queues:
+            self.queues[spec.name] = MessageQueue(spec)
+        for binding in snapshot.bindings:
+            source = self.exchanges.get(binding.source)
+            index = self._bindings_to.setdefault(
+                (binding.destination_kind, binding.destination), {}
+            )
+            if source is None or binding.key in index:
+                continue
+            index[binding.key] = binding
+            source.router.add_binding(binding)
+            source.binding_count += 1
+            source.ever_bound = True
+        count = 0
+        for name, messages in snapshot.messages.items():
+            queue = self.queues.get(name)
+            if queue is None:
+                continue
+            for stored in messages:
+                queue.restore(
+                    stored.seq,
+                    stored.message,
+                    stored.delivery_count,
+                    maybe_delivered=not snapshot.clean_shutdown,
+                )
+                count += 1
+        return count
 
     # --- lookups and statistics ------------------------------------------------------------
 

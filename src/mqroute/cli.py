@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 from pathlib import Path
 
@@ -10,8 +11,9 @@ import click
 import trio
 
 from . import __version__
-from .datadir import DataDirError, DataDirLock, default_data_dir
+from .datadir import DataDirError, default_data_dir
 from .server import DEFAULT_HOST, DEFAULT_PORT, ServerConfig, serve
+from .store import StoreError
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
@@ -82,22 +84,31 @@ def server(
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
     log = logging.getLogger("mqroute")
     data_dir = data_dir or default_data_dir()
+    fault, fault_at = _fault_injection()
     config = ServerConfig(
         host=host,
         port=port,
         heartbeat_ms=int(heartbeat * 1000),
         max_message_size=max_message_size,
         max_frame_size=max_message_size + 64 * 1024,
+        data_dir=data_dir,
+        fault=fault,
+        fault_at=fault_at,
     )
+    log.info("data directory %s", data_dir)
     try:
-        with DataDirLock(data_dir):
-            log.info("data directory %s", data_dir)
-            trio.run(_run_until_signal, config)
-    except DataDirError as exc:
+        trio.run(_run_until_signal, config)
+    except (DataDirError, StoreError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     log.info("stopped")
+
+
+def _fault_injection() -> tuple[str | None, int]:
+    """Crash tests set MQROUTE_FAULT=before-commit:N or after-commit:N (kill at batch N)."""
+    point, _, at = os.environ.get("MQROUTE_FAULT", "").partition(":")
+    return (point or None), int(at or 1)
 
 
 async def _run_until_signal(config: ServerConfig) -> None:

@@ -28,10 +28,12 @@ class QueueEntry:
     seq: int
     message: Message
     delivery_count: int = 0  # how many times it has been handed out
+    persisted: bool = False  # a copy is in the store (persistent message, durable queue)
+    maybe_delivered: bool = False  # recovered after a crash: it may have gone out unrecorded
 
     @property
     def redelivered(self) -> bool:
-        return self.delivery_count > 0
+        return self.delivery_count > 0 or self.maybe_delivered
 
 
 class Consumer(Protocol):
@@ -62,6 +64,11 @@ class MessageQueue:
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def keeps_messages(self) -> bool:
+        """Whether persistent messages in this queue go to the store (exclusive ones never)."""
+        return self.spec.durable and not self.spec.exclusive
+
     def __len__(self) -> int:
         """Ready messages (not counting unacked ones)."""
         return len(self._ready) + len(self._requeued)
@@ -73,6 +80,16 @@ class MessageQueue:
         self._next_seq += 1
         self._ready.append(entry)
         return entry
+
+    def restore(
+        self, seq: int, message: Message, delivery_count: int, *, maybe_delivered: bool
+    ) -> None:
+        """Put back a stored message (recovery); seqs must come in increasing order."""
+        entry = QueueEntry(
+            seq, message, delivery_count, persisted=True, maybe_delivered=maybe_delivered
+        )
+        self._ready.append(entry)
+        self._next_seq = seq + 1
 
     def fetch(self) -> QueueEntry | None:
         """Take the next ready message (requeued ones first, in their original order)."""
@@ -86,11 +103,13 @@ class MessageQueue:
         """Put a delivered message back at its original position."""
         heapq.heappush(self._requeued, (entry.seq, entry))
 
-    def purge(self) -> int:
-        count = len(self)
+    def purge(self) -> list[QueueEntry]:
+        """Remove every ready message; returns them."""
+        removed = [entry for _, entry in self._requeued]
+        removed.extend(self._ready)
         self._ready.clear()
         self._requeued.clear()
-        return count
+        return removed
 
     # --- consumers ----------------------------------------------------------------------
 

@@ -9,9 +9,13 @@ by the reader waiting while its output is unsent.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -19,6 +23,7 @@ import trio
 
 from . import __version__
 from .broker import Broker
+from .datadir import DataDirLock
 from .errors import BrokerError, ProtocolError
 from .model import (
     Confirm as ConfirmEvent,
@@ -65,6 +70,7 @@ from .protocol import (
     Welcome,
 )
 from .session import Session
+from .store import MemoryStore, SqliteStore, Store
 
 log = logging.getLogger("mqroute.server")
 
@@ -83,6 +89,9 @@ class ServerConfig:
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     max_message_size: int = 16 * 1024 * 1024
     close_timeout: float = 2.0  # how long a closing connection may take to flush
+    data_dir: Path | None = None  # None: nothing is kept on disk
+    fault: str | None = None  # crash tests only: see SqliteStore
+    fault_at: int = 1
 
 
 @attrs.frozen
@@ -100,6 +109,7 @@ async def serve(
     config: ServerConfig = ServerConfig(),
     *,
     broker: Broker | None = None,
+    store: Store | None = None,
     task_status: trio.TaskStatus[ServerAddress] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run a broker until cancelled. ``task_status.started`` gets the bound address.
@@ -107,8 +117,44 @@ async def serve(
     Use port 0 for an ephemeral port (tests)::
 
         address = await nursery.start(serve, ServerConfig(port=0))
+
+    With ``config.data_dir`` the broker locks that directory, recovers what its SQLite store
+    holds and keeps durable state there; without it (or with a ``store`` given) nothing is
+    written unless that store writes it.
     """
-    broker = broker or Broker(max_message_size=config.max_message_size)
+    with contextlib.ExitStack() as stack:
+        if store is None and config.data_dir is not None:
+            stack.enter_context(DataDirLock(config.data_dir))
+            store = SqliteStore(config.data_dir, fault=config.fault, fault_at=config.fault_at)
+        if broker is None:
+            broker = Broker(max_message_size=config.max_message_size, durable=store is not None)
+        store = store or MemoryStore()
+        await _recover(broker, store)
+        try:
+            await _serve(broker, store, config, task_status)
+        finally:
+            store.close()  # marks a clean shutdown unless a write failed
+
+
+async def _recover(broker: Broker, store: Store) -> None:
+    started = time.monotonic()
+    snapshot = await trio.to_thread.run_sync(store.load)
+    count = broker.restore(snapshot)
+    if snapshot.queues or snapshot.exchanges:
+        log.info(
+            "recovered %d exchanges, %d queues, %d bindings, %d messages in %.2fs%s",
+            len(snapshot.exchanges),
+            len(snapshot.queues),
+            len(snapshot.bindings),
+            count,
+            time.monotonic() - started,
+            "" if snapshot.clean_shutdown else " (after an unclean shutdown: marked redelivered)",
+        )
+
+
+async def _serve(
+    broker: Broker, store: Store, config: ServerConfig, task_status: trio.TaskStatus[ServerAddress]
+) -> None:
     listeners = await trio.open_tcp_listeners(config.port, host=config.host)
     sockname = listeners[0].socket.getsockname()
     address = ServerAddress(sockname[0], sockname[1])
@@ -118,9 +164,27 @@ async def serve(
         await ServerConnection(broker, stream, config, f"conn-{next(ids)}").run()
 
     async with trio.open_nursery() as nursery:
+        if broker.journal is not None:
+            nursery.start_soon(_committer, broker, store)
         await nursery.start(trio.serve_listeners, handle, listeners)
         log.info("mqroute %s listening on %s", __version__, address.url)
         task_status.started(address)
+
+
+async def _committer(broker: Broker, store: Store) -> None:
+    """Group commit: each batch is everything journaled while the previous one was written."""
+    journal = broker.journal
+    assert journal is not None
+    while True:
+        pending = trio.Event()
+        journal.wakeup = pending.set
+        if not len(journal):
+            await pending.wait()
+        batch = journal.take()
+        await trio.to_thread.run_sync(store.write, batch.records)
+        broker.batch_committed(batch)
+        for release in batch.after_commit:
+            release()
 
 
 class ServerConnection:
@@ -137,7 +201,7 @@ class ServerConnection:
         self.session: Session | None = None
         self.client_name = "?"
         self.peer = _peer_name(stream)
-        self._replies: list[Frame] = []
+        self._replies: deque[list[Any]] = deque()  # [frame, ready]: sent in order once ready
         self._wakeup = trio.Event()
         self._drained = trio.Event()
         self._close: Close | None = None  # set once the connection is closing
@@ -328,7 +392,18 @@ class ServerConnection:
             reply: Frame = Error(rid=event.rid, code=exc.code, text=exc.reason)
         else:
             reply = result if isinstance(result, Frame) else Ok(rid=event.rid, result=result or {})
-        self._replies.append(reply)
+        slot = [reply, True]
+        self._replies.append(slot)
+        journal = self.broker.journal
+        if journal is not None and len(journal):
+            # Answer once what is pending (this declaration, or an equal one) is on disk.
+            slot[1] = False
+            journal.batch.after_commit.append(lambda: self._release_reply(slot))
+        else:
+            self._wake()
+
+    def _release_reply(self, slot: list[Any]) -> None:
+        slot[1] = True
         self._wake()
 
     # --- requests ------------------------------------------------------------------------
@@ -429,9 +504,11 @@ class ServerConnection:
         while True:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
-            replies, self._replies = self._replies, []
+            replies = self._replies
+            chunks = []
+            while replies and replies[0][1]:
+                chunks.append(send(replies.popleft()[0]))
             events = self.broker.take_events(self.session)
-            chunks = [send(r) for r in replies]
             chunks.extend(send(_to_frame(e)) for e in events)
             if self._close is not None:
                 chunks.append(send(self._close))
@@ -459,7 +536,7 @@ class ServerConnection:
                 cancel_scope.cancel()  # the reader may be blocked on a dead socket
                 return
             if now - self._last_sent >= interval / 2:
-                self._replies.append(Heartbeat())
+                self._replies.append([Heartbeat(), True])
                 self._wake()
                 self._last_sent = now
             wait = min(self._last_sent + interval / 2, self._last_received + 2 * interval) - now

@@ -13,6 +13,7 @@ from typing import Any
 
 import attrs
 
+from .journal import DropMessages, Journal, MarkDelivered
 from .model import Confirm, Delivery, Event, Table
 from .queue import MessageQueue, QueueEntry
 
@@ -56,9 +57,10 @@ class ConsumerState:
 class Session:
     """Per-client state. ``owner`` names the connection (for exclusive queues)."""
 
-    def __init__(self, session_id: int, owner: str) -> None:
+    def __init__(self, session_id: int, owner: str, journal: Journal | None = None) -> None:
         self.id = session_id
         self.owner = owner
+        self.journal = journal  # where deliveries of stored messages are recorded
         self.closed = False
         # Dispatch stops while this many events wait to be written (slow reader), and resumes
         # when the front end takes them; so a session's buffered output stays bounded.
@@ -102,6 +104,11 @@ class Session:
         self._next_tag += 1
         redelivered = entry.redelivered
         entry.delivery_count += 1
+        if entry.persisted and self.journal is not None:
+            if track:
+                self.journal.add(MarkDelivered(queue.name, entry.seq, entry.delivery_count))
+            else:  # auto-ack: delivered is done
+                self.journal.add(DropMessages(queue.name, (entry.seq,)))
         if track:
             self.unacked[tag] = Unacked(tag, queue, entry, consumer)
             self._unacked_order.append(tag)

@@ -1,0 +1,113 @@
+"""Records of changes to durable state, produced by the broker for a store to keep.
+
+The core only describes what must be kept; ``store.py`` decides how. A ``Journal`` collects the
+records of one scheduling round together with what waits on them (publish confirms, request
+answers), so the front end can commit them as one batch and release the waiters after it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from .model import Binding, ExchangeSpec, Message, QueueSpec
+
+
+@attrs.frozen
+class PutExchange:
+    spec: ExchangeSpec
+
+
+@attrs.frozen
+class DropExchange:
+    name: str
+
+
+@attrs.frozen
+class PutQueue:
+    spec: QueueSpec
+
+
+@attrs.frozen
+class DropQueue:
+    """The queue and every message in it."""
+
+    name: str
+
+
+@attrs.frozen
+class PutBinding:
+    binding: Binding
+
+
+@attrs.frozen
+class DropBinding:
+    binding: Binding
+
+
+@attrs.frozen
+class PutMessage:
+    queue: str
+    seq: int
+    message: Message
+    delivery_count: int = 0
+
+
+@attrs.frozen
+class DropMessages:
+    queue: str
+    seqs: tuple[int, ...]
+
+
+@attrs.frozen
+class MarkDelivered:
+    """The message was handed out ``delivery_count`` times (kept for redelivery after restart)."""
+
+    queue: str
+    seq: int
+    delivery_count: int
+
+
+Record = (
+    PutExchange
+    | DropExchange
+    | PutQueue
+    | DropQueue
+    | PutBinding
+    | DropBinding
+    | PutMessage
+    | DropMessages
+    | MarkDelivered
+)
+
+
+@attrs.define
+class Batch:
+    """One round's records and what to release once they are durable."""
+
+    records: list[Record] = attrs.Factory(list)
+    confirms: list[tuple[Any, int]] = attrs.Factory(list)  # (session, publish seq)
+    after_commit: list[Callable[[], None]] = attrs.Factory(list)
+
+
+class Journal:
+    """The batch being filled. ``wakeup`` tells the front end a batch waits to be committed."""
+
+    def __init__(self) -> None:
+        self.batch = Batch()
+        self.wakeup: Callable[[], None] | None = None
+
+    def __len__(self) -> int:
+        return len(self.batch.records)
+
+    def add(self, record: Record) -> None:
+        batch = self.batch
+        if not batch.records and self.wakeup is not None:
+            self.wakeup()
+        batch.records.append(record)
+
+    def take(self) -> Batch:
+        batch, self.batch = self.batch, Batch()
+        return batch

@@ -1,0 +1,334 @@
+"""Durability: the records the broker asks to keep, and the stores that keep them.
+
+The broker (core) never touches disk. It describes every change to durable state as a record
+(``journal.py``); the server hands each scheduling round's records to a ``Store`` in one batch,
+and only after ``write`` returns — the transaction committed and fsync'd — are the publishes in
+that batch confirmed and the declarations in it answered.
+
+``MemoryStore`` keeps nothing (an embedded or test broker). ``SqliteStore`` is the durable one:
+stdlib sqlite3, WAL, ``synchronous=FULL``, one transaction per batch, called from one thread at a
+time (the server's committer).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import attrs
+import cbor2
+
+from .journal import (
+    DropBinding,
+    DropExchange,
+    DropMessages,
+    DropQueue,
+    MarkDelivered,
+    PutBinding,
+    PutExchange,
+    PutMessage,
+    PutQueue,
+    Record,
+)
+from .model import Binding, ExchangeSpec, Message, Properties, QueueSpec
+
+DB_NAME = "mqroute.db"
+APPLICATION_ID = 0x6D717274  # "mqrt": marks the file as ours
+SCHEMA_VERSION = 1
+
+
+class StoreError(Exception):
+    """The store cannot be opened or used (corrupt, foreign, newer schema, …)."""
+
+
+@attrs.frozen(kw_only=True)
+class StoredMessage:
+    seq: int
+    message: Message
+    delivery_count: int
+
+
+@attrs.frozen(kw_only=True)
+class Snapshot:
+    """Everything durable, as recovery needs it."""
+
+    exchanges: list[ExchangeSpec]
+    queues: list[QueueSpec]
+    bindings: list[Binding]
+    messages: dict[str, list[StoredMessage]]  # queue → messages in seq order
+    clean_shutdown: bool
+
+
+class Store(Protocol):
+    def load(self) -> Snapshot:
+        """Read everything back (at start)."""
+        ...
+
+    def write(self, records: Sequence[Record]) -> None:
+        """Apply ``records`` atomically and durably; return only once they are on disk."""
+        ...
+
+    def close(self) -> None:
+        """Close cleanly (recovery then knows the shutdown was clean)."""
+        ...
+
+
+class MemoryStore:
+    """Keeps nothing: for brokers whose state may vanish with the process."""
+
+    def load(self) -> Snapshot:
+        return Snapshot(exchanges=[], queues=[], bindings=[], messages={}, clean_shutdown=True)
+
+    def write(self, records: Sequence[Record]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS exchanges (name TEXT PRIMARY KEY, spec BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS queues (name TEXT PRIMARY KEY, spec BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS bindings (
+    source TEXT NOT NULL, destination TEXT NOT NULL, kind TEXT NOT NULL,
+    routing_key TEXT NOT NULL, arguments BLOB NOT NULL, key BLOB NOT NULL,
+    PRIMARY KEY (kind, destination, key)
+);
+CREATE TABLE IF NOT EXISTS messages (
+    queue TEXT NOT NULL, seq INTEGER NOT NULL, delivery_count INTEGER NOT NULL,
+    exchange TEXT NOT NULL, routing_key TEXT NOT NULL, properties BLOB NOT NULL,
+    body BLOB NOT NULL,
+    PRIMARY KEY (queue, seq)
+);
+"""
+
+
+class SqliteStore:
+    """The durable store: one SQLite file in the data directory.
+
+    ``fault`` names a fault-injection point for crash tests: ``"before-commit"`` or
+    ``"after-commit"`` kills the process (SIGKILL) at that point of the ``fault_at``-th batch
+    that holds a message.
+    """
+
+    def __init__(self, data_dir: Path, *, fault: str | None = None, fault_at: int = 1) -> None:
+        self.path = Path(data_dir) / DB_NAME
+        self._fault = fault
+        self._fault_at = fault_at
+        self._message_batches = 0
+        self._failed = False
+        existed = self.path.exists()
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            app_id = self._db.execute("PRAGMA application_id").fetchone()[0]
+            tables = self._db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path} is not a usable mqroute database: {exc}") from None
+        if existed and tables and app_id != APPLICATION_ID:
+            raise StoreError(f"{self.path} is an SQLite database, but not mqroute's")
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version}; this mqroute reads up to "
+                f"{SCHEMA_VERSION} (a newer mqroute wrote it)"
+            )
+        self._db.executescript(_SCHEMA)
+        self._db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+    # --- recovery --------------------------------------------------------------------------
+
+    def load(self) -> Snapshot:
+        db = self._db
+        clean = db.execute("SELECT value FROM meta WHERE key='clean_shutdown'").fetchone()
+        db.execute("INSERT OR REPLACE INTO meta VALUES ('clean_shutdown', '0')")
+        exchanges = [
+            ExchangeSpec(**_load(spec)) for (spec,) in db.execute("SELECT spec FROM exchanges")
+        ]
+        queues = [QueueSpec(**_load(spec)) for (spec,) in db.execute("SELECT spec FROM queues")]
+        bindings = [
+            Binding(
+                source=s, destination=d, destination_kind=k, routing_key=rk, arguments=_load(args)
+            )
+            for s, d, k, rk, args in db.execute(
+                "SELECT source, destination, kind, routing_key, arguments FROM bindings"
+            )
+        ]
+        messages: dict[str, list[StoredMessage]] = {}
+        rows = db.execute(
+            "SELECT queue, seq, delivery_count, exchange, routing_key, properties, body "
+            "FROM messages ORDER BY queue, seq"
+        )
+        for queue, seq, count, exchange, routing_key, props, body in rows:
+            message = Message(
+                exchange=exchange,
+                routing_key=routing_key,
+                body=body,
+                properties=_load_properties(props),
+            )
+            messages.setdefault(queue, []).append(
+                StoredMessage(seq=seq, message=message, delivery_count=count)
+            )
+        return Snapshot(
+            exchanges=exchanges,
+            queues=queues,
+            bindings=bindings,
+            messages=messages,
+            clean_shutdown=bool(clean and clean[0] == "1"),
+        )
+
+    # --- writing ---------------------------------------------------------------------------
+
+    def write(self, records: Sequence[Record]) -> None:
+        if not records:
+            return
+        db = self._db
+        has_message = any(type(r) is PutMessage for r in records)
+        if has_message:
+            self._message_batches += 1
+        db.execute("BEGIN")
+        try:
+            for record in records:
+                _APPLY[type(record)](db, record)
+            if self._fault == "before-commit" and self._at_fault(has_message):
+                _die()
+            db.execute("COMMIT")
+        except BaseException:
+            self._failed = True
+            db.execute("ROLLBACK")
+            raise
+        if self._fault == "after-commit" and self._at_fault(has_message):
+            _die()
+
+    def _at_fault(self, has_message: bool) -> bool:
+        return has_message and self._message_batches == self._fault_at
+
+    def close(self) -> None:
+        if not self._failed:
+            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('clean_shutdown', '1')")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._db.close()
+
+
+def _die() -> None:
+    os.kill(os.getpid(), 9)
+
+
+def _dump(value: Any) -> bytes:
+    return cbor2.dumps(value)
+
+
+def _load(data: bytes) -> Any:
+    return cbor2.loads(data)
+
+
+def _load_properties(data: bytes) -> Properties:
+    fields = _load(data)
+    return Properties(**fields) if fields else Properties()
+
+
+def _dump_properties(props: Properties) -> bytes:
+    return _dump(
+        {
+            k: v
+            for k, v in attrs.asdict(props, recurse=False).items()
+            if v is not None and v is not False
+        }
+    )
+
+
+def _put_exchange(db: sqlite3.Connection, r: PutExchange) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO exchanges VALUES (?, ?)", (r.spec.name, _dump(attrs.asdict(r.spec)))
+    )
+
+
+def _drop_exchange(db: sqlite3.Connection, r: DropExchange) -> None:
+    db.execute("DELETE FROM exchanges WHERE name = ?", (r.name,))
+    db.execute(
+        "DELETE FROM bindings WHERE source = ? OR (kind = 'exchange' AND destination = ?)",
+        (r.name, r.name),
+    )
+
+
+def _put_queue(db: sqlite3.Connection, r: PutQueue) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO queues VALUES (?, ?)", (r.spec.name, _dump(attrs.asdict(r.spec)))
+    )
+
+
+def _drop_queue(db: sqlite3.Connection, r: DropQueue) -> None:
+    db.execute("DELETE FROM queues WHERE name = ?", (r.name,))
+    db.execute("DELETE FROM messages WHERE queue = ?", (r.name,))
+    db.execute("DELETE FROM bindings WHERE kind = 'queue' AND destination = ?", (r.name,))
+
+
+def _put_binding(db: sqlite3.Connection, r: PutBinding) -> None:
+    b = r.binding
+    db.execute(
+        "INSERT OR REPLACE INTO bindings VALUES (?, ?, ?, ?, ?, ?)",
+        (
+            b.source,
+            b.destination,
+            b.destination_kind,
+            b.routing_key,
+            _dump(b.arguments),
+            _dump([b.source, b.routing_key, b.arguments]),
+        ),
+    )
+
+
+def _drop_binding(db: sqlite3.Connection, r: DropBinding) -> None:
+    b = r.binding
+    db.execute(
+        "DELETE FROM bindings WHERE kind = ? AND destination = ? AND key = ?",
+        (b.destination_kind, b.destination, _dump([b.source, b.routing_key, b.arguments])),
+    )
+
+
+def _put_message(db: sqlite3.Connection, r: PutMessage) -> None:
+    m = r.message
+    db.execute(
+        "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (
+            r.queue,
+            r.seq,
+            r.delivery_count,
+            m.exchange,
+            m.routing_key,
+            _dump_properties(m.properties),
+            m.body,
+        ),
+    )
+
+
+def _drop_messages(db: sqlite3.Connection, r: DropMessages) -> None:
+    db.executemany(
+        "DELETE FROM messages WHERE queue = ? AND seq = ?", [(r.queue, seq) for seq in r.seqs]
+    )
+
+
+def _mark_delivered(db: sqlite3.Connection, r: MarkDelivered) -> None:
+    db.execute(
+        "UPDATE messages SET delivery_count = ? WHERE queue = ? AND seq = ?",
+        (r.delivery_count, r.queue, r.seq),
+    )
+
+
+_APPLY: dict[type, Any] = {
+    PutExchange: _put_exchange,
+    DropExchange: _drop_exchange,
+    PutQueue: _put_queue,
+    DropQueue: _drop_queue,
+    PutBinding: _put_binding,
+    DropBinding: _drop_binding,
+    PutMessage: _put_message,
+    DropMessages: _drop_messages,
+    MarkDelivered: _mark_delivered,
+}
