@@ -41,3 +41,39 @@ class RawClient:
         while not isinstance(event := await self.next(), PeerClosed):
             events.append(event)
         return events
+
+
+async def start_server_process(
+    data_dir: object, *args: str, port: int = 0, env: dict[str, str] | None = None
+) -> tuple[trio.Process, str, list[str]]:
+    """``mqroute server`` as a subprocess; returns it, its URL and its log up to listening."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    process = await trio.lowlevel.open_process(
+        [
+            sys.executable,
+            "-m",
+            "mqroute",
+            "server",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            *args,
+        ],
+        stderr=subprocess.PIPE,
+        env={**os.environ, **(env or {})},
+    )
+    assert process.stderr is not None
+    buffer = b""
+    with trio.fail_after(20):
+        while True:
+            chunk = await process.stderr.receive_some(4096)
+            assert chunk, f"server exited early: {buffer.decode()}"
+            buffer += chunk
+            match = re.search(rb"listening on (mqroute://\S+)", buffer)
+            if match:
+                return process, match.group(1).decode(), buffer.decode().splitlines()

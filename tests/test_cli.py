@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import re
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,35 +10,7 @@ import trio
 
 import mqroute
 
-
-async def start_server(data_dir: Path, *args: str) -> tuple[trio.Process, str, list[str]]:
-    """Start the server on a free port; return it, its URL and its log so far."""
-    process = await trio.lowlevel.open_process(
-        [
-            sys.executable,
-            "-m",
-            "mqroute",
-            "server",
-            "--port",
-            "0",
-            "--data-dir",
-            str(data_dir),
-            *args,
-        ],
-        stderr=subprocess.PIPE,
-    )
-    assert process.stderr is not None
-    log: list[str] = []
-    buffer = b""
-    with trio.fail_after(20):
-        while True:
-            chunk = await process.stderr.receive_some(4096)
-            assert chunk, f"server exited early: {b''.join([buffer]).decode()}"
-            buffer += chunk
-            match = re.search(rb"listening on (mqroute://\S+)", buffer)
-            if match:
-                log.extend(buffer.decode().splitlines())
-                return process, match.group(1).decode(), log
+from .helpers import start_server_process
 
 
 async def read_rest(process: trio.Process) -> str:
@@ -52,7 +22,7 @@ async def read_rest(process: trio.Process) -> str:
 
 
 async def test_server_serves_logs_and_stops_on_sigterm(tmp_path: Path) -> None:
-    process, url, log = await start_server(tmp_path / "data")
+    process, url, log = await start_server_process(tmp_path / "data")
     assert any("data directory" in line for line in log)
     async with mqroute.connect(url, client_name="cli-test") as conn:
         await conn.declare_queue("q")
@@ -65,7 +35,7 @@ async def test_server_serves_logs_and_stops_on_sigterm(tmp_path: Path) -> None:
 
 
 async def test_second_server_on_the_same_data_dir_refuses(tmp_path: Path) -> None:
-    first, _, _ = await start_server(tmp_path)
+    first, _, _ = await start_server_process(tmp_path)
     try:
         result = await trio.run_process(
             [sys.executable, "-m", "mqroute", "server", "--port", "0", "--data-dir", str(tmp_path)],

@@ -18,6 +18,19 @@ from typing import Any
 import attrs
 
 from .errors import AccessRefused, InvalidArgument, NotFound, PreconditionFailed, ResourceLocked
+from .journal import (
+    Batch,
+    DropBinding,
+    DropExchange,
+    DropMessages,
+    DropQueue,
+    Journal,
+    PutBinding,
+    PutExchange,
+    PutMessage,
+    PutQueue,
+    Record,
+)
 from .model import (
     EXCHANGE_TYPES,
     Binding,
@@ -31,19 +44,6 @@ from .model import (
     QueueStats,
     Returned,
     Table,
-)
-from .journal import (
-    Batch,
-    DropBinding,
-    DropExchange,
-    DropMessages,
-    DropQueue,
-    Journal,
-    PutBinding,
-    PutExchange,
-    PutMessage,
-    PutQueue,
-    Record,
 )
 from .queue import MessageQueue, QueueEntry
 from .routing import EXCHANGE_TYPE_CLASSES, ExchangeType

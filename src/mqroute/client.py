@@ -279,8 +279,8 @@ class Connection:
         await self.open()
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+    async def __aexit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        await self.close(polite=not _cancelled(exc_type))
 
     async def open(self) -> None:
         if self._state is not _State.UNOPENED:
@@ -327,8 +327,13 @@ class Connection:
                 raise ConnectionClosed(f"broker refused the connection: {event.code} {event.text}")
             raise ConnectionClosed("broker closed the connection during the handshake")
 
-    async def close(self) -> None:
-        """Close politely: the broker requeues what this connection left unacked."""
+    async def close(self, *, polite: bool = True) -> None:
+        """Close: the broker requeues what this connection left unacked.
+
+        ``polite`` waits (up to 5 s) for the broker to acknowledge the close. Leaving the
+        ``async with`` block because of a cancellation closes at once: the background tasks
+        that would hear the answer are being cancelled too.
+        """
         if self._state is _State.UNOPENED:
             self._state = _State.CLOSED
             return
@@ -336,7 +341,7 @@ class Connection:
             return
         tg, self._tg = self._tg, None
         try:
-            if self._state is _State.OPEN:
+            if self._state is _State.OPEN and polite:
                 with anyio.move_on_after(5, shield=True):
                     await self._send(Close(code=None, text="closed by client"))
                     await self._closed_by_server.wait()
@@ -345,9 +350,10 @@ class Connection:
         finally:
             self._fail(ConnectionClosed("connection closed by the client"))
             tg.cancel_scope.cancel()
-            await tg.__aexit__(None, None, None)
+            await tg.__aexit__(None, None, None)  # must not be inside a newer cancel scope
             if self._stream is not None:
-                await self._stream.aclose()
+                with anyio.CancelScope(shield=True):
+                    await self._stream.aclose()
 
     @property
     def is_open(self) -> bool:
@@ -868,7 +874,14 @@ class Consumer:
             raise
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
+    async def __aexit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if _cancelled(exc_type):
+            # No answer can come while we are cancelled; closing the connection (which the
+            # cancellation is about to do) requeues everything this consumer held.
+            self._active = False
+            self.conn._consumers.pop(self.tag, None)
+            self._send_stream.close()
+            return
         await self.cancel()
 
     async def cancel(self) -> None:
@@ -913,3 +926,10 @@ class Consumer:
             if self._error is not None and self._active:
                 raise self._error from None
             raise StopAsyncIteration from None
+
+
+def _cancelled(exc_type: type[BaseException] | None) -> bool:
+    """Whether a block is being left because of a cancellation (trio's or asyncio's)."""
+    if exc_type is None:
+        return False
+    return issubclass(exc_type, anyio.get_cancelled_exc_class())
