@@ -11,9 +11,11 @@ import pytest
 import trio
 
 import mqroute
+from mqroute.broker import Broker
 from mqroute.datadir import DataDirError
 from mqroute.errors import NotFound
 from mqroute.journal import Record
+from mqroute.queue import RESIDENT
 from mqroute.server import ServerAddress, ServerConfig, serve
 from mqroute.store import SqliteStore, StoreError
 
@@ -150,3 +152,36 @@ def test_a_corrupt_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "mqroute.db").write_bytes(b"this is not a database at all" * 100)
     with pytest.raises(StoreError, match="not a usable mqroute database"):
         SqliteStore(tmp_path)
+
+
+async def test_a_long_backlog_is_paged_out_and_read_back_in_order(tmp_path: Path) -> None:
+    broker = Broker(durable=True)
+    store = SqliteStore(tmp_path)
+    async with running(tmp_path, broker=broker, store=store) as address:
+        async with mqroute.connect(address.url) as conn:
+            await conn.declare_queue("backlog", durable=True)
+            async with conn.publisher(max_in_flight=500) as pub:
+                for i in range(3000):
+                    await pub.publish("", "backlog", f"m{i}".encode() * 10, persistent=True)
+            entries = list(broker.queues["backlog"]._ready)
+            assert sum(e.message is None for e in entries) >= 3000 - RESIDENT - 500
+            bodies = []
+            async with conn.consume("backlog", prefetch=100) as messages:
+                async for msg in messages:
+                    bodies.append(msg.body)
+                    await msg.ack()
+                    if len(bodies) == 3000:
+                        break
+            assert bodies == [f"m{i}".encode() * 10 for i in range(3000)]
+
+
+async def test_recovery_reads_no_bodies_until_dispatch(tmp_path: Path) -> None:
+    async with running(tmp_path) as address, mqroute.connect(address.url) as conn:
+        await conn.declare_queue("q", durable=True)
+        await conn.publish("", "q", b"body", persistent=True, headers={"k": [1, "v"]})
+    broker = Broker(durable=True)
+    async with running(tmp_path, broker=broker, store=SqliteStore(tmp_path)) as address:
+        assert [e.message for e in broker.queues["q"]._ready] == [None]
+        async with mqroute.connect(address.url) as conn:
+            msg = await conn.get("q", auto_ack=True)
+            assert msg is not None and msg.body == b"body" and msg.headers == {"k": [1, "v"]}

@@ -45,7 +45,7 @@ from .model import (
     Returned,
     Table,
 )
-from .queue import MessageQueue, QueueEntry
+from .queue import Loader, MessageQueue, QueueEntry
 from .routing import EXCHANGE_TYPE_CLASSES, ExchangeType
 from .session import ConsumerState, Session, Unacked
 
@@ -104,6 +104,7 @@ class Broker:
     def __init__(self, *, max_message_size: int = 16 * 1024 * 1024, durable: bool = False) -> None:
         self.max_message_size = max_message_size
         self.journal: Journal | None = Journal() if durable else None
+        self.loader: Loader | None = None  # reads paged-out bodies back; set with the store
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, MessageQueue] = {}
         self.sessions: dict[int, Session] = {}
@@ -219,6 +220,8 @@ class Broker:
         else:
             spec = attrs.evolve(spec, name=self._server_queue_name())
         queue = MessageQueue(spec, owner=owner if spec.exclusive else None)
+        if queue.keeps_messages:
+            queue.loader = self.loader
         self.queues[spec.name] = queue
         if queue.keeps_messages:
             self._record(PutQueue(spec))
@@ -398,6 +401,8 @@ class Broker:
             if keep and queue.keeps_messages:
                 entry.persisted = stored = True
                 self._record(PutMessage(queue.name, entry.seq, message))
+                assert self.journal is not None
+                self.journal.batch.stored.append((queue, entry))
             if queue.consumers:
                 self._dispatch(queue)
         if stored:
@@ -621,10 +626,13 @@ class Broker:
             self._forget_stored(items[0].queue, (i.entry for i in items))
 
     def batch_committed(self, batch: Batch) -> None:
-        """The store holds ``batch``: confirm its publishes."""
+        """The store holds ``batch``: confirm its publishes, page out far-from-head bodies."""
         for session, seq in batch.confirms:
             if not session.closed:
                 session.settle_publish(seq, ok=True)
+        for queue, entry in batch.stored:
+            if not queue.deleted:
+                queue.page_out(entry)
 
     def restore(self, snapshot: Any) -> int:
         """Rebuild durable state from a store snapshot (at start). Returns the message count.
@@ -636,7 +644,8 @@ class Broker:
             if spec.name not in self.exchanges:
                 self.exchanges[spec.name] = Exchange(spec)
         for spec in snapshot.queues:
-            self.queues[spec.name] = MessageQueue(spec)
+            self.queues[spec.name] = queue = MessageQueue(spec)
+            queue.loader = self.loader
         for binding in snapshot.bindings:
             source = self.exchanges.get(binding.source)
             index = self._bindings_to.setdefault(
@@ -650,15 +659,12 @@ class Broker:
             source.ever_bound = True
         count = 0
         for name, messages in snapshot.messages.items():
-            queue = self.queues.get(name)
-            if queue is None:
+            target = self.queues.get(name)
+            if target is None:
                 continue
             for stored in messages:
-                queue.restore(
-                    stored.seq,
-                    stored.message,
-                    stored.delivery_count,
-                    maybe_delivered=not snapshot.clean_shutdown,
+                target.restore(
+                    stored.seq, stored.delivery_count, maybe_delivered=not snapshot.clean_shutdown
                 )
                 count += 1
         return count

@@ -89,6 +89,7 @@ class Batch:
 
     records: list[Record] = attrs.Factory(list)
     confirms: list[tuple[Any, int]] = attrs.Factory(list)  # (session, publish seq)
+    stored: list[tuple[Any, Any]] = attrs.Factory(list)  # (queue, entry) written by this batch
     after_commit: list[Callable[[], None]] = attrs.Factory(list)
 
 

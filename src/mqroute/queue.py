@@ -5,6 +5,10 @@ in a deque; requeued ones wait in a heap by ``seq`` and always go first, because
 delivered left the queue before everything still in the deque. That puts a requeued message
 back at its original position, as RabbitMQ's classic queues do, in O(log n).
 
+A durable queue's backlog need not fit in memory: once the store holds a message and it is
+beyond the first ``RESIDENT`` ready ones, its body is dropped (``message = None``) and read
+back from the store, a page at a time, when it comes near the head.
+
 Dispatch walks a ring of consumers that have credit, so a message costs the same whether the
 queue has one consumer or a thousand; a consumer that runs out of credit leaves the ring and
 re-enters it when an ack gives credit back.
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 import attrs
@@ -26,7 +31,7 @@ class QueueEntry:
     """A message in one queue, with that queue's delivery history of it."""
 
     seq: int
-    message: Message
+    message: Message | None  # None: paged out, the store has it
     delivery_count: int = 0  # how many times it has been handed out
     persisted: bool = False  # a copy is in the store (persistent message, durable queue)
     maybe_delivered: bool = False  # recovered after a crash: it may have gone out unrecorded
@@ -34,6 +39,13 @@ class QueueEntry:
     @property
     def redelivered(self) -> bool:
         return self.delivery_count > 0 or self.maybe_delivered
+
+
+RESIDENT = 1024  # ready messages whose bodies stay in memory
+PAGE = 256  # bodies read back from the store at once
+
+#: Reads stored bodies back: (queue name, seqs) → {seq: message}.
+Loader = Callable[[str, list[int]], dict[int, Message]]
 
 
 class Consumer(Protocol):
@@ -50,6 +62,7 @@ class MessageQueue:
     def __init__(self, spec: QueueSpec, owner: str | None = None) -> None:
         self.spec = spec
         self.owner = owner  # the connection an exclusive queue belongs to
+        self.loader: Loader | None = None  # set for queues whose messages the store keeps
         self.deleted = False
         self.unacked = 0
         self.ever_consumed = False  # auto-delete only applies once a consumer came and went
@@ -81,23 +94,41 @@ class MessageQueue:
         self._ready.append(entry)
         return entry
 
-    def restore(
-        self, seq: int, message: Message, delivery_count: int, *, maybe_delivered: bool
-    ) -> None:
-        """Put back a stored message (recovery); seqs must come in increasing order."""
+    def restore(self, seq: int, delivery_count: int, *, maybe_delivered: bool) -> None:
+        """Put back a stored message, body left on disk (recovery); seqs in increasing order."""
         entry = QueueEntry(
-            seq, message, delivery_count, persisted=True, maybe_delivered=maybe_delivered
+            seq, None, delivery_count, persisted=True, maybe_delivered=maybe_delivered
         )
         self._ready.append(entry)
         self._next_seq = seq + 1
+
+    def page_out(self, entry: QueueEntry) -> None:
+        """The store now holds ``entry``: drop its body if it is far from the head."""
+        if len(self._ready) > RESIDENT and self.loader is not None and entry.delivery_count == 0:
+            entry.message = None
 
     def fetch(self) -> QueueEntry | None:
         """Take the next ready message (requeued ones first, in their original order)."""
         if self._requeued:
             return heapq.heappop(self._requeued)[1]
         if self._ready:
+            if self._ready[0].message is None:
+                self._page_in()
             return self._ready.popleft()
         return None
+
+    def _page_in(self) -> None:
+        """Read the bodies of the next page of paged-out messages from the store."""
+        assert self.loader is not None
+        wanted: list[QueueEntry] = []
+        for entry in self._ready:
+            if len(wanted) == PAGE:
+                break
+            if entry.message is None:
+                wanted.append(entry)
+        bodies = self.loader(self.name, [e.seq for e in wanted])
+        for entry in wanted:
+            entry.message = bodies[entry.seq]
 
     def requeue(self, entry: QueueEntry) -> None:
         """Put a delivered message back at its original position."""

@@ -129,6 +129,7 @@ async def serve(
         if broker is None:
             broker = Broker(max_message_size=config.max_message_size, durable=store is not None)
         store = store or MemoryStore()
+        broker.loader = store.read_messages
         await _recover(broker, store)
         try:
             await _serve(broker, store, config, task_status)

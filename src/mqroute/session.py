@@ -116,6 +116,7 @@ class Session:
             if consumer is not None:
                 consumer.unacked += 1
         message = entry.message
+        assert message is not None, "fetch pages bodies in before delivery"
         delivery = Delivery(
             consumer_tag=consumer.tag if consumer is not None else "",
             delivery_tag=tag,

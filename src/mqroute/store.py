@@ -46,8 +46,9 @@ class StoreError(Exception):
 
 @attrs.frozen(kw_only=True)
 class StoredMessage:
+    """A stored message as recovery sees it: its body stays on disk until dispatch needs it."""
+
     seq: int
-    message: Message
     delivery_count: int
 
 
@@ -71,6 +72,10 @@ class Store(Protocol):
         """Apply ``records`` atomically and durably; return only once they are on disk."""
         ...
 
+    def read_messages(self, queue: str, seqs: list[int]) -> dict[int, Message]:
+        """Bodies of stored messages (committed ones), for paging them back in."""
+        ...
+
     def close(self) -> None:
         """Close cleanly (recovery then knows the shutdown was clean)."""
         ...
@@ -84,6 +89,9 @@ class MemoryStore:
 
     def write(self, records: Sequence[Record]) -> None:
         pass
+
+    def read_messages(self, queue: str, seqs: list[int]) -> dict[int, Message]:
+        raise KeyError(f"a memory store keeps no messages (queue {queue!r})")
 
     def close(self) -> None:
         pass
@@ -141,6 +149,9 @@ class SqliteStore:
         self._db.executescript(_SCHEMA)
         self._db.execute(f"PRAGMA application_id={APPLICATION_ID}")
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        # Paging reads run on the event loop's thread while the writer thread commits: WAL
+        # lets a second connection read committed rows without waiting for the writer.
+        self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
 
     # --- recovery --------------------------------------------------------------------------
 
@@ -161,20 +172,9 @@ class SqliteStore:
             )
         ]
         messages: dict[str, list[StoredMessage]] = {}
-        rows = db.execute(
-            "SELECT queue, seq, delivery_count, exchange, routing_key, properties, body "
-            "FROM messages ORDER BY queue, seq"
-        )
-        for queue, seq, count, exchange, routing_key, props, body in rows:
-            message = Message(
-                exchange=exchange,
-                routing_key=routing_key,
-                body=body,
-                properties=_load_properties(props),
-            )
-            messages.setdefault(queue, []).append(
-                StoredMessage(seq=seq, message=message, delivery_count=count)
-            )
+        rows = db.execute("SELECT queue, seq, delivery_count FROM messages ORDER BY queue, seq")
+        for queue, seq, count in rows:  # no bodies: recovery does not scan them
+            messages.setdefault(queue, []).append(StoredMessage(seq=seq, delivery_count=count))
         return Snapshot(
             exchanges=exchanges,
             queues=queues,
@@ -206,6 +206,24 @@ class SqliteStore:
         if self._fault == "after-commit" and self._at_fault(has_message):
             _die()
 
+    def read_messages(self, queue: str, seqs: list[int]) -> dict[int, Message]:
+        rows = self._reader.execute(
+            "SELECT seq, exchange, routing_key, properties, body FROM messages "
+            "WHERE queue = ? AND seq BETWEEN ? AND ?",
+            (queue, min(seqs), max(seqs)),
+        )
+        wanted = set(seqs)
+        return {
+            seq: Message(
+                exchange=exchange,
+                routing_key=routing_key,
+                body=body,
+                properties=_load_properties(props),
+            )
+            for seq, exchange, routing_key, props, body in rows
+            if seq in wanted
+        }
+
     def _at_fault(self, has_message: bool) -> bool:
         return has_message and self._message_batches == self._fault_at
 
@@ -213,6 +231,7 @@ class SqliteStore:
         if not self._failed:
             self._db.execute("INSERT OR REPLACE INTO meta VALUES ('clean_shutdown', '1')")
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        self._reader.close()
         self._db.close()
 
 
