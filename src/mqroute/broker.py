@@ -112,7 +112,10 @@ class Broker:
         self._bindings_to: dict[tuple[str, str], dict[tuple[Any, ...], Binding]] = {}
         self._session_ids = itertools.count(1)
         self._queue_names = itertools.count(1)
-        self._published = self._delivered = self._acked = 0
+        self._published = self._delivered = self._acked = self._dead_lettered = 0
+        self.now = (
+            0.0  # seconds since the epoch; the front end sets it, the core never reads a clock
+        )
         for name, kind in PREDECLARED.items():
             self.exchanges[name] = Exchange(ExchangeSpec(name=name, type=kind, durable=True))
 
@@ -394,9 +397,32 @@ class Broker:
                     message=message,
                 )
             )
+        stored, refused = self._enqueue(message, queues)
+        if refused:
+            session.settle_publish(seq, ok=False, text=f"queue {refused!r} is full (x-overflow)")
+        elif stored:
+            assert self.journal is not None
+            self.journal.batch.confirms.append((session, seq))  # confirmed after the commit
+        else:
+            session.settle_publish(seq, ok=True)
+        return seq
+
+    def _enqueue(self, message: Message, queues: list[MessageQueue]) -> tuple[bool, str | None]:
+        """Put ``message`` in each queue, honouring length limits; dispatch.
+
+        Returns whether the store must keep it before it is confirmed, and the name of a queue
+        that refused it (x-overflow reject-publish), if any.
+        """
         stored = False
+        refused = None
         keep = self.journal is not None and message.properties.persistent
         for queue in queues:
+            args = queue.args
+            if args.overflow != "drop-head" and queue.would_overflow(len(message.body)):
+                refused = queue.name
+                if args.overflow == "reject-publish-dlx":
+                    self._dead_letter_message(queue, message, "maxlen")
+                continue
             entry = queue.publish(message)
             if keep and queue.keeps_messages:
                 entry.persisted = stored = True
@@ -405,14 +431,16 @@ class Broker:
                 self.journal.batch.stored.append((queue, entry))
             if queue.consumers:
                 self._dispatch(queue)
-        if stored:
-            assert self.journal is not None
-            self.journal.batch.confirms.append((session, seq))  # confirmed after the commit
-        else:
-            session.settle_publish(seq, ok=True)
-        return seq
+            while queue.over_limit():  # drop-head: the oldest ready messages make room
+                head = queue.fetch()
+                assert head is not None
+                self._forget_stored(queue, (head,))
+                self.dead_letter(queue, head, "maxlen")
+        return stored, refused
 
-    def _route(self, message: Message, steps: list[RouteStep] | None = None) -> list[MessageQueue]:
+    def _route(
+        self, message: Message, steps: list[RouteStep] | None = None, *, from_client: bool = True
+    ) -> list[MessageQueue]:
         """Queues ``message`` reaches, each once, following exchange-to-exchange bindings."""
         name = message.exchange
         if name == DEFAULT_EXCHANGE:
@@ -434,7 +462,7 @@ class Broker:
         start = self.exchanges.get(name)
         if start is None:
             raise NotFound(f"no exchange {name!r}")
-        if start.spec.internal:
+        if start.spec.internal and from_client:
             raise AccessRefused(f"cannot publish to internal exchange {name!r}")
         found: dict[str, MessageQueue] = {}
         seen = {name}
@@ -557,7 +585,43 @@ class Broker:
         self.nack(session, delivery_tag, multiple=False, requeue=requeue)
 
     def dead_letter(self, queue: MessageQueue, entry: QueueEntry, reason: str) -> None:
-        """A message leaves ``queue`` unsuccessfully. It is dropped until dead-lettering lands."""
+        """A message leaves ``queue`` unsuccessfully: republish it to the queue's DLX, if any.
+
+        ``reason`` is RabbitMQ's: rejected, expired, maxlen or delivery_limit.
+        """
+        if queue.args.dead_letter_exchange is None:
+            return
+        if entry.message is None:
+            assert queue.loader is not None
+            entry.message = queue.loader(queue.name, [entry.seq])[entry.seq]
+        self._dead_letter_message(queue, entry.message, reason)
+
+    def _dead_letter_message(self, queue: MessageQueue, message: Message, reason: str) -> None:
+        args = queue.args
+        dlx = args.dead_letter_exchange
+        if dlx is None:
+            return
+        if dlx != DEFAULT_EXCHANGE and dlx not in self.exchanges:
+            return  # a DLX that does not exist drops the message, as RabbitMQ
+        routing_key = args.dead_letter_routing_key or message.routing_key
+        dead = attrs.evolve(
+            message,
+            exchange=dlx,
+            routing_key=routing_key,
+            properties=attrs.evolve(
+                message.properties,
+                expiration=None,
+                headers=death_headers(message, queue.name, reason, self.now),
+            ),
+        )
+        targets = self._route(dead, from_client=False)
+        if reason != "rejected" and not _rejected_in_history(dead):
+            # An automatic cycle (expired / maxlen / delivery_limit back into a queue the
+            # message already died in) would go on for ever: drop those targets, as RabbitMQ.
+            seen = _death_queues(dead)
+            targets = [q for q in targets if q.name not in seen]
+        self._dead_lettered += 1
+        self._enqueue(dead, targets)
 
     def _take(self, session: Session, tag: int, multiple: bool) -> list[Unacked]:
         if not multiple and tag not in session.unacked:
@@ -586,9 +650,16 @@ class Broker:
     def _requeue(self, settled: list[Unacked]) -> None:
         queues: dict[int, MessageQueue] = {}
         for item in settled:
-            if not item.queue.deleted:
-                item.queue.requeue(item.entry)
-                queues[id(item.queue)] = item.queue
+            queue, entry = item.queue, item.entry
+            if queue.deleted:
+                continue
+            limit = queue.args.delivery_limit
+            if limit is not None and entry.delivery_count > limit:
+                self._forget_stored(queue, (entry,))
+                self.dead_letter(queue, entry, "delivery_limit")
+                continue
+            queue.requeue(entry)
+            queues[id(queue)] = queue
         self._release(settled)
         for queue in queues.values():
             self._dispatch(queue)  # other consumers may be waiting for these
@@ -664,7 +735,10 @@ class Broker:
                 continue
             for stored in messages:
                 target.restore(
-                    stored.seq, stored.delivery_count, maybe_delivered=not snapshot.clean_shutdown
+                    stored.seq,
+                    stored.size,
+                    stored.delivery_count,
+                    maybe_delivered=not snapshot.clean_shutdown,
                 )
                 count += 1
         return count
@@ -736,3 +810,41 @@ def _describe_queue(spec: QueueSpec) -> str:
         f"durable={spec.durable} exclusive={spec.exclusive} "
         f"auto_delete={spec.auto_delete} arguments={spec.arguments}"
     )
+
+
+def death_headers(message: Message, queue: str, reason: str, now: float) -> Table:
+    """The message's headers with its death in ``queue`` recorded as RabbitMQ writes it.
+
+    ``x-death`` holds one entry per (queue, reason), most recent first, with a count;
+    ``x-first-death-*`` are set once, ``x-last-death-*`` every time.
+    """
+    headers = dict(message.properties.headers or {})
+    deaths = [d for d in headers.get("x-death") or [] if isinstance(d, dict)]
+    previous = next(
+        (d for d in deaths if d.get("queue") == queue and d.get("reason") == reason), None
+    )
+    entry: Table = {
+        "queue": queue,
+        "reason": reason,
+        "count": (previous.get("count", 0) + 1) if previous else 1,
+        "time": int(now),
+        "exchange": message.exchange,
+        "routing-keys": [message.routing_key],
+    }
+    if message.properties.expiration is not None:
+        entry["original-expiration"] = message.properties.expiration
+    headers["x-death"] = [entry] + [d for d in deaths if d is not previous]
+    for key, value in (("queue", queue), ("reason", reason), ("exchange", message.exchange)):
+        headers.setdefault(f"x-first-death-{key}", value)
+        headers[f"x-last-death-{key}"] = value
+    return headers
+
+
+def _death_queues(message: Message) -> set[str]:
+    deaths = (message.properties.headers or {}).get("x-death") or []
+    return {str(d.get("queue")) for d in deaths if isinstance(d, dict)}
+
+
+def _rejected_in_history(message: Message) -> bool:
+    deaths = (message.properties.headers or {}).get("x-death") or []
+    return any(isinstance(d, dict) and d.get("reason") == "rejected" for d in deaths)

@@ -24,6 +24,7 @@ from typing import Protocol
 import attrs
 
 from .model import Message, QueueSpec, QueueStats
+from .queue_args import QueueArguments
 
 
 @attrs.define(eq=False, slots=True)
@@ -32,6 +33,7 @@ class QueueEntry:
 
     seq: int
     message: Message | None  # None: paged out, the store has it
+    size: int  # body bytes, known even when paged out
     delivery_count: int = 0  # how many times it has been handed out
     persisted: bool = False  # a copy is in the store (persistent message, durable queue)
     maybe_delivered: bool = False  # recovered after a crash: it may have gone out unrecorded
@@ -61,6 +63,8 @@ class Consumer(Protocol):
 class MessageQueue:
     def __init__(self, spec: QueueSpec, owner: str | None = None) -> None:
         self.spec = spec
+        self.args = QueueArguments.from_table(spec.name, spec.arguments)  # raises if invalid
+        self.ready_bytes = 0  # bodies of ready messages, for x-max-length-bytes
         self.owner = owner  # the connection an exclusive queue belongs to
         self.loader: Loader | None = None  # set for queues whose messages the store keeps
         self.deleted = False
@@ -89,17 +93,19 @@ class MessageQueue:
     # --- messages -----------------------------------------------------------------------
 
     def publish(self, message: Message) -> QueueEntry:
-        entry = QueueEntry(self._next_seq, message)
+        entry = QueueEntry(self._next_seq, message, len(message.body))
         self._next_seq += 1
         self._ready.append(entry)
+        self.ready_bytes += entry.size
         return entry
 
-    def restore(self, seq: int, delivery_count: int, *, maybe_delivered: bool) -> None:
+    def restore(self, seq: int, size: int, delivery_count: int, *, maybe_delivered: bool) -> None:
         """Put back a stored message, body left on disk (recovery); seqs in increasing order."""
         entry = QueueEntry(
-            seq, None, delivery_count, persisted=True, maybe_delivered=maybe_delivered
+            seq, None, size, delivery_count, persisted=True, maybe_delivered=maybe_delivered
         )
         self._ready.append(entry)
+        self.ready_bytes += size
         self._next_seq = seq + 1
 
     def page_out(self, entry: QueueEntry) -> None:
@@ -110,12 +116,15 @@ class MessageQueue:
     def fetch(self) -> QueueEntry | None:
         """Take the next ready message (requeued ones first, in their original order)."""
         if self._requeued:
-            return heapq.heappop(self._requeued)[1]
-        if self._ready:
+            entry = heapq.heappop(self._requeued)[1]
+        elif self._ready:
             if self._ready[0].message is None:
                 self._page_in()
-            return self._ready.popleft()
-        return None
+            entry = self._ready.popleft()
+        else:
+            return None
+        self.ready_bytes -= entry.size
+        return entry
 
     def _page_in(self) -> None:
         """Read the bodies of the next page of paged-out messages from the store."""
@@ -133,6 +142,7 @@ class MessageQueue:
     def requeue(self, entry: QueueEntry) -> None:
         """Put a delivered message back at its original position."""
         heapq.heappush(self._requeued, (entry.seq, entry))
+        self.ready_bytes += entry.size
 
     def purge(self) -> list[QueueEntry]:
         """Remove every ready message; returns them."""
@@ -140,7 +150,22 @@ class MessageQueue:
         removed.extend(self._ready)
         self._ready.clear()
         self._requeued.clear()
+        self.ready_bytes = 0
         return removed
+
+    def over_limit(self) -> bool:
+        """Whether the ready messages exceed x-max-length or x-max-length-bytes."""
+        args = self.args
+        return (args.max_length is not None and len(self) > args.max_length) or (
+            args.max_length_bytes is not None and self.ready_bytes > args.max_length_bytes
+        )
+
+    def would_overflow(self, size: int) -> bool:
+        """Whether one more message of ``size`` bytes would exceed a limit."""
+        args = self.args
+        return (args.max_length is not None and len(self) >= args.max_length) or (
+            args.max_length_bytes is not None and self.ready_bytes + size > args.max_length_bytes
+        )
 
     # --- consumers ----------------------------------------------------------------------
 

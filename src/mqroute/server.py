@@ -334,6 +334,7 @@ class ServerConnection:
                     await self._drained.wait()
                 data = await self.stream.receive_some(RECEIVE_SIZE)
                 self._last_received = trio.current_time()
+                self.broker.now = time.time()  # for x-death times; the core reads no clock
                 proto.receive_data(data)
                 continue
             kind = type(event)

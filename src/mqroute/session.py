@@ -14,7 +14,7 @@ from typing import Any
 import attrs
 
 from .journal import DropMessages, Journal, MarkDelivered
-from .model import Confirm, Delivery, Event, Table
+from .model import Confirm, Delivery, Event, Message, Table
 from .queue import MessageQueue, QueueEntry
 
 
@@ -117,6 +117,8 @@ class Session:
                 consumer.unacked += 1
         message = entry.message
         assert message is not None, "fetch pages bodies in before delivery"
+        if entry.delivery_count > 1:  # a redelivery says how many deliveries came before
+            message = with_header(message, "x-delivery-count", entry.delivery_count - 1)
         delivery = Delivery(
             consumer_tag=consumer.tag if consumer is not None else "",
             delivery_tag=tag,
@@ -199,3 +201,9 @@ class Session:
             )
         if last_ok is not None:
             self._outbox.append(Confirm(seq=last_ok, multiple=True))
+
+
+def with_header(message: Message, name: str, value: Any) -> Message:
+    headers = dict(message.properties.headers or {})
+    headers[name] = value
+    return attrs.evolve(message, properties=attrs.evolve(message.properties, headers=headers))

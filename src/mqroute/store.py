@@ -49,6 +49,7 @@ class StoredMessage:
     """A stored message as recovery sees it: its body stays on disk until dispatch needs it."""
 
     seq: int
+    size: int
     delivery_count: int
 
 
@@ -172,9 +173,13 @@ class SqliteStore:
             )
         ]
         messages: dict[str, list[StoredMessage]] = {}
-        rows = db.execute("SELECT queue, seq, delivery_count FROM messages ORDER BY queue, seq")
-        for queue, seq, count in rows:  # no bodies: recovery does not scan them
-            messages.setdefault(queue, []).append(StoredMessage(seq=seq, delivery_count=count))
+        rows = db.execute(
+            "SELECT queue, seq, length(body), delivery_count FROM messages ORDER BY queue, seq"
+        )
+        for queue, seq, size, count in rows:  # no bodies: recovery does not read them
+            messages.setdefault(queue, []).append(
+                StoredMessage(seq=seq, size=size, delivery_count=count)
+            )
         return Snapshot(
             exchanges=exchanges,
             queues=queues,

@@ -1,0 +1,64 @@
+"""Queue arguments (RabbitMQ's ``x-…`` names): validated once at declare, then read as fields.
+
+Unknown ``x-`` arguments are kept and ignored, as RabbitMQ does; known ones with a bad value
+make the declare fail with PRECONDITION_FAILED naming the argument, before anything changes.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from .errors import PreconditionFailed
+from .model import Table
+
+OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
+
+
+@attrs.frozen(kw_only=True)
+class QueueArguments:
+    dead_letter_exchange: str | None = None
+    dead_letter_routing_key: str | None = None
+    max_length: int | None = None
+    max_length_bytes: int | None = None
+    overflow: str = "drop-head"
+    delivery_limit: int | None = None
+
+    @classmethod
+    def from_table(cls, name: str, table: Table) -> QueueArguments:
+        def text(key: str) -> str | None:
+            value = table.get(key)
+            if value is not None and not isinstance(value, str):
+                raise _invalid(name, key, value, "a string")
+            return value
+
+        def count(key: str) -> int | None:
+            value = table.get(key)
+            if value is not None and (type(value) is not int or value < 0):
+                raise _invalid(name, key, value, "a non-negative integer")
+            return value
+
+        overflow = text("x-overflow") or "drop-head"
+        if overflow not in OVERFLOW_MODES:
+            raise _invalid(name, "x-overflow", overflow, " or ".join(OVERFLOW_MODES))
+        args = cls(
+            dead_letter_exchange=text("x-dead-letter-exchange"),
+            dead_letter_routing_key=text("x-dead-letter-routing-key"),
+            max_length=count("x-max-length"),
+            max_length_bytes=count("x-max-length-bytes"),
+            overflow=overflow,
+            delivery_limit=count("x-delivery-limit"),
+        )
+        if args.dead_letter_routing_key is not None and args.dead_letter_exchange is None:
+            raise PreconditionFailed(
+                f"invalid arguments for queue {name!r}: x-dead-letter-routing-key is set "
+                "but x-dead-letter-exchange is not"
+            )
+        return args
+
+
+def _invalid(queue: str, key: str, value: Any, expected: str) -> PreconditionFailed:
+    return PreconditionFailed(
+        f"invalid argument {key!r} for queue {queue!r}: {value!r}; expected {expected}"
+    )

@@ -1,0 +1,274 @@
+"""Dead-lettering, length limits and delivery limits (RabbitMQ's queue arguments)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import mqroute
+from mqroute.broker import Broker
+from mqroute.errors import MessageNacked, PreconditionFailed
+from mqroute.model import Confirm, Delivery, ExchangeSpec, Message, Properties, QueueSpec
+from mqroute.session import Session
+
+from .test_durability import running
+
+
+def msg(key: str, body: bytes = b"", exchange: str = "", **props: Any) -> Message:
+    return Message(exchange=exchange, routing_key=key, body=body, properties=Properties(**props))
+
+
+@pytest.fixture
+def b() -> Broker:
+    broker = Broker()
+    broker.now = 1_700_000_000.0
+    broker.declare_exchange(ExchangeSpec(name="dlx", type="fanout"))
+    broker.declare_queue("o", QueueSpec(name="dead"))
+    broker.bind_queue("o", "dead", "dlx")
+    return broker
+
+
+@pytest.fixture
+def s(b: Broker) -> Session:
+    return b.open_session("o")
+
+
+def declare(b: Broker, name: str, **arguments: Any) -> None:
+    b.declare_queue("o", QueueSpec(name=name, arguments=arguments))
+
+
+def ready(b: Broker, queue: str) -> list[Message]:
+    q = b.queues[queue]
+    entries = [e for _, e in sorted(q._requeued, key=lambda x: x[0])] + list(q._ready)
+    return [e.message for e in entries if e.message is not None]
+
+
+def test_rejected_message_goes_to_the_dlx_with_x_death(b: Broker, s: Session) -> None:
+    declare(b, "work", **{"x-dead-letter-exchange": "dlx"})
+    b.publish(s, msg("work", b"job", expiration="60000", headers={"app": 1}))
+    d = b.get(s, "work")
+    assert d is not None
+    b.reject(s, d.delivery_tag, requeue=False)
+    [dead] = ready(b, "dead")
+    assert dead.body == b"job" and dead.exchange == "dlx" and dead.routing_key == "work"
+    assert dead.properties.expiration is None
+    headers = dead.properties.headers or {}
+    assert headers["app"] == 1
+    assert headers["x-death"] == [
+        {
+            "queue": "work",
+            "reason": "rejected",
+            "count": 1,
+            "time": 1_700_000_000,
+            "exchange": "",
+            "routing-keys": ["work"],
+            "original-expiration": "60000",
+        }
+    ]
+    assert headers["x-first-death-queue"] == headers["x-last-death-queue"] == "work"
+    assert headers["x-first-death-reason"] == "rejected"
+    assert headers["x-first-death-exchange"] == ""
+
+
+def test_dead_letter_routing_key_replaces_the_key(b: Broker, s: Session) -> None:
+    b.declare_exchange(ExchangeSpec(name="dlx-direct", type="direct"))
+    declare(b, "parked")
+    b.bind_queue("o", "parked", "dlx-direct", "parked")
+    declare(
+        b, "work", **{"x-dead-letter-exchange": "dlx-direct", "x-dead-letter-routing-key": "parked"}
+    )
+    b.publish(s, msg("work", b"x"))
+    d = b.get(s, "work")
+    assert d is not None
+    b.nack(s, d.delivery_tag, requeue=False)
+    assert [m.routing_key for m in ready(b, "parked")] == ["parked"]
+
+
+def test_second_death_in_the_same_queue_counts_up(b: Broker, s: Session) -> None:
+    # work → (rejected) → retry queue, consumed and republished to work by hand, rejected again
+    b.declare_exchange(ExchangeSpec(name="to-retry", type="fanout"))
+    declare(b, "retry")
+    b.bind_queue("o", "retry", "to-retry")
+    declare(b, "work", **{"x-dead-letter-exchange": "to-retry"})
+    b.publish(s, msg("work", b"x"))
+    for _ in range(2):
+        d = b.get(s, "work")
+        assert d is not None
+        b.reject(s, d.delivery_tag, requeue=False)
+        r = b.get(s, "retry", auto_ack=True)
+        assert r is not None
+        if _ == 0:
+            b.publish(
+                s,
+                Message(
+                    exchange="",
+                    routing_key="work",
+                    body=r.message.body,
+                    properties=r.message.properties,
+                ),
+            )
+    deaths = (r.message.properties.headers or {})["x-death"]
+    assert [(x["queue"], x["reason"], x["count"]) for x in deaths] == [("work", "rejected", 2)]
+
+
+def test_automatic_dead_letter_cycle_is_dropped(b: Broker, s: Session) -> None:
+    declare(b, "loop", **{"x-dead-letter-exchange": "", "x-max-length": 1})
+    # drop-head dead-letters the older message back to "loop" itself: a cycle, dropped
+    b.publish(s, msg("loop", b"1"))
+    b.publish(s, msg("loop", b"2"))
+    assert [m.body for m in ready(b, "loop")] == [b"2"]
+
+
+def test_rejected_messages_may_cycle(b: Broker, s: Session) -> None:
+    declare(b, "again", **{"x-dead-letter-exchange": ""})
+    b.publish(s, msg("again", b"x"))
+    for _ in range(3):
+        d = b.get(s, "again")
+        assert d is not None
+        b.reject(s, d.delivery_tag, requeue=False)
+    [back] = ready(b, "again")
+    assert (back.properties.headers or {})["x-death"][0]["count"] == 3
+
+
+def test_max_length_drop_head_dead_letters_the_oldest(b: Broker, s: Session) -> None:
+    declare(b, "q", **{"x-max-length": 2, "x-dead-letter-exchange": "dlx"})
+    for i in range(4):
+        b.publish(s, msg("q", bytes([i])))
+    assert [m.body for m in ready(b, "q")] == [b"\x02", b"\x03"]
+    dead = ready(b, "dead")
+    assert [m.body for m in dead] == [b"\x00", b"\x01"]
+    assert (dead[0].properties.headers or {})["x-death"][0]["reason"] == "maxlen"
+
+
+def test_max_length_bytes_counts_ready_bodies(b: Broker, s: Session) -> None:
+    declare(b, "q", **{"x-max-length-bytes": 10})
+    for body in (b"aaaa", b"bbbb", b"cccc"):
+        b.publish(s, msg("q", body))
+    assert [m.body for m in ready(b, "q")] == [b"bbbb", b"cccc"]
+    assert b.queues["q"].ready_bytes == 8
+
+
+def test_reject_publish_nacks_the_publisher(b: Broker, s: Session) -> None:
+    declare(
+        b,
+        "q",
+        **{"x-max-length": 1, "x-overflow": "reject-publish", "x-dead-letter-exchange": "dlx"},
+    )
+    b.publish(s, msg("q", b"in"))
+    b.publish(s, msg("q", b"refused"))
+    events = s.take_events()
+    assert events[0] == Confirm(seq=1, multiple=True)
+    assert events[1].ok is False and "is full" in (events[1].error_text or "")  # type: ignore[union-attr]
+    assert [m.body for m in ready(b, "q")] == [b"in"] and ready(b, "dead") == []
+
+
+def test_reject_publish_dlx_also_dead_letters(b: Broker, s: Session) -> None:
+    declare(
+        b,
+        "q",
+        **{"x-max-length": 0, "x-overflow": "reject-publish-dlx", "x-dead-letter-exchange": "dlx"},
+    )
+    b.publish(s, msg("q", b"refused"))
+    [dead] = ready(b, "dead")
+    assert (dead.properties.headers or {})["x-death"][0]["reason"] == "maxlen"
+
+
+def test_delivery_limit_dead_letters_after_too_many_failures(b: Broker, s: Session) -> None:
+    declare(b, "q", **{"x-delivery-limit": 2, "x-dead-letter-exchange": "dlx"})
+    b.publish(s, msg("q", b"poison"))
+    counts = []
+    for _ in range(3):
+        d = b.get(s, "q")
+        assert d is not None
+        counts.append((d.message.properties.headers or {}).get("x-delivery-count"))
+        b.nack(s, d.delivery_tag, requeue=True)
+    assert counts == [None, 1, 2]
+    assert ready(b, "q") == []
+    [dead] = ready(b, "dead")
+    assert (dead.properties.headers or {})["x-death"][0]["reason"] == "delivery_limit"
+
+
+def test_delivery_limit_applies_when_a_consumer_dies(b: Broker) -> None:
+    declare(b, "q", **{"x-delivery-limit": 0})
+    worker = b.open_session("w")
+    b.consume(worker, "q")
+    b.publish(worker, msg("q", b"crashes the worker"))
+    assert any(isinstance(e, Delivery) for e in b.take_events(worker))
+    b.close_session(worker)
+    assert ready(b, "q") == []  # dropped: no DLX
+
+
+@pytest.mark.parametrize(
+    ("arguments", "problem"),
+    [
+        ({"x-max-length": -1}, "x-max-length"),
+        ({"x-max-length": "10"}, "x-max-length"),
+        ({"x-overflow": "drop-tail"}, "x-overflow"),
+        ({"x-dead-letter-exchange": 5}, "x-dead-letter-exchange"),
+        ({"x-dead-letter-routing-key": "k"}, "x-dead-letter-exchange is not"),
+        ({"x-delivery-limit": 1.5}, "x-delivery-limit"),
+    ],
+)
+def test_invalid_queue_arguments_are_refused(
+    b: Broker, arguments: dict[str, Any], problem: str
+) -> None:
+    with pytest.raises(PreconditionFailed, match=problem):
+        declare(b, "bad", **arguments)
+    assert "bad" not in b.queues
+
+
+async def test_dead_letters_through_the_sdk_and_across_a_restart(tmp_path: Path) -> None:
+    async with running(tmp_path) as address, mqroute.connect(address.url) as conn:
+        await conn.declare_exchange("dlx", "fanout", durable=True)
+        await conn.declare_queue("dlq", durable=True)
+        await conn.bind_queue("dlq", "dlx")
+        await conn.declare_queue(
+            "orders",
+            durable=True,
+            arguments={
+                "x-dead-letter-exchange": "dlx",
+                "x-max-length": 1,
+                "x-overflow": "reject-publish",
+            },
+        )
+        await conn.publish("", "orders", b"ok", persistent=True)
+        with pytest.raises(MessageNacked, match="is full"):
+            await conn.publish("", "orders", b"too many", persistent=True)
+        msg = await conn.get("orders")
+        assert msg is not None
+        await msg.reject(requeue=False)
+        await conn.declare_queue("dlq", durable=True, passive=True)  # the reject is handled
+    async with running(tmp_path) as address, mqroute.connect(address.url) as conn:
+        dead = await conn.get("dlq", auto_ack=True)
+        assert dead is not None and dead.body == b"ok"
+        assert dead.headers["x-death"][0]["reason"] == "rejected"
+        assert (
+            await conn.declare_queue(
+                "orders",
+                durable=True,
+                passive=True,
+                arguments={
+                    "x-dead-letter-exchange": "dlx",
+                    "x-max-length": 1,
+                    "x-overflow": "reject-publish",
+                },
+            )
+        ).message_count == 0
+
+
+async def test_x_death_time_is_the_wall_clock(conn: mqroute.Connection) -> None:
+    import time
+
+    await conn.declare_exchange("dlx", "fanout")
+    await conn.declare_queue("dlq")
+    await conn.bind_queue("dlq", "dlx")
+    await conn.declare_queue("q", arguments={"x-dead-letter-exchange": "dlx"})
+    await conn.publish("", "q", b"x")
+    msg = await conn.get("q")
+    assert msg is not None
+    await msg.reject(requeue=False)
+    dead = await conn.get("dlq", auto_ack=True)  # frames are handled in order: reject first
+    assert dead is not None
+    assert abs(dead.headers["x-death"][0]["time"] - time.time()) < 60
