@@ -12,7 +12,7 @@ consumer cancellations); the session's ``wakeup`` callback tells the front end t
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
@@ -113,9 +113,13 @@ class Broker:
         self._session_ids = itertools.count(1)
         self._queue_names = itertools.count(1)
         self._published = self._delivered = self._acked = self._dead_lettered = 0
-        self.now = (
-            0.0  # seconds since the epoch; the front end sets it, the core never reads a clock
-        )
+        # Seconds since the epoch. The front end sets it; the core never reads a clock.
+        self.now = 0.0
+        # Timers: queues holding messages that can expire, the deadline the front end's timer
+        # is sleeping until, and how to wake it when an earlier one appears.
+        self._expiring: dict[int, MessageQueue] = {}
+        self.scheduled: float | None = None
+        self.timer_wakeup: Callable[[], None] | None = None
         for name, kind in PREDECLARED.items():
             self.exchanges[name] = Exchange(ExchangeSpec(name=name, type=kind, durable=True))
 
@@ -423,14 +427,21 @@ class Broker:
                 if args.overflow == "reject-publish-dlx":
                     self._dead_letter_message(queue, message, "maxlen")
                 continue
-            entry = queue.publish(message)
+            expires_at = self._expires_at(queue, message)
+            entry = queue.publish(message, expires_at)
             if keep and queue.keeps_messages:
                 entry.persisted = stored = True
-                self._record(PutMessage(queue.name, entry.seq, message))
+                self._record(PutMessage(queue.name, entry.seq, message, expires_at))
                 assert self.journal is not None
                 self.journal.batch.stored.append((queue, entry))
             if queue.consumers:
                 self._dispatch(queue)
+            if expires_at is not None:
+                self._expiring[id(queue)] = queue
+                if expires_at <= self.now:  # TTL 0: delivered just now, or expired
+                    self._expire_queue(queue)
+                elif self.scheduled is None or expires_at < self.scheduled:
+                    self._wake_timer()
             while queue.over_limit():  # drop-head: the oldest ready messages make room
                 head = queue.fetch()
                 assert head is not None
@@ -658,11 +669,50 @@ class Broker:
                 self._forget_stored(queue, (entry,))
                 self.dead_letter(queue, entry, "delivery_limit")
                 continue
+            if entry.expires_at is not None and entry.expires_at <= self.now:
+                self._forget_stored(queue, (entry,))
+                self.dead_letter(queue, entry, "expired")  # TTL runs on while it was out
+                continue
             queue.requeue(entry)
             queues[id(queue)] = queue
         self._release(settled)
         for queue in queues.values():
             self._dispatch(queue)  # other consumers may be waiting for these
+
+    # --- time --------------------------------------------------------------------------
+
+    def _expires_at(self, queue: MessageQueue, message: Message) -> float | None:
+        """When this copy expires: the smaller of x-message-ttl and the message's expiration."""
+        ttls = [t for t in (queue.args.message_ttl, message.properties.expiration) if t is not None]
+        if not ttls:
+            return None
+        return self.now + min(int(t) for t in ttls) / 1000
+
+    def next_deadline(self) -> float | None:
+        """The earliest time something is due (a message expiring), or None."""
+        deadline = None
+        for key, queue in list(self._expiring.items()):
+            due = None if queue.deleted else queue.next_expiry()
+            if due is None:
+                del self._expiring[key]
+            elif deadline is None or due < deadline:
+                deadline = due
+        return deadline
+
+    def expire(self) -> int:
+        """Expire (and dead-letter) every message due by ``self.now``. Returns how many."""
+        return sum(self._expire_queue(q) for q in list(self._expiring.values()))
+
+    def _expire_queue(self, queue: MessageQueue) -> int:
+        expired = queue.expire(self.now)
+        self._forget_stored(queue, expired)
+        for entry in expired:
+            self.dead_letter(queue, entry, "expired")
+        return len(expired)
+
+    def _wake_timer(self) -> None:
+        if self.timer_wakeup is not None:
+            self.timer_wakeup()
 
     # --- durability --------------------------------------------------------------------
 
@@ -738,8 +788,11 @@ class Broker:
                     stored.seq,
                     stored.size,
                     stored.delivery_count,
+                    expires_at=stored.expires_at,
                     maybe_delivered=not snapshot.clean_shutdown,
                 )
+                if stored.expires_at is not None:
+                    self._expiring[id(target)] = target
                 count += 1
         return count
 

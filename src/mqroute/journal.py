@@ -52,7 +52,7 @@ class PutMessage:
     queue: str
     seq: int
     message: Message
-    delivery_count: int = 0
+    expires_at: float | None = None
 
 
 @attrs.frozen

@@ -36,6 +36,8 @@ class QueueEntry:
     size: int  # body bytes, known even when paged out
     delivery_count: int = 0  # how many times it has been handed out
     persisted: bool = False  # a copy is in the store (persistent message, durable queue)
+    expires_at: float | None = None  # broker time after which a ready copy expires
+    ready: bool = False  # waiting in the queue (not delivered, not gone)
     maybe_delivered: bool = False  # recovered after a crash: it may have gone out unrecorded
 
     @property
@@ -73,6 +75,8 @@ class MessageQueue:
         self.consumers: dict[str, Consumer] = {}
         self._ready: deque[QueueEntry] = deque()
         self._requeued: list[tuple[int, QueueEntry]] = []
+        self._expiry: list[tuple[float, int, QueueEntry]] = []  # (expires at, seq, entry)
+        self._count = 0  # ready messages
         self._ring: deque[Consumer] = deque()
         self._in_ring: set[str] = set()
         self._next_seq = 1
@@ -88,43 +92,74 @@ class MessageQueue:
 
     def __len__(self) -> int:
         """Ready messages (not counting unacked ones)."""
-        return len(self._ready) + len(self._requeued)
+        return self._count
 
     # --- messages -----------------------------------------------------------------------
 
-    def publish(self, message: Message) -> QueueEntry:
-        entry = QueueEntry(self._next_seq, message, len(message.body))
+    def publish(self, message: Message, expires_at: float | None = None) -> QueueEntry:
+        entry = QueueEntry(self._next_seq, message, len(message.body), expires_at=expires_at)
         self._next_seq += 1
         self._ready.append(entry)
-        self.ready_bytes += entry.size
+        self._now_ready(entry)
         return entry
 
-    def restore(self, seq: int, size: int, delivery_count: int, *, maybe_delivered: bool) -> None:
+    def restore(
+        self,
+        seq: int,
+        size: int,
+        delivery_count: int,
+        *,
+        expires_at: float | None,
+        maybe_delivered: bool,
+    ) -> None:
         """Put back a stored message, body left on disk (recovery); seqs in increasing order."""
         entry = QueueEntry(
-            seq, None, size, delivery_count, persisted=True, maybe_delivered=maybe_delivered
+            seq,
+            None,
+            size,
+            delivery_count,
+            persisted=True,
+            maybe_delivered=maybe_delivered,
+            expires_at=expires_at,
         )
         self._ready.append(entry)
-        self.ready_bytes += size
+        self._now_ready(entry)
         self._next_seq = seq + 1
+
+    def _now_ready(self, entry: QueueEntry) -> None:
+        entry.ready = True
+        self._count += 1
+        self.ready_bytes += entry.size
+        if entry.expires_at is not None:
+            heapq.heappush(self._expiry, (entry.expires_at, entry.seq, entry))
+
+    def _not_ready(self, entry: QueueEntry) -> None:
+        entry.ready = False
+        self._count -= 1
+        self.ready_bytes -= entry.size
 
     def page_out(self, entry: QueueEntry) -> None:
         """The store now holds ``entry``: drop its body if it is far from the head."""
-        if len(self._ready) > RESIDENT and self.loader is not None and entry.delivery_count == 0:
+        if self._count > RESIDENT and self.loader is not None and entry.delivery_count == 0:
             entry.message = None
 
     def fetch(self) -> QueueEntry | None:
-        """Take the next ready message (requeued ones first, in their original order)."""
-        if self._requeued:
-            entry = heapq.heappop(self._requeued)[1]
-        elif self._ready:
-            if self._ready[0].message is None:
-                self._page_in()
-            entry = self._ready.popleft()
-        else:
-            return None
-        self.ready_bytes -= entry.size
-        return entry
+        """Take the next ready message (requeued ones first, in their original order).
+
+        Entries that expired while waiting are skipped here (they were already counted out).
+        """
+        while True:
+            if self._requeued:
+                entry = heapq.heappop(self._requeued)[1]
+            elif self._ready:
+                if self._ready[0].message is None and self._ready[0].ready:
+                    self._page_in()
+                entry = self._ready.popleft()
+            else:
+                return None
+            if entry.ready:
+                self._not_ready(entry)
+                return entry
 
     def _page_in(self) -> None:
         """Read the bodies of the next page of paged-out messages from the store."""
@@ -133,7 +168,7 @@ class MessageQueue:
         for entry in self._ready:
             if len(wanted) == PAGE:
                 break
-            if entry.message is None:
+            if entry.message is None and entry.ready:
                 wanted.append(entry)
         bodies = self.loader(self.name, [e.seq for e in wanted])
         for entry in wanted:
@@ -142,16 +177,40 @@ class MessageQueue:
     def requeue(self, entry: QueueEntry) -> None:
         """Put a delivered message back at its original position."""
         heapq.heappush(self._requeued, (entry.seq, entry))
-        self.ready_bytes += entry.size
+        self._now_ready(entry)
 
     def purge(self) -> list[QueueEntry]:
         """Remove every ready message; returns them."""
-        removed = [entry for _, entry in self._requeued]
-        removed.extend(self._ready)
+        removed = [entry for _, entry in self._requeued if entry.ready]
+        removed.extend(e for e in self._ready if e.ready)
+        for entry in removed:
+            entry.ready = False
         self._ready.clear()
         self._requeued.clear()
-        self.ready_bytes = 0
+        self._expiry.clear()
+        self._count = self.ready_bytes = 0
         return removed
+
+    def expire(self, now: float) -> list[QueueEntry]:
+        """Take out every ready message whose time has come, wherever it is in the queue.
+
+        A heap by expiry time finds them without scanning the queue; they leave the counts at
+        once and their places in the queue are skipped later.
+        """
+        expired = []
+        heap = self._expiry
+        while heap and heap[0][0] <= now:
+            entry = heapq.heappop(heap)[2]
+            if entry.ready:
+                self._not_ready(entry)
+                expired.append(entry)
+        return expired
+
+    def next_expiry(self) -> float | None:
+        heap = self._expiry
+        while heap and not heap[0][2].ready:
+            heapq.heappop(heap)  # delivered or gone since: nothing to expire
+        return heap[0][0] if heap else None
 
     def over_limit(self) -> bool:
         """Whether the ready messages exceed x-max-length or x-max-length-bytes."""
@@ -190,7 +249,7 @@ class MessageQueue:
         """Hand ready messages round robin to consumers with credit. Returns how many."""
         ring = self._ring
         sent = 0
-        while ring and (self._requeued or self._ready):
+        while ring and self._count:
             consumer = ring.popleft()
             if not consumer.has_credit():
                 self._in_ring.discard(consumer.tag)

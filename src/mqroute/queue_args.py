@@ -24,6 +24,7 @@ class QueueArguments:
     max_length_bytes: int | None = None
     overflow: str = "drop-head"
     delivery_limit: int | None = None
+    message_ttl: int | None = None  # milliseconds
 
     @classmethod
     def from_table(cls, name: str, table: Table) -> QueueArguments:
@@ -49,6 +50,7 @@ class QueueArguments:
             max_length_bytes=count("x-max-length-bytes"),
             overflow=overflow,
             delivery_limit=count("x-delivery-limit"),
+            message_ttl=count("x-message-ttl"),
         )
         if args.dead_letter_routing_key is not None and args.dead_letter_exchange is None:
             raise PreconditionFailed(

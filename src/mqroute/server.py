@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -160,16 +161,36 @@ async def _serve(
     sockname = listeners[0].socket.getsockname()
     address = ServerAddress(sockname[0], sockname[1])
     ids = itertools.count(1)
+    # The broker's clock: wall-clock seconds, advancing with trio's monotonic clock (so it
+    # never jumps, and tests can drive it with trio's MockClock).
+    epoch = time.time() - trio.current_time()
+
+    def clock() -> float:
+        return epoch + trio.current_time()
 
     async def handle(stream: trio.SocketStream) -> None:
-        await ServerConnection(broker, stream, config, f"conn-{next(ids)}").run()
+        await ServerConnection(broker, stream, config, f"conn-{next(ids)}", clock).run()
 
+    broker.now = clock()
     async with trio.open_nursery() as nursery:
+        nursery.start_soon(_timer, broker, clock, epoch)
         if broker.journal is not None:
             nursery.start_soon(_committer, broker, store)
         await nursery.start(trio.serve_listeners, handle, listeners)
         log.info("mqroute %s listening on %s", __version__, address.url)
         task_status.started(address)
+
+
+async def _timer(broker: Broker, clock: Callable[[], float], epoch: float) -> None:
+    """Sleep until the broker's next deadline (or until an earlier one appears), then act."""
+    while True:
+        wake = trio.Event()
+        broker.timer_wakeup = wake.set
+        deadline = broker.scheduled = broker.next_deadline()
+        with trio.move_on_at(math.inf if deadline is None else deadline - epoch):
+            await wake.wait()
+        broker.now = clock()
+        broker.expire()
 
 
 async def _committer(broker: Broker, store: Store) -> None:
@@ -192,9 +213,15 @@ class ServerConnection:
     """One client connection: handshake, then reader, writer and heartbeat tasks."""
 
     def __init__(
-        self, broker: Broker, stream: trio.SocketStream, config: ServerConfig, conn_id: str
+        self,
+        broker: Broker,
+        stream: trio.SocketStream,
+        config: ServerConfig,
+        conn_id: str,
+        clock: Callable[[], float],
     ) -> None:
         self.broker = broker
+        self._clock = clock
         self.stream = stream
         self.config = config
         self.id = conn_id
@@ -334,7 +361,7 @@ class ServerConnection:
                     await self._drained.wait()
                 data = await self.stream.receive_some(RECEIVE_SIZE)
                 self._last_received = trio.current_time()
-                self.broker.now = time.time()  # for x-death times; the core reads no clock
+                self.broker.now = self._clock()  # the core reads no clock
                 proto.receive_data(data)
                 continue
             kind = type(event)

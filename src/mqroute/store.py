@@ -51,6 +51,7 @@ class StoredMessage:
     seq: int
     size: int
     delivery_count: int
+    expires_at: float | None
 
 
 @attrs.frozen(kw_only=True)
@@ -109,7 +110,7 @@ CREATE TABLE IF NOT EXISTS bindings (
 );
 CREATE TABLE IF NOT EXISTS messages (
     queue TEXT NOT NULL, seq INTEGER NOT NULL, delivery_count INTEGER NOT NULL,
-    exchange TEXT NOT NULL, routing_key TEXT NOT NULL, properties BLOB NOT NULL,
+    expires_at REAL, exchange TEXT NOT NULL, routing_key TEXT NOT NULL, properties BLOB NOT NULL,
     body BLOB NOT NULL,
     PRIMARY KEY (queue, seq)
 );
@@ -174,11 +175,12 @@ class SqliteStore:
         ]
         messages: dict[str, list[StoredMessage]] = {}
         rows = db.execute(
-            "SELECT queue, seq, length(body), delivery_count FROM messages ORDER BY queue, seq"
+            "SELECT queue, seq, length(body), delivery_count, expires_at FROM messages "
+            "ORDER BY queue, seq"
         )
-        for queue, seq, size, count in rows:  # no bodies: recovery does not read them
+        for queue, seq, size, count, expires_at in rows:  # no bodies: recovery skips them
             messages.setdefault(queue, []).append(
-                StoredMessage(seq=seq, size=size, delivery_count=count)
+                StoredMessage(seq=seq, size=size, delivery_count=count, expires_at=expires_at)
             )
         return Snapshot(
             exchanges=exchanges,
@@ -319,11 +321,11 @@ def _drop_binding(db: sqlite3.Connection, r: DropBinding) -> None:
 def _put_message(db: sqlite3.Connection, r: PutMessage) -> None:
     m = r.message
     db.execute(
-        "INSERT OR REPLACE INTO messages VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO messages VALUES (?, ?, 0, ?, ?, ?, ?, ?)",
         (
             r.queue,
             r.seq,
-            r.delivery_count,
+            r.expires_at,
             m.exchange,
             m.routing_key,
             _dump_properties(m.properties),
