@@ -1,0 +1,79 @@
+"""The cost of the broker's timer with many messages that can expire (core only, no I/O).
+
+    .venv/bin/python benchmarks/ttl_tick.py --pending 1000000
+
+Fills one queue with N messages, each with its own TTL, then times: a tick with nothing due
+(what every timer wake-up costs), the next-deadline lookup, and expiring 1,000 due messages.
+Baseline in the same run: the same publishes without TTL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+
+from mqroute.broker import Broker
+from mqroute.model import Message, Properties, QueueSpec
+
+
+def fill(pending: int, with_ttl: bool) -> tuple[Broker, float]:
+    broker = Broker()
+    broker.now = 1_700_000_000.0
+    broker.declare_queue("o", QueueSpec(name="q"))
+    session = broker.open_session("o")
+    messages = [
+        Message(
+            exchange="",
+            routing_key="q",
+            body=b"x" * 16,
+            properties=Properties(
+                expiration=str(random.randint(60_000, 3_600_000)) if with_ttl else None
+            ),
+        )
+        for _ in range(pending)
+    ]
+    started = time.perf_counter()
+    for message in messages:
+        broker.publish(session, message)
+        if len(session._pending) > 10_000:
+            session.take_events()
+    return broker, time.perf_counter() - started
+
+
+def timed(fn: object, repeat: int = 7) -> float:
+    samples = []
+    for _ in range(repeat):
+        started = time.perf_counter()
+        fn()  # type: ignore[operator]
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pending", type=int, default=1_000_000)
+    args = parser.parse_args()
+    plain, plain_fill = fill(args.pending, with_ttl=False)
+    broker, ttl_fill = fill(args.pending, with_ttl=True)
+    print(
+        f"publish {args.pending:,} with per-message TTL: {ttl_fill:.2f}s "
+        f"(without TTL {plain_fill:.2f}s, ratio {ttl_fill / plain_fill:.2f})"
+    )
+    print(f"tick with nothing due:   {timed(broker.expire) * 1e6:8.1f} µs")
+    print(f"next deadline lookup:    {timed(broker.next_deadline) * 1e6:8.1f} µs")
+    q = broker.queues["q"]
+    due = sorted(e[0] for e in q._expiry)[999]
+    broker.now = due
+    started = time.perf_counter()
+    expired = broker.expire()
+    took = time.perf_counter() - started
+    print(
+        f"expire {expired:,} due messages: {took * 1e3:.2f} ms ({took / expired * 1e6:.1f} µs each)"
+    )
+    print(f"queue still holds {len(q):,} ready messages")
+
+
+if __name__ == "__main__":
+    main()
