@@ -55,7 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pending", type=int, default=1_000_000)
     args = parser.parse_args()
-    plain, plain_fill = fill(args.pending, with_ttl=False)
+    _, plain_fill = fill(args.pending, with_ttl=False)
     broker, ttl_fill = fill(args.pending, with_ttl=True)
     print(
         f"publish {args.pending:,} with per-message TTL: {ttl_fill:.2f}s "
