@@ -475,8 +475,41 @@ class Broker:
             raise NotFound(f"no exchange {name!r}")
         if start.spec.internal and from_client:
             raise AccessRefused(f"cannot publish to internal exchange {name!r}")
+        found = self._follow(start, message, steps)
+        tried = {name}
+        exchange = start
+        # Unroutable: the exchange's alternate exchange gets it (and so on, once each).
+        while not found:
+            alternate = exchange.spec.arguments.get("alternate-exchange")
+            if not isinstance(alternate, str) or alternate in tried:
+                break
+            tried.add(alternate)
+            nxt = self.exchanges.get(alternate)
+            if nxt is None:
+                break
+            if steps is not None:
+                steps.append(
+                    RouteStep(
+                        exchange=exchange.name,
+                        exchange_type=exchange.spec.type,
+                        binding=Binding(
+                            source=exchange.name,
+                            destination=alternate,
+                            destination_kind="exchange",
+                            routing_key="(alternate-exchange)",
+                        ),
+                    )
+                )
+            exchange = nxt
+            found = self._follow(exchange, message, steps)
+        return list(found.values())
+
+    def _follow(
+        self, start: Exchange, message: Message, steps: list[RouteStep] | None
+    ) -> dict[str, MessageQueue]:
+        """Queues reached from ``start`` through its bindings and exchange-to-exchange ones."""
         found: dict[str, MessageQueue] = {}
-        seen = {name}
+        seen = {start.name}
         todo = [start]
         while todo:
             exchange = todo.pop()
@@ -498,7 +531,7 @@ class Broker:
                     nxt = self.exchanges.get(binding.destination)
                     if nxt is not None:
                         todo.append(nxt)
-        return list(found.values())
+        return found
 
     def explain_route(self, message: Message) -> RouteResult:
         """Where ``message`` would go, binding by binding; nothing is published."""
