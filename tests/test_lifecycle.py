@@ -405,3 +405,41 @@ def test_alternate_exchange_cycles_end(b: Broker, s: Session) -> None:
     b.declare_exchange(ExchangeSpec(name="b", type="direct", arguments={"alternate-exchange": "a"}))
     b.publish(s, msg("k", exchange="a"), mandatory=True)
     assert [type(e).__name__ for e in s.take_events()] == ["Returned", "Confirm"]
+
+
+# --- competition between consumers --------------------------------------------------------------
+
+
+def bodies_for(b: Broker, session: Session) -> list[bytes]:
+    return [e.message.body for e in b.take_events(session) if isinstance(e, Delivery)]
+
+
+def test_single_active_consumer_gets_everything_until_it_goes(b: Broker) -> None:
+    declare(b, "q", **{"x-single-active-consumer": True})
+    first, second = b.open_session("a"), b.open_session("b")
+    b.consume(first, "q", prefetch=1)
+    b.consume(second, "q", prefetch=1)
+    b.publish(first, msg("q", b"1"))
+    b.publish(first, msg("q", b"2"))
+    assert bodies_for(b, first) == [b"1"] and bodies_for(b, second) == []
+    b.close_session(first)  # its unacked "1" is requeued; the second consumer takes over
+    assert bodies_for(b, second) == [b"1"]
+    assert b.queues["q"].active_tag in second.consumers
+
+
+def test_consumer_priority_serves_higher_first_while_it_has_credit(b: Broker) -> None:
+    declare(b, "q")
+    low, high = b.open_session("low"), b.open_session("high")
+    b.consume(low, "q", prefetch=10)
+    b.consume(high, "q", prefetch=2, arguments={"x-priority": 5})
+    for i in range(4):
+        b.publish(low, msg("q", bytes([i])))
+    assert bodies_for(b, high) == [b"\x00", b"\x01"]  # until its credit runs out
+    assert bodies_for(b, low) == [b"\x02", b"\x03"]
+
+
+def test_bad_consumer_priority_is_refused(b: Broker, s: Session) -> None:
+    declare(b, "q")
+    with pytest.raises(PreconditionFailed, match="x-priority"):
+        b.consume(s, "q", arguments={"x-priority": "high"})
+    assert not b.queues["q"].consumers

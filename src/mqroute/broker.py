@@ -564,6 +564,11 @@ class Broker:
             raise ResourceLocked(
                 f"queue {queue!r} already has consumers; cannot consume exclusively"
             )
+        priority = (arguments or {}).get("x-priority", 0)
+        if type(priority) is not int:
+            raise PreconditionFailed(
+                f"consumer argument x-priority must be an integer, not {priority!r}"
+            )
         tag = consumer_tag or session.new_consumer_tag()
         consumer = ConsumerState(
             tag=tag,
@@ -573,6 +578,7 @@ class Broker:
             auto_ack=auto_ack,
             exclusive=exclusive,
             arguments=arguments or {},
+            priority=priority,
         )
         session.consumers[tag] = consumer
         q.add_consumer(consumer)

@@ -56,6 +56,7 @@ class Consumer(Protocol):
     """What the queue needs from a consumer (the session implements it)."""
 
     tag: str
+    priority: int  # x-priority: higher ones are served first while they have credit
 
     def has_credit(self) -> bool: ...
 
@@ -77,8 +78,9 @@ class MessageQueue:
         self._requeued: list[tuple[int, QueueEntry]] = []
         self._expiry: list[tuple[float, int, QueueEntry]] = []  # (expires at, seq, entry)
         self._count = 0  # ready messages
-        self._ring: deque[Consumer] = deque()
+        self._rings: dict[int, deque[Consumer]] = {}  # by consumer priority
         self._in_ring: set[str] = set()
+        self.active_tag: str | None = None  # with x-single-active-consumer: the one served
         self._next_seq = 1
 
     @property
@@ -231,37 +233,56 @@ class MessageQueue:
     def add_consumer(self, consumer: Consumer) -> None:
         self.consumers[consumer.tag] = consumer
         self.ever_consumed = True
+        if self.args.single_active_consumer and self.active_tag is None:
+            self.active_tag = consumer.tag
         self.activate(consumer)
 
     def remove_consumer(self, tag: str) -> None:
         consumer = self.consumers.pop(tag, None)
-        if consumer is not None and tag in self._in_ring:
+        if consumer is None:
+            return
+        if tag in self._in_ring:
             self._in_ring.discard(tag)
-            self._ring.remove(consumer)
+            self._rings[consumer.priority].remove(consumer)
+        if tag == self.active_tag:
+            # The next active consumer: the highest priority, then the longest waiting.
+            waiting = list(self.consumers.values())
+            best = max(waiting, key=lambda c: c.priority, default=None)
+            self.active_tag = best.tag if best is not None else None
+            if best is not None:
+                self.activate(best)
 
     def activate(self, consumer: Consumer) -> None:
         """Let ``consumer`` take part in dispatch again (it may have credit now)."""
-        if consumer.tag in self.consumers and consumer.tag not in self._in_ring:
-            self._in_ring.add(consumer.tag)
-            self._ring.append(consumer)
+        tag = consumer.tag
+        if tag not in self.consumers or tag in self._in_ring:
+            return
+        if self.active_tag is not None and tag != self.active_tag:
+            return  # single active consumer: the others wait their turn
+        self._in_ring.add(tag)
+        self._rings.setdefault(consumer.priority, deque()).append(consumer)
 
     def dispatch(self) -> int:
-        """Hand ready messages round robin to consumers with credit. Returns how many."""
-        ring = self._ring
+        """Hand out ready messages: round robin among the highest-priority consumers that have
+        credit; lower priorities get messages only while every higher one is out of credit."""
         sent = 0
-        while ring and self._count:
-            consumer = ring.popleft()
-            if not consumer.has_credit():
-                self._in_ring.discard(consumer.tag)
-                continue
-            entry = self.fetch()
-            assert entry is not None
-            consumer.deliver(self, entry)
-            sent += 1
-            if consumer.has_credit():
-                ring.append(consumer)
-            else:
-                self._in_ring.discard(consumer.tag)
+        for priority in sorted(self._rings, reverse=True):
+            ring = self._rings[priority]
+            while ring and self._count:
+                consumer = ring.popleft()
+                if not consumer.has_credit():
+                    self._in_ring.discard(consumer.tag)
+                    continue
+                entry = self.fetch()
+                assert entry is not None
+                consumer.deliver(self, entry)
+                sent += 1
+                if consumer.has_credit():
+                    ring.append(consumer)
+                else:
+                    self._in_ring.discard(consumer.tag)
+            if not self._count:
+                break
         return sent
 
     def stats(self) -> QueueStats:

@@ -25,6 +25,7 @@ class QueueArguments:
     overflow: str = "drop-head"
     delivery_limit: int | None = None
     message_ttl: int | None = None  # milliseconds
+    single_active_consumer: bool = False
 
     @classmethod
     def from_table(cls, name: str, table: Table) -> QueueArguments:
@@ -40,6 +41,12 @@ class QueueArguments:
                 raise _invalid(name, key, value, "a non-negative integer")
             return value
 
+        def flag(key: str) -> bool:
+            value = table.get(key, False)
+            if type(value) is not bool:
+                raise _invalid(name, key, value, "true or false")
+            return value
+
         overflow = text("x-overflow") or "drop-head"
         if overflow not in OVERFLOW_MODES:
             raise _invalid(name, "x-overflow", overflow, " or ".join(OVERFLOW_MODES))
@@ -51,6 +58,7 @@ class QueueArguments:
             overflow=overflow,
             delivery_limit=count("x-delivery-limit"),
             message_ttl=count("x-message-ttl"),
+            single_active_consumer=flag("x-single-active-consumer"),
         )
         if args.dead_letter_routing_key is not None and args.dead_letter_exchange is None:
             raise PreconditionFailed(

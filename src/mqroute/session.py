@@ -39,6 +39,7 @@ class ConsumerState:
     auto_ack: bool
     exclusive: bool
     arguments: Table
+    priority: int = 0  # the x-priority consumer argument
     unacked: int = 0
 
     def has_credit(self) -> bool:
