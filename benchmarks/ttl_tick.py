@@ -64,7 +64,7 @@ def main() -> None:
     print(f"tick with nothing due:   {timed(broker.expire) * 1e6:8.1f} µs")
     print(f"next deadline lookup:    {timed(broker.next_deadline) * 1e6:8.1f} µs")
     q = broker.queues["q"]
-    due = sorted(e[0] for e in q._expiry)[999]
+    due = sorted(e.expires_at for e in q.ready_entries() if e.expires_at)[999]
     broker.now = due
     started = time.perf_counter()
     expired = broker.expire()

@@ -163,7 +163,7 @@ async def test_a_long_backlog_is_paged_out_and_read_back_in_order(tmp_path: Path
             async with conn.publisher(max_in_flight=500) as pub:
                 for i in range(3000):
                     await pub.publish("", "backlog", f"m{i}".encode() * 10, persistent=True)
-            entries = list(broker.queues["backlog"]._ready)
+            entries = broker.queues["backlog"].ready_entries()
             assert sum(e.message is None for e in entries) >= 3000 - RESIDENT - 500
             bodies = []
             async with conn.consume("backlog", prefetch=100) as messages:
@@ -181,7 +181,7 @@ async def test_recovery_reads_no_bodies_until_dispatch(tmp_path: Path) -> None:
         await conn.publish("", "q", b"body", persistent=True, headers={"k": [1, "v"]})
     broker = Broker(durable=True)
     async with running(tmp_path, broker=broker, store=SqliteStore(tmp_path)) as address:
-        assert [e.message for e in broker.queues["q"]._ready] == [None]
+        assert [e.message for e in broker.queues["q"].ready_entries()] == [None]
         async with mqroute.connect(address.url) as conn:
             msg = await conn.get("q", auto_ack=True)
             assert msg is not None and msg.body == b"body" and msg.headers == {"k": [1, "v"]}

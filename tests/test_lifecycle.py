@@ -40,9 +40,7 @@ def declare(b: Broker, name: str, **arguments: Any) -> None:
 
 
 def ready(b: Broker, queue: str) -> list[Message]:
-    q = b.queues[queue]
-    entries = [e for _, e in sorted(q._requeued, key=lambda x: x[0])] + list(q._ready)
-    return [e.message for e in entries if e.ready and e.message is not None]
+    return [e.message for e in b.queues[queue].ready_entries() if e.message is not None]
 
 
 def test_rejected_message_goes_to_the_dlx_with_x_death(b: Broker, s: Session) -> None:
@@ -210,6 +208,8 @@ def test_delivery_limit_applies_when_a_consumer_dies(b: Broker) -> None:
         ({"x-dead-letter-routing-key": "k"}, "x-dead-letter-exchange is not"),
         ({"x-delivery-limit": 1.5}, "x-delivery-limit"),
         ({"x-message-ttl": -5}, "x-message-ttl"),
+        ({"x-max-priority": 256}, "x-max-priority"),
+        ({"x-single-active-consumer": 1}, "x-single-active-consumer"),
     ],
 )
 def test_invalid_queue_arguments_are_refused(
@@ -376,7 +376,7 @@ async def test_message_expiry_survives_a_restart(tmp_path: Path) -> None:
     from mqroute.store import SqliteStore
 
     async with running(tmp_path, broker=broker, store=SqliteStore(tmp_path)):
-        [entry] = list(broker.queues["q"]._ready)
+        [entry] = broker.queues["q"].ready_entries()
         assert entry.expires_at is not None
         assert 3590 < entry.expires_at - broker.now <= 3600
         assert broker.next_deadline() == entry.expires_at
@@ -443,3 +443,57 @@ def test_bad_consumer_priority_is_refused(b: Broker, s: Session) -> None:
     with pytest.raises(PreconditionFailed, match="x-priority"):
         b.consume(s, "q", arguments={"x-priority": "high"})
     assert not b.queues["q"].consumers
+
+
+# --- priority queues ---------------------------------------------------------------------------
+
+
+def test_priority_queue_delivers_higher_first_fifo_within(b: Broker, s: Session) -> None:
+    declare(b, "q", **{"x-max-priority": 5})
+    for body, priority in [
+        (b"low1", 1),
+        (b"none", None),
+        (b"high1", 5),
+        (b"low2", 1),
+        (b"capped", 200),
+        (b"high2", 5),
+    ]:
+        b.publish(s, msg("q", body, priority=priority))
+    got = []
+    while (d := b.get(s, "q", auto_ack=True)) is not None:
+        got.append(d.message.body)
+    assert got == [b"high1", b"capped", b"high2", b"low1", b"low2", b"none"]
+
+
+def test_requeued_message_returns_ahead_within_its_priority(b: Broker, s: Session) -> None:
+    declare(b, "q", **{"x-max-priority": 9})
+    b.publish(s, msg("q", b"a", priority=3))
+    b.publish(s, msg("q", b"b", priority=3))
+    b.publish(s, msg("q", b"urgent", priority=9))
+    first = b.get(s, "q")
+    second = b.get(s, "q")
+    assert first is not None and second is not None
+    assert (first.message.body, second.message.body) == (b"urgent", b"a")
+    b.nack(s, second.delivery_tag, requeue=True)
+    b.publish(s, msg("q", b"urgent2", priority=9))
+    order = [d.message.body for d in iter(lambda: b.get(s, "q", auto_ack=True), None)]
+    assert order == [b"urgent2", b"a", b"b"]
+
+
+def test_priority_with_max_length_drops_from_the_head(b: Broker, s: Session) -> None:
+    declare(b, "q", **{"x-max-priority": 2, "x-max-length": 2})
+    b.publish(s, msg("q", b"p0", priority=0))
+    b.publish(s, msg("q", b"p2", priority=2))
+    b.publish(s, msg("q", b"p1", priority=1))
+    assert [m.body for m in ready(b, "q")] == [b"p1", b"p0"]  # the head (p2) made room
+
+
+async def test_priorities_survive_a_restart(tmp_path: Path) -> None:
+    args = {"x-max-priority": 3}
+    async with running(tmp_path) as address, mqroute.connect(address.url) as conn:
+        await conn.declare_queue("q", durable=True, arguments=args)
+        for body, priority in [(b"low", 0), (b"high", 3), (b"mid", 2)]:
+            await conn.publish("", "q", body, persistent=True, priority=priority)
+    async with running(tmp_path) as address, mqroute.connect(address.url) as conn:
+        got = [await conn.get("q", auto_ack=True) for _ in range(3)]
+        assert [m.body for m in got if m] == [b"high", b"mid", b"low"]

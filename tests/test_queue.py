@@ -76,7 +76,7 @@ def test_every_message_is_in_exactly_one_place(ops: list[tuple[str, int]]) -> No
                     if c.prefetch and not c.auto_ack:
                         assert c.unacked <= c.prefetch
         q = b.queues["q"]
-        ready = [e.message.body for e in list(q._ready) + [e for _, e in q._requeued]]
+        ready = [e.message.body for e in q.ready_entries() if e.message is not None]
         unacked = [u.entry.message.body for sess in sessions for u in sess.unacked.values()]
         places = Counter(ready) + Counter(unacked) + Counter(gone)
         assert all(n == 1 for n in places.values()), places

@@ -827,6 +827,7 @@ class Broker:
                     stored.seq,
                     stored.size,
                     stored.delivery_count,
+                    priority=stored.priority,
                     expires_at=stored.expires_at,
                     maybe_delivered=not snapshot.clean_shutdown,
                 )

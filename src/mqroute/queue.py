@@ -38,6 +38,7 @@ class QueueEntry:
     persisted: bool = False  # a copy is in the store (persistent message, durable queue)
     expires_at: float | None = None  # broker time after which a ready copy expires
     ready: bool = False  # waiting in the queue (not delivered, not gone)
+    priority: int = 0  # its level in an x-max-priority queue
     maybe_delivered: bool = False  # recovered after a crash: it may have gone out unrecorded
 
     @property
@@ -74,8 +75,12 @@ class MessageQueue:
         self.unacked = 0
         self.ever_consumed = False  # auto-delete only applies once a consumer came and went
         self.consumers: dict[str, Consumer] = {}
-        self._ready: deque[QueueEntry] = deque()
-        self._requeued: list[tuple[int, QueueEntry]] = []
+        # Ready messages never delivered, one deque per priority level (one level unless
+        # x-max-priority); requeued ones in a heap by (-priority, seq).
+        self._levels: list[deque[QueueEntry]] = [
+            deque() for _ in range((self.args.max_priority or 0) + 1)
+        ]
+        self._requeued: list[tuple[int, int, QueueEntry]] = []
         self._expiry: list[tuple[float, int, QueueEntry]] = []  # (expires at, seq, entry)
         self._count = 0  # ready messages
         self._rings: dict[int, deque[Consumer]] = {}  # by consumer priority
@@ -99,9 +104,10 @@ class MessageQueue:
     # --- messages -----------------------------------------------------------------------
 
     def publish(self, message: Message, expires_at: float | None = None) -> QueueEntry:
-        entry = QueueEntry(self._next_seq, message, len(message.body), expires_at=expires_at)
+        entry = QueueEntry(self._next_seq, message, len(message.body), expires_at=expires_at,
+                           priority=self._level_of(message.properties.priority))
         self._next_seq += 1
-        self._ready.append(entry)
+        self._levels[entry.priority].append(entry)
         self._now_ready(entry)
         return entry
 
@@ -111,22 +117,21 @@ class MessageQueue:
         size: int,
         delivery_count: int,
         *,
+        priority: int | None,
         expires_at: float | None,
         maybe_delivered: bool,
     ) -> None:
         """Put back a stored message, body left on disk (recovery); seqs in increasing order."""
-        entry = QueueEntry(
-            seq,
-            None,
-            size,
-            delivery_count,
-            persisted=True,
-            maybe_delivered=maybe_delivered,
-            expires_at=expires_at,
-        )
-        self._ready.append(entry)
+        entry = QueueEntry(seq, None, size, delivery_count, persisted=True,
+                           maybe_delivered=maybe_delivered, expires_at=expires_at,
+                           priority=self._level_of(priority))
+        self._levels[entry.priority].append(entry)
         self._now_ready(entry)
         self._next_seq = seq + 1
+
+    def _level_of(self, priority: int | None) -> int:
+        """x-max-priority queues: higher first, capped at the maximum; others: one level."""
+        return min(priority or 0, len(self._levels) - 1)
 
     def _now_ready(self, entry: QueueEntry) -> None:
         entry.ready = True
@@ -146,28 +151,39 @@ class MessageQueue:
             entry.message = None
 
     def fetch(self) -> QueueEntry | None:
-        """Take the next ready message (requeued ones first, in their original order).
+        """Take the next ready message: highest priority first; within one, requeued ones
+        first, in their original order.
 
         Entries that expired while waiting are skipped here (they were already counted out).
         """
+        requeued = self._requeued
         while True:
-            if self._requeued:
-                entry = heapq.heappop(self._requeued)[1]
-            elif self._ready:
-                if self._ready[0].message is None and self._ready[0].ready:
-                    self._page_in()
-                entry = self._ready.popleft()
+            level = self._top_level()
+            if requeued and -requeued[0][0] >= level:
+                entry = heapq.heappop(requeued)[2]
+            elif level >= 0:
+                waiting = self._levels[level]
+                if waiting[0].message is None and waiting[0].ready:
+                    self._page_in(waiting)
+                entry = waiting.popleft()
             else:
                 return None
             if entry.ready:
                 self._not_ready(entry)
                 return entry
 
-    def _page_in(self) -> None:
+    def _top_level(self) -> int:
+        levels = self._levels
+        for level in range(len(levels) - 1, -1, -1):
+            if levels[level]:
+                return level
+        return -1
+
+    def _page_in(self, waiting: deque[QueueEntry]) -> None:
         """Read the bodies of the next page of paged-out messages from the store."""
         assert self.loader is not None
         wanted: list[QueueEntry] = []
-        for entry in self._ready:
+        for entry in waiting:
             if len(wanted) == PAGE:
                 break
             if entry.message is None and entry.ready:
@@ -178,16 +194,24 @@ class MessageQueue:
 
     def requeue(self, entry: QueueEntry) -> None:
         """Put a delivered message back at its original position."""
-        heapq.heappush(self._requeued, (entry.seq, entry))
+        heapq.heappush(self._requeued, (-entry.priority, entry.seq, entry))
         self._now_ready(entry)
+
+    def ready_entries(self) -> list[QueueEntry]:
+        """Ready messages in the order they would be delivered (for inspection and tests)."""
+        entries = [entry for _, _, entry in sorted(self._requeued, key=lambda r: r[:2])]
+        for level in reversed(self._levels):
+            entries.extend(level)
+        entries.sort(key=lambda e: -e.priority)  # stable: keeps the order within a priority
+        return [e for e in entries if e.ready]
 
     def purge(self) -> list[QueueEntry]:
         """Remove every ready message; returns them."""
-        removed = [entry for _, entry in self._requeued if entry.ready]
-        removed.extend(e for e in self._ready if e.ready)
+        removed = self.ready_entries()
         for entry in removed:
             entry.ready = False
-        self._ready.clear()
+        for level in self._levels:
+            level.clear()
         self._requeued.clear()
         self._expiry.clear()
         self._count = self.ready_bytes = 0

@@ -26,6 +26,7 @@ class QueueArguments:
     delivery_limit: int | None = None
     message_ttl: int | None = None  # milliseconds
     single_active_consumer: bool = False
+    max_priority: int | None = None
 
     @classmethod
     def from_table(cls, name: str, table: Table) -> QueueArguments:
@@ -59,7 +60,10 @@ class QueueArguments:
             delivery_limit=count("x-delivery-limit"),
             message_ttl=count("x-message-ttl"),
             single_active_consumer=flag("x-single-active-consumer"),
+            max_priority=count("x-max-priority"),
         )
+        if args.max_priority is not None and not 1 <= args.max_priority <= 255:
+            raise _invalid(name, "x-max-priority", args.max_priority, "an integer from 1 to 255")
         if args.dead_letter_routing_key is not None and args.dead_letter_exchange is None:
             raise PreconditionFailed(
                 f"invalid arguments for queue {name!r}: x-dead-letter-routing-key is set "

@@ -52,6 +52,7 @@ class StoredMessage:
     size: int
     delivery_count: int
     expires_at: float | None
+    priority: int | None
 
 
 @attrs.frozen(kw_only=True)
@@ -110,7 +111,7 @@ CREATE TABLE IF NOT EXISTS bindings (
 );
 CREATE TABLE IF NOT EXISTS messages (
     queue TEXT NOT NULL, seq INTEGER NOT NULL, delivery_count INTEGER NOT NULL,
-    expires_at REAL, exchange TEXT NOT NULL, routing_key TEXT NOT NULL, properties BLOB NOT NULL,
+    expires_at REAL, priority INTEGER, exchange TEXT NOT NULL, routing_key TEXT NOT NULL, properties BLOB NOT NULL,
     body BLOB NOT NULL,
     PRIMARY KEY (queue, seq)
 );
@@ -175,12 +176,13 @@ class SqliteStore:
         ]
         messages: dict[str, list[StoredMessage]] = {}
         rows = db.execute(
-            "SELECT queue, seq, length(body), delivery_count, expires_at FROM messages "
-            "ORDER BY queue, seq"
+            "SELECT queue, seq, length(body), delivery_count, expires_at, priority "
+            "FROM messages ORDER BY queue, seq"
         )
-        for queue, seq, size, count, expires_at in rows:  # no bodies: recovery skips them
+        for queue, seq, size, count, expires_at, priority in rows:  # bodies stay on disk
             messages.setdefault(queue, []).append(
-                StoredMessage(seq=seq, size=size, delivery_count=count, expires_at=expires_at)
+                StoredMessage(seq=seq, size=size, delivery_count=count, expires_at=expires_at,
+                              priority=priority)
             )
         return Snapshot(
             exchanges=exchanges,
@@ -321,11 +323,12 @@ def _drop_binding(db: sqlite3.Connection, r: DropBinding) -> None:
 def _put_message(db: sqlite3.Connection, r: PutMessage) -> None:
     m = r.message
     db.execute(
-        "INSERT OR REPLACE INTO messages VALUES (?, ?, 0, ?, ?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO messages VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?)",
         (
             r.queue,
             r.seq,
             r.expires_at,
+            m.properties.priority,
             m.exchange,
             m.routing_key,
             _dump_properties(m.properties),
