@@ -111,7 +111,8 @@ CREATE TABLE IF NOT EXISTS bindings (
 );
 CREATE TABLE IF NOT EXISTS messages (
     queue TEXT NOT NULL, seq INTEGER NOT NULL, delivery_count INTEGER NOT NULL,
-    expires_at REAL, priority INTEGER, exchange TEXT NOT NULL, routing_key TEXT NOT NULL, properties BLOB NOT NULL,
+    expires_at REAL, priority INTEGER,
+    exchange TEXT NOT NULL, routing_key TEXT NOT NULL, properties BLOB NOT NULL,
     body BLOB NOT NULL,
     PRIMARY KEY (queue, seq)
 );
