@@ -209,6 +209,7 @@ def test_delivery_limit_applies_when_a_consumer_dies(b: Broker) -> None:
         ({"x-delivery-limit": 1.5}, "x-delivery-limit"),
         ({"x-message-ttl": -5}, "x-message-ttl"),
         ({"x-max-priority": 256}, "x-max-priority"),
+    ({"x-expires": 0}, "x-expires"),
         ({"x-single-active-consumer": 1}, "x-single-active-consumer"),
     ],
 )
@@ -497,3 +498,28 @@ async def test_priorities_survive_a_restart(tmp_path: Path) -> None:
     async with running(tmp_path) as address, mqroute.connect(address.url) as conn:
         got = [await conn.get("q", auto_ack=True) for _ in range(3)]
         assert [m.body for m in got if m] == [b"high", b"mid", b"low"]
+
+
+# --- unused queues expire -----------------------------------------------------------------------
+
+
+def test_unused_queue_expires_and_use_restarts_the_lease(b: Broker, s: Session) -> None:
+    declare(b, "lease", **{"x-expires": 1000})
+    b.now += 0.8
+    assert b.get(s, "lease") is None  # a get is use
+    b.now += 0.8
+    b.expire()
+    assert "lease" in b.queues
+    b.now += 0.2
+    b.expire()
+    assert "lease" not in b.queues
+
+
+def test_a_queue_with_consumers_does_not_expire(b: Broker, s: Session) -> None:
+    declare(b, "busy", **{"x-expires": 1000})
+    tag = b.consume(s, "busy")
+    b.now += 10
+    b.expire()
+    assert "busy" in b.queues and b.next_deadline() is None
+    b.cancel(s, tag)
+    assert b.next_deadline() == b.now + 1.0

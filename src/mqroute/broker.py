@@ -118,6 +118,7 @@ class Broker:
         # Timers: queues holding messages that can expire, the deadline the front end's timer
         # is sleeping until, and how to wake it when an earlier one appears.
         self._expiring: dict[int, MessageQueue] = {}
+        self._leased: dict[int, MessageQueue] = {}  # queues with x-expires
         self.scheduled: float | None = None
         self.timer_wakeup: Callable[[], None] | None = None
         for name, kind in PREDECLARED.items():
@@ -581,6 +582,7 @@ class Broker:
             priority=priority,
         )
         session.consumers[tag] = consumer
+        self._touch(q)
         q.add_consumer(consumer)
         self._dispatch(q)
         return tag
@@ -595,12 +597,14 @@ class Broker:
         consumer = session.consumers.pop(tag)
         queue = consumer.queue
         queue.remove_consumer(tag)
+        self._touch(queue)
         if queue.spec.auto_delete and not queue.consumers and not queue.deleted:
             self._delete_queue(queue)
 
     def get(self, session: Session, queue: str, *, auto_ack: bool = False) -> Delivery | None:
         q = self._queue(queue)
         self._check_access(session.owner, q)
+        self._touch(q)
         entry = q.fetch()
         if entry is None:
             return None
@@ -727,9 +731,28 @@ class Broker:
             return None
         return self.now + min(int(t) for t in ttls) / 1000
 
+    def _touch(self, queue: MessageQueue) -> None:
+        """The queue was used: its x-expires lease starts again."""
+        queue.last_used = self.now
+        if queue.args.expires is not None:
+            self._leased[id(queue)] = queue
+            self._wake_timer()
+
+    def _lease_end(self, queue: MessageQueue) -> float | None:
+        if queue.args.expires is None or queue.consumers or queue.deleted:
+            return None
+        return queue.last_used + queue.args.expires / 1000
+
     def next_deadline(self) -> float | None:
-        """The earliest time something is due (a message expiring), or None."""
+        """The earliest time something is due (a message or an unused queue expiring)."""
         deadline = None
+        for key, queue in list(self._leased.items()):
+            if queue.deleted:
+                del self._leased[key]
+            elif (due := self._lease_end(queue)) is not None and (
+                deadline is None or due < deadline
+            ):
+                deadline = due
         for key, queue in list(self._expiring.items()):
             due = None if queue.deleted else queue.next_expiry()
             if due is None:
@@ -739,8 +762,13 @@ class Broker:
         return deadline
 
     def expire(self) -> int:
-        """Expire (and dead-letter) every message due by ``self.now``. Returns how many."""
-        return sum(self._expire_queue(q) for q in list(self._expiring.values()))
+        """Expire (and dead-letter) every message due by ``self.now``, and delete queues unused
+        for their x-expires. Returns how many messages expired."""
+        for queue in list(self._leased.values()):
+            due = self._lease_end(queue)
+            if due is not None and due <= self.now:
+                self._delete_queue(queue)
+        return sum(self._expire_queue(q) for q in list(self._expiring.values()) if not q.deleted)
 
     def _expire_queue(self, queue: MessageQueue) -> int:
         expired = queue.expire(self.now)
@@ -858,6 +886,7 @@ class Broker:
             raise ResourceLocked(f"queue {queue.name!r} is exclusive to another connection")
 
     def _declare_ok(self, queue: MessageQueue) -> DeclareOk:
+        self._touch(queue)
         return DeclareOk(
             queue=queue.name, message_count=len(queue), consumer_count=len(queue.consumers)
         )

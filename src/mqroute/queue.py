@@ -74,6 +74,7 @@ class MessageQueue:
         self.deleted = False
         self.unacked = 0
         self.ever_consumed = False  # auto-delete only applies once a consumer came and went
+        self.last_used = 0.0  # broker time of the last declare, get or consumer change
         self.consumers: dict[str, Consumer] = {}
         # Ready messages never delivered, one deque per priority level (one level unless
         # x-max-priority); requeued ones in a heap by (-priority, seq).
@@ -104,8 +105,13 @@ class MessageQueue:
     # --- messages -----------------------------------------------------------------------
 
     def publish(self, message: Message, expires_at: float | None = None) -> QueueEntry:
-        entry = QueueEntry(self._next_seq, message, len(message.body), expires_at=expires_at,
-                           priority=self._level_of(message.properties.priority))
+        entry = QueueEntry(
+            self._next_seq,
+            message,
+            len(message.body),
+            expires_at=expires_at,
+            priority=self._level_of(message.properties.priority),
+        )
         self._next_seq += 1
         self._levels[entry.priority].append(entry)
         self._now_ready(entry)
@@ -122,9 +128,16 @@ class MessageQueue:
         maybe_delivered: bool,
     ) -> None:
         """Put back a stored message, body left on disk (recovery); seqs in increasing order."""
-        entry = QueueEntry(seq, None, size, delivery_count, persisted=True,
-                           maybe_delivered=maybe_delivered, expires_at=expires_at,
-                           priority=self._level_of(priority))
+        entry = QueueEntry(
+            seq,
+            None,
+            size,
+            delivery_count,
+            persisted=True,
+            maybe_delivered=maybe_delivered,
+            expires_at=expires_at,
+            priority=self._level_of(priority),
+        )
         self._levels[entry.priority].append(entry)
         self._now_ready(entry)
         self._next_seq = seq + 1

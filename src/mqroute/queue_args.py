@@ -27,6 +27,7 @@ class QueueArguments:
     message_ttl: int | None = None  # milliseconds
     single_active_consumer: bool = False
     max_priority: int | None = None
+    expires: int | None = None  # milliseconds unused before the queue is deleted
 
     @classmethod
     def from_table(cls, name: str, table: Table) -> QueueArguments:
@@ -61,7 +62,10 @@ class QueueArguments:
             message_ttl=count("x-message-ttl"),
             single_active_consumer=flag("x-single-active-consumer"),
             max_priority=count("x-max-priority"),
+            expires=count("x-expires"),
         )
+        if args.expires == 0:
+            raise _invalid(name, "x-expires", 0, "a positive integer (milliseconds)")
         if args.max_priority is not None and not 1 <= args.max_priority <= 255:
             raise _invalid(name, "x-max-priority", args.max_priority, "an integer from 1 to 255")
         if args.dead_letter_routing_key is not None and args.dead_letter_exchange is None:

@@ -182,8 +182,13 @@ class SqliteStore:
         )
         for queue, seq, size, count, expires_at, priority in rows:  # bodies stay on disk
             messages.setdefault(queue, []).append(
-                StoredMessage(seq=seq, size=size, delivery_count=count, expires_at=expires_at,
-                              priority=priority)
+                StoredMessage(
+                    seq=seq,
+                    size=size,
+                    delivery_count=count,
+                    expires_at=expires_at,
+                    priority=priority,
+                )
             )
         return Snapshot(
             exchanges=exchanges,
