@@ -209,7 +209,7 @@ def test_delivery_limit_applies_when_a_consumer_dies(b: Broker) -> None:
         ({"x-delivery-limit": 1.5}, "x-delivery-limit"),
         ({"x-message-ttl": -5}, "x-message-ttl"),
         ({"x-max-priority": 256}, "x-max-priority"),
-    ({"x-expires": 0}, "x-expires"),
+        ({"x-expires": 0}, "x-expires"),
         ({"x-single-active-consumer": 1}, "x-single-active-consumer"),
     ],
 )
@@ -523,3 +523,59 @@ def test_a_queue_with_consumers_does_not_expire(b: Broker, s: Session) -> None:
     assert "busy" in b.queues and b.next_deadline() is None
     b.cancel(s, tag)
     assert b.next_deadline() == b.now + 1.0
+
+
+# --- deduplication -----------------------------------------------------------------------------
+
+
+def test_queue_dedup_window_confirms_but_skips_repeats(b: Broker, s: Session) -> None:
+    declare(b, "orders", **{"x-dedup-window": 60_000})
+    for _ in range(3):
+        b.publish(s, msg("orders", b"order 7", message_id="order-7"))
+    b.publish(s, msg("orders", b"order 8", message_id="order-8"))
+    b.publish(s, msg("orders", b"no id"))
+    b.publish(s, msg("orders", b"no id"))
+    assert [m.body for m in ready(b, "orders")] == [b"order 7", b"order 8", b"no id", b"no id"]
+    assert s.take_events() == [Confirm(seq=6, multiple=True)]  # every publish confirmed
+
+
+def test_dedup_forgets_after_the_window(b: Broker, s: Session) -> None:
+    declare(b, "q", **{"x-dedup-window": 1000})
+    b.publish(s, msg("q", b"1", message_id="m"))
+    b.now += 0.5
+    b.publish(s, msg("q", b"2", message_id="m"))
+    b.now += 0.6
+    b.publish(s, msg("q", b"3", message_id="m"))
+    assert [m.body for m in ready(b, "q")] == [b"1", b"3"]
+
+
+def test_exchange_dedup_drops_the_repeat_before_routing(b: Broker, s: Session) -> None:
+    b.declare_exchange(
+        ExchangeSpec(name="events", type="fanout", arguments={"x-dedup-window": 60_000})
+    )
+    declare(b, "a")
+    declare(b, "b")
+    b.bind_queue("o", "a", "events")
+    b.bind_queue("o", "b", "events")
+    b.publish(s, msg("", b"1", exchange="events", message_id="e1"))
+    b.publish(s, msg("", b"1 again", exchange="events", message_id="e1"))
+    assert [m.body for m in ready(b, "a")] == [b"1"] and [m.body for m in ready(b, "b")] == [b"1"]
+
+
+def test_bad_dedup_window_is_refused(b: Broker) -> None:
+    with pytest.raises(PreconditionFailed, match="x-dedup-window"):
+        b.declare_exchange(ExchangeSpec(name="x", type="direct", arguments={"x-dedup-window": 0}))
+    with pytest.raises(PreconditionFailed, match="x-dedup-window"):
+        declare(b, "q", **{"x-dedup-window": "1m"})
+
+
+async def test_dedup_survives_a_restart_so_retries_stay_single(tmp_path: Path) -> None:
+    args = {"x-dedup-window": 3_600_000}
+    async with running(tmp_path) as address, mqroute.connect(address.url) as conn:
+        await conn.declare_queue("payments", durable=True, arguments=args)
+        await conn.publish("", "payments", b"charge 10", persistent=True, message_id="pay-1")
+    async with running(tmp_path) as address, mqroute.connect(address.url) as conn:
+        # The publisher lost its confirm and retries with the same id after the restart.
+        await conn.publish("", "payments", b"charge 10", persistent=True, message_id="pay-1")
+        info = await conn.declare_queue("payments", durable=True, arguments=args)
+        assert info.message_count == 1

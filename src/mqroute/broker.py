@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from .dedup import SeenIds, window_of
 from .errors import AccessRefused, InvalidArgument, NotFound, PreconditionFailed, ResourceLocked
 from .journal import (
     Batch,
@@ -24,11 +25,13 @@ from .journal import (
     DropExchange,
     DropMessages,
     DropQueue,
+    ForgetSeen,
     Journal,
     PutBinding,
     PutExchange,
     PutMessage,
     PutQueue,
+    PutSeen,
     Record,
 )
 from .model import (
@@ -65,6 +68,8 @@ class Exchange:
         self.router: ExchangeType = EXCHANGE_TYPE_CLASSES[spec.type]()
         self.binding_count = 0
         self.ever_bound = False  # auto-delete waits for a first binding, as RabbitMQ
+        window = window_of("exchange", spec.name, spec.arguments)
+        self.seen = SeenIds(window) if window else None
 
     @property
     def name(self) -> str:
@@ -119,6 +124,7 @@ class Broker:
         # is sleeping until, and how to wake it when an earlier one appears.
         self._expiring: dict[int, MessageQueue] = {}
         self._leased: dict[int, MessageQueue] = {}  # queues with x-expires
+        self._last_forget = 0.0
         self.scheduled: float | None = None
         self.timer_wakeup: Callable[[], None] | None = None
         for name, kind in PREDECLARED.items():
@@ -393,6 +399,12 @@ class Broker:
             session.settle_publish(seq, ok=False, code=exc.code, text=exc.reason)
             raise
         self._published += 1
+        exchange = self.exchanges.get(message.exchange)
+        if exchange is not None and self._duplicate(
+            exchange.seen, "exchange", exchange.name, exchange.spec.durable, message
+        ):
+            self._settle_duplicate(session, seq)
+            return seq
         if not queues and mandatory:
             session.emit(
                 Returned(
@@ -422,6 +434,8 @@ class Broker:
         refused = None
         keep = self.journal is not None and message.properties.persistent
         for queue in queues:
+            if self._duplicate(queue.seen, "queue", queue.name, queue.keeps_messages, message):
+                continue
             args = queue.args
             if args.overflow != "drop-head" and queue.would_overflow(len(message.body)):
                 refused = queue.name
@@ -722,6 +736,33 @@ class Broker:
         for queue in queues.values():
             self._dispatch(queue)  # other consumers may be waiting for these
 
+    # --- deduplication -------------------------------------------------------------------
+
+    def _duplicate(
+        self, seen: SeenIds | None, kind: str, name: str, durable: bool, message: Message
+    ) -> bool:
+        """Whether ``message`` repeats an id ``seen`` remembers; if not, remember it."""
+        message_id = message.properties.message_id
+        if seen is None or message_id is None:
+            return False
+        if seen.seen(message_id, self.now):
+            return True
+        until = self.now + seen.window
+        seen.remember(message_id, until)
+        if durable:
+            self._record(PutSeen(kind, name, message_id, until))
+            if self.now - self._last_forget >= 1.0:  # let the store forget old ids, now and then
+                self._last_forget = self.now
+                self._record(ForgetSeen(self.now))
+        return False
+
+    def _settle_duplicate(self, session: Session, seq: int) -> None:
+        """Confirm a duplicate — once whatever is pending (maybe the original) is on disk."""
+        if self.journal is not None and len(self.journal):
+            self.journal.batch.confirms.append((session, seq))
+        else:
+            session.settle_publish(seq, ok=True)
+
     # --- time --------------------------------------------------------------------------
 
     def _expires_at(self, queue: MessageQueue, message: Message) -> float | None:
@@ -845,6 +886,10 @@ class Broker:
             source.router.add_binding(binding)
             source.binding_count += 1
             source.ever_bound = True
+        for kind, name, message_id, until in snapshot.seen:
+            holder = self.queues.get(name) if kind == "queue" else self.exchanges.get(name)
+            if holder is not None and holder.seen is not None and until > self.now:
+                holder.seen.remember(message_id, until)
         count = 0
         for name, messages in snapshot.messages.items():
             target = self.queues.get(name)

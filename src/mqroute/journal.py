@@ -70,6 +70,23 @@ class MarkDelivered:
     delivery_count: int
 
 
+@attrs.frozen
+class PutSeen:
+    """A message id seen by a deduplicating queue or exchange, remembered until ``expires_at``."""
+
+    kind: str  # "queue" or "exchange"
+    name: str
+    message_id: str
+    expires_at: float
+
+
+@attrs.frozen
+class ForgetSeen:
+    """Message ids remembered until before ``now`` may be forgotten."""
+
+    now: float
+
+
 Record = (
     PutExchange
     | DropExchange
@@ -80,6 +97,8 @@ Record = (
     | PutMessage
     | DropMessages
     | MarkDelivered
+    | PutSeen
+    | ForgetSeen
 )
 
 

@@ -23,6 +23,7 @@ from typing import Protocol
 
 import attrs
 
+from .dedup import SeenIds
 from .model import Message, QueueSpec, QueueStats
 from .queue_args import QueueArguments
 
@@ -69,6 +70,7 @@ class MessageQueue:
         self.spec = spec
         self.args = QueueArguments.from_table(spec.name, spec.arguments)  # raises if invalid
         self.ready_bytes = 0  # bodies of ready messages, for x-max-length-bytes
+        self.seen = SeenIds(self.args.dedup_window) if self.args.dedup_window else None
         self.owner = owner  # the connection an exclusive queue belongs to
         self.loader: Loader | None = None  # set for queues whose messages the store keeps
         self.deleted = False

@@ -10,6 +10,7 @@ from typing import Any
 
 import attrs
 
+from .dedup import window_of
 from .errors import PreconditionFailed
 from .model import Table
 
@@ -28,6 +29,7 @@ class QueueArguments:
     single_active_consumer: bool = False
     max_priority: int | None = None
     expires: int | None = None  # milliseconds unused before the queue is deleted
+    dedup_window: int | None = None  # milliseconds a message_id is remembered
 
     @classmethod
     def from_table(cls, name: str, table: Table) -> QueueArguments:
@@ -63,6 +65,7 @@ class QueueArguments:
             single_active_consumer=flag("x-single-active-consumer"),
             max_priority=count("x-max-priority"),
             expires=count("x-expires"),
+            dedup_window=window_of("queue", name, table),
         )
         if args.expires == 0:
             raise _invalid(name, "x-expires", 0, "a positive integer (milliseconds)")

@@ -131,6 +131,7 @@ async def serve(
             broker = Broker(max_message_size=config.max_message_size, durable=store is not None)
         store = store or MemoryStore()
         broker.loader = store.read_messages
+        broker.now = time.time()  # recovery compares remembered deadlines with it
         await _recover(broker, store)
         try:
             await _serve(broker, store, config, task_status)

@@ -26,11 +26,13 @@ from .journal import (
     DropExchange,
     DropMessages,
     DropQueue,
+    ForgetSeen,
     MarkDelivered,
     PutBinding,
     PutExchange,
     PutMessage,
     PutQueue,
+    PutSeen,
     Record,
 )
 from .model import Binding, ExchangeSpec, Message, Properties, QueueSpec
@@ -64,6 +66,7 @@ class Snapshot:
     bindings: list[Binding]
     messages: dict[str, list[StoredMessage]]  # queue → messages in seq order
     clean_shutdown: bool
+    seen: list[tuple[str, str, str, float]] = attrs.Factory(list)  # dedup: kind, name, id, until
 
 
 class Store(Protocol):
@@ -115,6 +118,10 @@ CREATE TABLE IF NOT EXISTS messages (
     exchange TEXT NOT NULL, routing_key TEXT NOT NULL, properties BLOB NOT NULL,
     body BLOB NOT NULL,
     PRIMARY KEY (queue, seq)
+);
+CREATE TABLE IF NOT EXISTS seen (
+    kind TEXT NOT NULL, name TEXT NOT NULL, message_id TEXT NOT NULL, expires_at REAL NOT NULL,
+    PRIMARY KEY (kind, name, message_id)
 );
 """
 
@@ -190,7 +197,11 @@ class SqliteStore:
                     priority=priority,
                 )
             )
+        seen = list(
+            db.execute("SELECT kind, name, message_id, expires_at FROM seen ORDER BY expires_at")
+        )
         return Snapshot(
+            seen=seen,
             exchanges=exchanges,
             queues=queues,
             bindings=bindings,
@@ -285,6 +296,7 @@ def _put_exchange(db: sqlite3.Connection, r: PutExchange) -> None:
 
 def _drop_exchange(db: sqlite3.Connection, r: DropExchange) -> None:
     db.execute("DELETE FROM exchanges WHERE name = ?", (r.name,))
+    db.execute("DELETE FROM seen WHERE kind = 'exchange' AND name = ?", (r.name,))
     db.execute(
         "DELETE FROM bindings WHERE source = ? OR (kind = 'exchange' AND destination = ?)",
         (r.name, r.name),
@@ -300,6 +312,7 @@ def _put_queue(db: sqlite3.Connection, r: PutQueue) -> None:
 def _drop_queue(db: sqlite3.Connection, r: DropQueue) -> None:
     db.execute("DELETE FROM queues WHERE name = ?", (r.name,))
     db.execute("DELETE FROM messages WHERE queue = ?", (r.name,))
+    db.execute("DELETE FROM seen WHERE kind = 'queue' AND name = ?", (r.name,))
     db.execute("DELETE FROM bindings WHERE kind = 'queue' AND destination = ?", (r.name,))
 
 
@@ -356,6 +369,17 @@ def _mark_delivered(db: sqlite3.Connection, r: MarkDelivered) -> None:
     )
 
 
+def _put_seen(db: sqlite3.Connection, r: PutSeen) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO seen VALUES (?, ?, ?, ?)",
+        (r.kind, r.name, r.message_id, r.expires_at),
+    )
+
+
+def _forget_seen(db: sqlite3.Connection, r: ForgetSeen) -> None:
+    db.execute("DELETE FROM seen WHERE expires_at <= ?", (r.now,))
+
+
 _APPLY: dict[type, Any] = {
     PutExchange: _put_exchange,
     DropExchange: _drop_exchange,
@@ -366,4 +390,6 @@ _APPLY: dict[type, Any] = {
     PutMessage: _put_message,
     DropMessages: _drop_messages,
     MarkDelivered: _mark_delivered,
+    PutSeen: _put_seen,
+    ForgetSeen: _forget_seen,
 }

@@ -1,0 +1,56 @@
+"""Publisher deduplication: message ids seen within a window (``x-dedup-window``, ms).
+
+A queue or exchange with a window remembers each ``message_id`` it accepted for that long; a
+message with an id it remembers is confirmed to its publisher but not enqueued again. With
+confirms this lets a publisher retry after a lost connection without creating duplicates.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from .errors import PreconditionFailed
+from .model import Table
+
+
+def window_of(kind: str, name: str, arguments: Table) -> int | None:
+    """The ``x-dedup-window`` argument in ms, validated (PRECONDITION_FAILED if bad)."""
+    value = arguments.get("x-dedup-window")
+    if value is None:
+        return None
+    if type(value) is not int or value <= 0:
+        raise PreconditionFailed(
+            f"invalid argument 'x-dedup-window' for {kind} {name!r}: {value!r}; "
+            "expected a positive integer (milliseconds)"
+        )
+    return value
+
+
+class SeenIds:
+    """Ids accepted within the window, oldest first (so forgetting is cheap)."""
+
+    def __init__(self, window_ms: int) -> None:
+        self.window = window_ms / 1000
+        self._seen: OrderedDict[str, float] = OrderedDict()  # id → forget after
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def forget_before(self, now: float) -> int:
+        seen = self._seen
+        forgotten = 0
+        while seen:
+            message_id, until = next(iter(seen.items()))
+            if until > now:
+                break
+            seen.popitem(last=False)
+            forgotten += 1
+        return forgotten
+
+    def seen(self, message_id: str, now: float) -> bool:
+        self.forget_before(now)
+        return message_id in self._seen
+
+    def remember(self, message_id: str, until: float) -> None:
+        self._seen[message_id] = until
+        self._seen.move_to_end(message_id)
