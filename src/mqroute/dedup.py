@@ -40,8 +40,7 @@ class SeenIds:
         seen = self._seen
         forgotten = 0
         while seen:
-            message_id, until = next(iter(seen.items()))
-            if until > now:
+            if next(iter(seen.values())) > now:
                 break
             seen.popitem(last=False)
             forgotten += 1
