@@ -124,6 +124,7 @@ class Broker:
         # is sleeping until, and how to wake it when an earlier one appears.
         self._expiring: dict[int, MessageQueue] = {}
         self._leased: dict[int, MessageQueue] = {}  # queues with x-expires
+        self._delaying: dict[int, MessageQueue] = {}  # queues holding delayed messages
         self._last_forget = 0.0
         self.scheduled: float | None = None
         self.timer_wakeup: Callable[[], None] | None = None
@@ -442,21 +443,26 @@ class Broker:
                 if args.overflow == "reject-publish-dlx":
                     self._dead_letter_message(queue, message, "maxlen")
                 continue
-            expires_at = self._expires_at(queue, message)
-            entry = queue.publish(message, expires_at)
+            ready_at = self._ready_at(message)
+            expires_at = self._expires_at(queue, message, ready_at)
+            entry = queue.publish(message, expires_at, ready_at)
             if keep and queue.keeps_messages:
                 entry.persisted = stored = True
-                self._record(PutMessage(queue.name, entry.seq, message, expires_at))
+                self._record(PutMessage(queue.name, entry.seq, message, expires_at, ready_at))
                 assert self.journal is not None
                 self.journal.batch.stored.append((queue, entry))
             if queue.consumers:
                 self._dispatch(queue)
+            if ready_at is not None:
+                self._delaying[id(queue)] = queue
+                self._due_at(ready_at)
+                continue  # not ready yet: limits and TTL apply when it is
             if expires_at is not None:
                 self._expiring[id(queue)] = queue
                 if expires_at <= self.now:  # TTL 0: delivered just now, or expired
                     self._expire_queue(queue)
-                elif self.scheduled is None or expires_at < self.scheduled:
-                    self._wake_timer()
+                else:
+                    self._due_at(expires_at)
             while queue.over_limit():  # drop-head: the oldest ready messages make room
                 head = queue.fetch()
                 assert head is not None
@@ -765,12 +771,27 @@ class Broker:
 
     # --- time --------------------------------------------------------------------------
 
-    def _expires_at(self, queue: MessageQueue, message: Message) -> float | None:
-        """When this copy expires: the smaller of x-message-ttl and the message's expiration."""
+    def _expires_at(
+        self, queue: MessageQueue, message: Message, ready_at: float | None
+    ) -> float | None:
+        """When this copy expires: the smaller of x-message-ttl and the message's expiration,
+        counted from when it is ready."""
         ttls = [t for t in (queue.args.message_ttl, message.properties.expiration) if t is not None]
         if not ttls:
             return None
-        return self.now + min(int(t) for t in ttls) / 1000
+        return (ready_at or self.now) + min(int(t) for t in ttls) / 1000
+
+    def _ready_at(self, message: Message) -> float | None:
+        """A positive integer ``x-delay`` header (ms, as RabbitMQ's plugin) delays delivery."""
+        headers = message.properties.headers
+        delay = headers.get("x-delay") if headers else None
+        if type(delay) is not int or delay <= 0:
+            return None
+        return self.now + delay / 1000
+
+    def _due_at(self, when: float) -> None:
+        if self.scheduled is None or when < self.scheduled:
+            self._wake_timer()
 
     def _touch(self, queue: MessageQueue) -> None:
         """The queue was used: its x-expires lease starts again."""
@@ -787,6 +808,12 @@ class Broker:
     def next_deadline(self) -> float | None:
         """The earliest time something is due (a message or an unused queue expiring)."""
         deadline = None
+        for key, queue in list(self._delaying.items()):
+            due = None if queue.deleted else queue.next_ready_at()
+            if due is None:
+                del self._delaying[key]
+            elif deadline is None or due < deadline:
+                deadline = due
         for key, queue in list(self._leased.items()):
             if queue.deleted:
                 del self._leased[key]
@@ -805,11 +832,25 @@ class Broker:
     def expire(self) -> int:
         """Expire (and dead-letter) every message due by ``self.now``, and delete queues unused
         for their x-expires. Returns how many messages expired."""
+        for queue in list(self._delaying.values()):
+            if not queue.deleted and queue.promote(self.now):
+                self._after_promotion(queue)
         for queue in list(self._leased.values()):
             due = self._lease_end(queue)
             if due is not None and due <= self.now:
                 self._delete_queue(queue)
         return sum(self._expire_queue(q) for q in list(self._expiring.values()) if not q.deleted)
+
+    def _after_promotion(self, queue: MessageQueue) -> None:
+        """Delayed messages became ready: they may expire, overflow or go to consumers."""
+        if queue.next_expiry() is not None:
+            self._expiring[id(queue)] = queue
+        self._dispatch(queue)
+        while queue.over_limit():
+            head = queue.fetch()
+            assert head is not None
+            self._forget_stored(queue, (head,))
+            self.dead_letter(queue, head, "maxlen")
 
     def _expire_queue(self, queue: MessageQueue) -> int:
         expired = queue.expire(self.now)
@@ -902,10 +943,13 @@ class Broker:
                     stored.delivery_count,
                     priority=stored.priority,
                     expires_at=stored.expires_at,
+                    ready_at=stored.ready_at,
                     maybe_delivered=not snapshot.clean_shutdown,
                 )
                 if stored.expires_at is not None:
                     self._expiring[id(target)] = target
+                if stored.ready_at is not None:
+                    self._delaying[id(target)] = target
                 count += 1
         return count
 

@@ -53,6 +53,7 @@ class PutMessage:
     seq: int
     message: Message
     expires_at: float | None = None
+    ready_at: float | None = None  # delayed until then
 
 
 @attrs.frozen

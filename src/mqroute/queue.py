@@ -40,6 +40,7 @@ class QueueEntry:
     expires_at: float | None = None  # broker time after which a ready copy expires
     ready: bool = False  # waiting in the queue (not delivered, not gone)
     priority: int = 0  # its level in an x-max-priority queue
+    ready_at: float | None = None  # delayed (x-delay): becomes ready then
     maybe_delivered: bool = False  # recovered after a crash: it may have gone out unrecorded
 
     @property
@@ -84,6 +85,7 @@ class MessageQueue:
             deque() for _ in range((self.args.max_priority or 0) + 1)
         ]
         self._requeued: list[tuple[int, int, QueueEntry]] = []
+        self._delayed: list[tuple[float, int, QueueEntry]] = []  # (ready at, seq, entry)
         self._expiry: list[tuple[float, int, QueueEntry]] = []  # (expires at, seq, entry)
         self._count = 0  # ready messages
         self._rings: dict[int, deque[Consumer]] = {}  # by consumer priority
@@ -106,18 +108,47 @@ class MessageQueue:
 
     # --- messages -----------------------------------------------------------------------
 
-    def publish(self, message: Message, expires_at: float | None = None) -> QueueEntry:
+    def publish(
+        self, message: Message, expires_at: float | None = None, ready_at: float | None = None
+    ) -> QueueEntry:
+        """Add a message; with ``ready_at`` it waits (delayed) until then before it is ready."""
         entry = QueueEntry(
             self._next_seq,
             message,
             len(message.body),
             expires_at=expires_at,
             priority=self._level_of(message.properties.priority),
+            ready_at=ready_at,
         )
         self._next_seq += 1
-        self._levels[entry.priority].append(entry)
-        self._now_ready(entry)
+        self._place(entry)
         return entry
+
+    def _place(self, entry: QueueEntry) -> None:
+        if entry.ready_at is not None:
+            heapq.heappush(self._delayed, (entry.ready_at, entry.seq, entry))
+        else:
+            self._levels[entry.priority].append(entry)
+            self._now_ready(entry)
+
+    @property
+    def delayed(self) -> int:
+        """Messages waiting for their delay to pass (not counted as ready)."""
+        return len(self._delayed)
+
+    def next_ready_at(self) -> float | None:
+        return self._delayed[0][0] if self._delayed else None
+
+    def promote(self, now: float) -> int:
+        """Delayed messages whose time has come join the queue's tail. Returns how many."""
+        promoted = 0
+        while self._delayed and self._delayed[0][0] <= now:
+            entry = heapq.heappop(self._delayed)[2]
+            entry.ready_at = None
+            self._levels[entry.priority].append(entry)
+            self._now_ready(entry)
+            promoted += 1
+        return promoted
 
     def restore(
         self,
@@ -127,6 +158,7 @@ class MessageQueue:
         *,
         priority: int | None,
         expires_at: float | None,
+        ready_at: float | None,
         maybe_delivered: bool,
     ) -> None:
         """Put back a stored message, body left on disk (recovery); seqs in increasing order."""
@@ -139,9 +171,9 @@ class MessageQueue:
             maybe_delivered=maybe_delivered,
             expires_at=expires_at,
             priority=self._level_of(priority),
+            ready_at=ready_at,
         )
-        self._levels[entry.priority].append(entry)
-        self._now_ready(entry)
+        self._place(entry)
         self._next_seq = seq + 1
 
     def _level_of(self, priority: int | None) -> int:
@@ -162,7 +194,9 @@ class MessageQueue:
 
     def page_out(self, entry: QueueEntry) -> None:
         """The store now holds ``entry``: drop its body if it is far from the head."""
-        if self._count > RESIDENT and self.loader is not None and entry.delivery_count == 0:
+        if self.loader is None or entry.delivery_count:
+            return
+        if entry.ready_at is not None or self._count > RESIDENT:  # delayed, or far back
             entry.message = None
 
     def fetch(self) -> QueueEntry | None:

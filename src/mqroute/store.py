@@ -55,6 +55,7 @@ class StoredMessage:
     delivery_count: int
     expires_at: float | None
     priority: int | None
+    ready_at: float | None
 
 
 @attrs.frozen(kw_only=True)
@@ -114,7 +115,7 @@ CREATE TABLE IF NOT EXISTS bindings (
 );
 CREATE TABLE IF NOT EXISTS messages (
     queue TEXT NOT NULL, seq INTEGER NOT NULL, delivery_count INTEGER NOT NULL,
-    expires_at REAL, priority INTEGER,
+    expires_at REAL, priority INTEGER, ready_at REAL,
     exchange TEXT NOT NULL, routing_key TEXT NOT NULL, properties BLOB NOT NULL,
     body BLOB NOT NULL,
     PRIMARY KEY (queue, seq)
@@ -184,10 +185,10 @@ class SqliteStore:
         ]
         messages: dict[str, list[StoredMessage]] = {}
         rows = db.execute(
-            "SELECT queue, seq, length(body), delivery_count, expires_at, priority "
+            "SELECT queue, seq, length(body), delivery_count, expires_at, priority, ready_at "
             "FROM messages ORDER BY queue, seq"
         )
-        for queue, seq, size, count, expires_at, priority in rows:  # bodies stay on disk
+        for queue, seq, size, count, expires_at, priority, ready_at in rows:  # not the bodies
             messages.setdefault(queue, []).append(
                 StoredMessage(
                     seq=seq,
@@ -195,6 +196,7 @@ class SqliteStore:
                     delivery_count=count,
                     expires_at=expires_at,
                     priority=priority,
+                    ready_at=ready_at,
                 )
             )
         seen = list(
@@ -342,12 +344,13 @@ def _drop_binding(db: sqlite3.Connection, r: DropBinding) -> None:
 def _put_message(db: sqlite3.Connection, r: PutMessage) -> None:
     m = r.message
     db.execute(
-        "INSERT OR REPLACE INTO messages VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?)",
+        "INSERT OR REPLACE INTO messages VALUES (?, ?, 0, ?, ?, ?, ?, ?, ?, ?)",
         (
             r.queue,
             r.seq,
             r.expires_at,
             m.properties.priority,
+            r.ready_at,
             m.exchange,
             m.routing_key,
             _dump_properties(m.properties),
