@@ -1,4 +1,4 @@
-"""The cost of the broker's timer with many messages that can expire (core only, no I/O).
+"""The cost of the broker's timer with many expiring or delayed messages (core only, no I/O).
 
     .venv/bin/python benchmarks/ttl_tick.py --pending 1000000
 
@@ -18,7 +18,7 @@ from mqroute.broker import Broker
 from mqroute.model import Message, Properties, QueueSpec
 
 
-def fill(pending: int, with_ttl: bool) -> tuple[Broker, float]:
+def fill(pending: int, with_ttl: bool, delayed: bool = False) -> tuple[Broker, float]:
     broker = Broker()
     broker.now = 1_700_000_000.0
     broker.declare_queue("o", QueueSpec(name="q"))
@@ -29,7 +29,8 @@ def fill(pending: int, with_ttl: bool) -> tuple[Broker, float]:
             routing_key="q",
             body=b"x" * 16,
             properties=Properties(
-                expiration=str(random.randint(60_000, 3_600_000)) if with_ttl else None
+                expiration=str(random.randint(60_000, 3_600_000)) if with_ttl else None,
+                headers={"x-delay": random.randint(60_000, 3_600_000)} if delayed else None,
             ),
         )
         for _ in range(pending)
@@ -73,6 +74,18 @@ def main() -> None:
         f"expire {expired:,} due messages: {took * 1e3:.2f} ms ({took / expired * 1e6:.1f} µs each)"
     )
     print(f"queue still holds {len(q):,} ready messages")
+    later, delayed_fill = fill(args.pending, with_ttl=False, delayed=True)
+    print(
+        f"publish {args.pending:,} delayed (x-delay): {delayed_fill:.2f}s "
+        f"(ratio to plain {delayed_fill / plain_fill:.2f})"
+    )
+    print(f"tick with {args.pending:,} delayed, nothing due: {timed(later.expire) * 1e6:8.1f} µs")
+    dq = later.queues["q"]
+    later.now = sorted(e[0] for e in dq._delayed)[999]
+    started = time.perf_counter()
+    later.expire()
+    took = time.perf_counter() - started
+    print(f"promote 1,000 due delayed messages: {took * 1e3:.2f} ms; ready now {len(dq):,}")
 
 
 if __name__ == "__main__":
