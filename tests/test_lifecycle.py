@@ -657,3 +657,50 @@ async def test_delayed_messages_are_durable_and_kept_on_disk(tmp_path: Path) -> 
         [entry] = q.ready_entries()
         assert q.fetch() is entry and entry.message is not None
         assert entry.message.body == b"in an hour"
+
+
+# --- retry backoff -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("extra", "waits"),
+    [
+        ({}, [1.0, 2.0, 3.0, 3.5]),  # linear, capped by x-delayed-retry-max
+        ({"x-delayed-retry-multiplier": 1}, [1.0, 1.0, 1.0, 1.0]),  # constant
+        ({"x-delayed-retry-multiplier": 2}, [1.0, 2.0, 3.5, 3.5]),  # exponential, capped
+    ],
+)
+def test_nacked_messages_wait_longer_each_time(
+    b: Broker, s: Session, extra: dict[str, int], waits: list[float]
+) -> None:
+    declare(b, "q", **{"x-delayed-retry-min": 1000, "x-delayed-retry-max": 3500, **extra})
+    b.publish(s, msg("q", b"flaky"))
+    seen = []
+    for _ in range(4):
+        d = b.get(s, "q")
+        assert d is not None
+        b.nack(s, d.delivery_tag, requeue=True)
+        assert b.get(s, "q") is None  # held back, not spinning
+        due = b.next_deadline()
+        assert due is not None
+        seen.append(round(due - b.now, 3))
+        b.now = due
+        b.expire()
+    assert seen == waits
+
+
+def test_backoff_with_delivery_limit_ends_in_the_dead_letter_queue(b: Broker, s: Session) -> None:
+    declare(
+        b,
+        "q",
+        **{"x-delayed-retry-min": 100, "x-delivery-limit": 1, "x-dead-letter-exchange": "dlx"},
+    )
+    b.publish(s, msg("q", b"poison"))
+    for _ in range(2):
+        b.now = b.next_deadline() or b.now
+        b.expire()
+        d = b.get(s, "q")
+        assert d is not None
+        b.nack(s, d.delivery_tag, requeue=True)
+    [dead] = ready(b, "dead")
+    assert (dead.properties.headers or {})["x-death"][0]["reason"] == "delivery_limit"

@@ -648,7 +648,7 @@ class Broker:
     ) -> None:
         settled = self._take(session, delivery_tag, multiple)
         if requeue:
-            self._requeue(settled)
+            self._requeue(settled, backoff=True)
         else:
             for item in settled:
                 self.dead_letter(item.queue, item.entry, "rejected")
@@ -721,7 +721,9 @@ class Broker:
             if not queue.deleted:
                 self._dispatch(queue)
 
-    def _requeue(self, settled: list[Unacked]) -> None:
+    def _requeue(self, settled: list[Unacked], *, backoff: bool = False) -> None:
+        """Put deliveries back. A consumer's explicit nack (``backoff``) on a queue with
+        x-delayed-retry-* holds each message back before it is redelivered."""
         queues: dict[int, MessageQueue] = {}
         for item in settled:
             queue, entry = item.queue, item.entry
@@ -735,6 +737,12 @@ class Broker:
             if entry.expires_at is not None and entry.expires_at <= self.now:
                 self._forget_stored(queue, (entry,))
                 self.dead_letter(queue, entry, "expired")  # TTL runs on while it was out
+                continue
+            delay = queue.args.retry_delay(entry.delivery_count) if backoff else None
+            if delay is not None:
+                queue.hold(entry, self.now + delay)
+                self._delaying[id(queue)] = queue
+                self._due_at(self.now + delay)
                 continue
             queue.requeue(entry)
             queues[id(queue)] = queue

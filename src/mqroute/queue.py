@@ -131,6 +131,11 @@ class MessageQueue:
             self._levels[entry.priority].append(entry)
             self._now_ready(entry)
 
+    def hold(self, entry: QueueEntry, ready_at: float) -> None:
+        """A delivered message comes back, but only at ``ready_at`` (retry backoff)."""
+        entry.ready_at = ready_at
+        heapq.heappush(self._delayed, (ready_at, entry.seq, entry))
+
     @property
     def delayed(self) -> int:
         """Messages waiting for their delay to pass (not counted as ready)."""

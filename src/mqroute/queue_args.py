@@ -30,6 +30,9 @@ class QueueArguments:
     max_priority: int | None = None
     expires: int | None = None  # milliseconds unused before the queue is deleted
     dedup_window: int | None = None  # milliseconds a message_id is remembered
+    retry_min: int | None = None  # ms: a nacked-and-requeued message waits before redelivery
+    retry_max: int | None = None  # ms: the longest such wait
+    retry_multiplier: int | None = None  # None: linear; 1: constant; >= 2: exponential
 
     @classmethod
     def from_table(cls, name: str, table: Table) -> QueueArguments:
@@ -66,7 +69,17 @@ class QueueArguments:
             max_priority=count("x-max-priority"),
             expires=count("x-expires"),
             dedup_window=window_of("queue", name, table),
+            retry_min=count("x-delayed-retry-min"),
+            retry_max=count("x-delayed-retry-max"),
+            retry_multiplier=count("x-delayed-retry-multiplier"),
         )
+        for key, value in (
+            ("x-delayed-retry-min", args.retry_min),
+            ("x-delayed-retry-max", args.retry_max),
+            ("x-delayed-retry-multiplier", args.retry_multiplier),
+        ):
+            if value == 0:
+                raise _invalid(name, key, value, "a positive integer")
         if args.expires == 0:
             raise _invalid(name, "x-expires", 0, "a positive integer (milliseconds)")
         if args.max_priority is not None and not 1 <= args.max_priority <= 255:
@@ -77,6 +90,22 @@ class QueueArguments:
                 "but x-dead-letter-exchange is not"
             )
         return args
+
+    def retry_delay(self, attempt: int) -> float | None:
+        """Seconds a message failed ``attempt`` times waits before redelivery, if it waits.
+
+        Linear by default (min x attempt), constant with multiplier 1, exponential
+        (min x multiplier^(attempt-1)) above; never more than x-delayed-retry-max.
+        """
+        if self.retry_min is None:
+            return None
+        if self.retry_multiplier is None:
+            delay = self.retry_min * attempt
+        else:
+            delay = self.retry_min * self.retry_multiplier ** (attempt - 1)
+        if self.retry_max is not None:
+            delay = min(delay, self.retry_max)
+        return delay / 1000
 
 
 def _invalid(queue: str, key: str, value: Any, expected: str) -> PreconditionFailed:
