@@ -10,7 +10,15 @@ import pytest
 import mqroute
 from mqroute.broker import Broker
 from mqroute.errors import MessageNacked, PreconditionFailed
-from mqroute.model import Confirm, Delivery, ExchangeSpec, Message, Properties, QueueSpec
+from mqroute.model import (
+    Confirm,
+    Delivery,
+    DeliveryTimedOut,
+    ExchangeSpec,
+    Message,
+    Properties,
+    QueueSpec,
+)
 from mqroute.session import Session
 
 from .test_durability import running
@@ -704,3 +712,68 @@ def test_backoff_with_delivery_limit_ends_in_the_dead_letter_queue(b: Broker, s:
         b.nack(s, d.delivery_tag, requeue=True)
     [dead] = ready(b, "dead")
     assert (dead.properties.headers or {})["x-death"][0]["reason"] == "delivery_limit"
+
+
+# --- ack deadlines -----------------------------------------------------------------------------
+
+
+def test_an_unacked_delivery_past_its_deadline_is_requeued_and_reported(
+    b: Broker, s: Session
+) -> None:
+    declare(b, "q", **{"x-consumer-timeout": 1000})
+    other = b.open_session("other")
+    b.consume(s, "q", prefetch=1)
+    b.publish(s, msg("q", b"slow"))
+    [first] = [e for e in b.take_events(s) if isinstance(e, Delivery)]
+    b.consume(other, "q", prefetch=1)
+    b.now += 1.0
+    b.expire()
+    events = b.take_events(s)
+    assert (
+        DeliveryTimedOut(consumer_tag=first.consumer_tag, delivery_tag=first.delivery_tag) in events
+    )
+    again = [e for e in b.take_events(other) + events if isinstance(e, Delivery)]
+    assert [d.redelivered for d in again] == [True]
+    b.ack(s, first.delivery_tag)  # crossed on the wire with the timeout: ignored, no error
+
+
+def test_extend_moves_the_deadline(b: Broker, s: Session) -> None:
+    declare(b, "q")
+    b.consume(s, "q", arguments={"x-consumer-timeout": 1000})  # a consumer argument
+    b.publish(s, msg("q", b"long job"))
+    [d] = [e for e in b.take_events(s) if isinstance(e, Delivery)]
+    b.now += 0.9
+    b.extend(s, d.delivery_tag, 5000)
+    b.now += 1.0
+    b.expire()
+    assert b.queues["q"].unacked == 1
+    b.now += 4.0
+    b.expire()
+    assert b.queues["q"].unacked == 1  # redelivered to the same consumer
+    assert any(isinstance(e, DeliveryTimedOut) for e in b.take_events(s))
+
+
+def test_extending_an_unknown_tag_is_precondition_failed(b: Broker, s: Session) -> None:
+    with pytest.raises(PreconditionFailed, match="unknown delivery tag 9"):
+        b.extend(s, 9, 1000)
+
+
+async def test_ack_deadline_through_the_sdk(
+    autojump_clock: object, conn: mqroute.Connection
+) -> None:
+    import trio
+
+    from mqroute.errors import UsageError
+
+    await conn.declare_queue("jobs", arguments={"x-consumer-timeout": 10_000})
+    await conn.publish("", "jobs", b"job")
+    async with conn.consume("jobs", prefetch=2) as messages:
+        slow = await messages.__anext__()
+        await slow.extend(15)  # still working: 15 s from now
+        await trio.sleep(12)
+        assert not slow.timed_out
+        again = await messages.__anext__()  # after 15 s more it went back, and came again
+        assert again.redelivered and slow.timed_out
+        with pytest.raises(UsageError, match="passed its ack deadline"):
+            await slow.ack()
+        await again.ack()

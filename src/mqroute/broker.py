@@ -11,6 +11,7 @@ consumer cancellations); the session's ``wakeup`` callback tells the front end t
 
 from __future__ import annotations
 
+import heapq
 import itertools
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -40,6 +41,7 @@ from .model import (
     BrokerStats,
     ConsumerCancelled,
     Delivery,
+    DeliveryTimedOut,
     Event,
     ExchangeSpec,
     Message,
@@ -125,6 +127,7 @@ class Broker:
         self._expiring: dict[int, MessageQueue] = {}
         self._leased: dict[int, MessageQueue] = {}  # queues with x-expires
         self._delaying: dict[int, MessageQueue] = {}  # queues holding delayed messages
+        self._ack_deadlines: list[tuple[float, int, int]] = []  # (deadline, session id, tag)
         self._last_forget = 0.0
         self.scheduled: float | None = None
         self.timer_wakeup: Callable[[], None] | None = None
@@ -135,6 +138,7 @@ class Broker:
 
     def open_session(self, owner: str) -> Session:
         session = Session(next(self._session_ids), owner, self.journal)
+        session.on_timeout = self._start_deadline
         self.sessions[session.id] = session
         return session
 
@@ -585,6 +589,12 @@ class Broker:
             raise ResourceLocked(
                 f"queue {queue!r} already has consumers; cannot consume exclusively"
             )
+        timeout = (arguments or {}).get("x-consumer-timeout", q.args.consumer_timeout)
+        if timeout is not None and (type(timeout) is not int or timeout <= 0):
+            raise PreconditionFailed(
+                f"consumer argument x-consumer-timeout must be a positive integer (ms), "
+                f"not {timeout!r}"
+            )
         priority = (arguments or {}).get("x-priority", 0)
         if type(priority) is not int:
             raise PreconditionFailed(
@@ -600,6 +610,7 @@ class Broker:
             exclusive=exclusive,
             arguments=arguments or {},
             priority=priority,
+            timeout=timeout,
         )
         session.consumers[tag] = consumer
         self._touch(q)
@@ -698,6 +709,9 @@ class Broker:
         self._enqueue(dead, targets)
 
     def _take(self, session: Session, tag: int, multiple: bool) -> list[Unacked]:
+        if not multiple and tag in session.timed_out:
+            session.timed_out.discard(tag)  # it went back to the queue already
+            return []
         if not multiple and tag not in session.unacked:
             raise PreconditionFailed(f"unknown delivery tag {tag}")
         settled = session.take_unacked(tag, multiple)
@@ -813,9 +827,49 @@ class Broker:
             return None
         return queue.last_used + queue.args.expires / 1000
 
+    def _start_deadline(self, session: Session, item: Unacked, timeout_ms: int) -> None:
+        item.deadline = self.now + timeout_ms / 1000
+        heapq.heappush(self._ack_deadlines, (item.deadline, session.id, item.tag))
+        self._due_at(item.deadline)
+
+    def extend(self, session: Session, delivery_tag: int, milliseconds: int) -> None:
+        """Give an unacked delivery ``milliseconds`` more from now before it times out."""
+        item = session.unacked.get(delivery_tag)
+        if item is None:
+            if delivery_tag in session.timed_out:
+                return  # too late: it already went back; the client has been told
+            raise PreconditionFailed(f"unknown delivery tag {delivery_tag}")
+        self._start_deadline(session, item, milliseconds)
+
+    def _live_deadline(self, entry: tuple[float, int, int]) -> Unacked | None:
+        deadline, session_id, tag = entry
+        session = self.sessions.get(session_id)
+        item = session.unacked.get(tag) if session is not None else None
+        return item if item is not None and item.deadline == deadline else None
+
+    def _time_out_deliveries(self) -> None:
+        heap = self._ack_deadlines
+        while heap and heap[0][0] <= self.now:
+            top = heapq.heappop(heap)
+            item = self._live_deadline(top)
+            if item is None:
+                continue  # settled or extended since
+            session = self.sessions[top[1]]
+            session.take_unacked(item.tag, multiple=False)
+            session.timed_out.add(item.tag)
+            consumer_tag = item.consumer.tag if item.consumer is not None else ""
+            session.emit(DeliveryTimedOut(consumer_tag=consumer_tag, delivery_tag=item.tag))
+            self._requeue([item])
+
     def next_deadline(self) -> float | None:
-        """The earliest time something is due (a message or an unused queue expiring)."""
+        """The earliest time something is due (a message or an unused queue expiring, an ack
+        deadline passing, a delayed message becoming ready)."""
         deadline = None
+        heap = self._ack_deadlines
+        while heap and self._live_deadline(heap[0]) is None:
+            heapq.heappop(heap)
+        if heap:
+            deadline = heap[0][0]
         for key, queue in list(self._delaying.items()):
             due = None if queue.deleted else queue.next_ready_at()
             if due is None:
@@ -840,6 +894,7 @@ class Broker:
     def expire(self) -> int:
         """Expire (and dead-letter) every message due by ``self.now``, and delete queues unused
         for their x-expires. Returns how many messages expired."""
+        self._time_out_deliveries()
         for queue in list(self._delaying.values()):
             if not queue.deleted and queue.promote(self.now):
                 self._after_promotion(queue)

@@ -58,6 +58,7 @@ from .protocol import (
     DeleteQueue,
     Deliver,
     Error,
+    Extend,
     Frame,
     Get,
     GetOk,
@@ -70,6 +71,7 @@ from .protocol import (
     PurgeQueue,
     Return,
     Role,
+    TimedOut,
     Unbind,
     Welcome,
 )
@@ -170,6 +172,7 @@ class Message:
         "redelivered",
         "routing_key",
         "settled",
+        "timed_out",
     )
 
     def __init__(
@@ -195,6 +198,7 @@ class Message:
         self.consumer_tag = consumer_tag
         self.auto_ack = auto_ack
         self.settled = auto_ack
+        self.timed_out = False  # passed its x-consumer-timeout; the broker requeued it
 
     def __repr__(self) -> str:
         return (
@@ -237,6 +241,15 @@ class Message:
     async def reject(self, *, requeue: bool = True) -> None:
         """``nack`` of this one message."""
         await self.nack(requeue=requeue)
+
+    async def extend(self, seconds: float) -> None:
+        """Still working on it: its ack deadline (x-consumer-timeout) becomes ``seconds`` from
+        now, as SQS's ChangeMessageVisibility."""
+        if self.settled:
+            raise UsageError(self._conn._settled_reason(self))
+        await self._conn._send(
+            Extend(delivery_tag=self.delivery_tag, milliseconds=max(1, int(seconds * 1000)))
+        )
 
 
 class Connection:
@@ -476,6 +489,10 @@ class Connection:
                 confirmation.error = MessageReturned(
                     event.reply_code, event.reply_text, event.exchange, event.routing_key
                 )
+        elif kind is TimedOut:
+            late = self._unsettled.pop(event.delivery_tag, None)
+            if late is not None:
+                late.settled = late.timed_out = True
         elif kind is Cancelled:
             consumer = self._consumers.pop(event.consumer_tag, None)
             if consumer is not None:
@@ -518,7 +535,7 @@ class Connection:
         if msg.auto_ack:
             raise UsageError("message was delivered with auto_ack; there is nothing to settle")
         if msg.settled:
-            raise UsageError(f"message with delivery tag {msg.delivery_tag} is already settled")
+            raise UsageError(self._settled_reason(msg))
         self._check_open()
         if multiple:
             while self._unsettled:
@@ -529,6 +546,15 @@ class Connection:
                 earlier.settled = True
         self._unsettled.pop(msg.delivery_tag, None)
         msg.settled = True
+
+    @staticmethod
+    def _settled_reason(msg: Message) -> str:
+        if msg.timed_out:
+            return (
+                f"delivery {msg.delivery_tag} passed its ack deadline (x-consumer-timeout) "
+                "and went back to the queue"
+            )
+        return f"message with delivery tag {msg.delivery_tag} is already settled"
 
     def _confirm(self, event: Confirm) -> None:
         confirms = self._confirms

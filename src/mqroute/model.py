@@ -204,7 +204,15 @@ class ConsumerCancelled:
     reason: str
 
 
-Event = Delivery | Returned | Confirm | ConsumerCancelled
+@attrs.frozen(kw_only=True)
+class DeliveryTimedOut:
+    """An unacked delivery passed its x-consumer-timeout: it was requeued; the tag is void."""
+
+    consumer_tag: str
+    delivery_tag: int
+
+
+Event = Delivery | Returned | Confirm | ConsumerCancelled | DeliveryTimedOut
 
 
 # --- statistics -------------------------------------------------------------------------------

@@ -451,6 +451,24 @@ class Cancelled(Frame):
     reason: str
 
 
+@_frame(47, S)
+@attrs.frozen(kw_only=True)
+class TimedOut(Frame):
+    """A delivery passed its ack deadline (x-consumer-timeout) and was requeued."""
+
+    consumer_tag: str
+    delivery_tag: int
+
+
+@_frame(48, C)
+@attrs.frozen(kw_only=True)
+class Extend(Frame):
+    """Move a delivery's ack deadline to ``milliseconds`` from now (still working on it)."""
+
+    delivery_tag: int
+    milliseconds: int
+
+
 @attrs.frozen
 class PeerClosed:
     """The peer closed its end of the byte stream."""

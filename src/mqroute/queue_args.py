@@ -33,6 +33,7 @@ class QueueArguments:
     retry_min: int | None = None  # ms: a nacked-and-requeued message waits before redelivery
     retry_max: int | None = None  # ms: the longest such wait
     retry_multiplier: int | None = None  # None: linear; 1: constant; >= 2: exponential
+    consumer_timeout: int | None = None  # ms an unacked delivery may stay out
 
     @classmethod
     def from_table(cls, name: str, table: Table) -> QueueArguments:
@@ -72,6 +73,7 @@ class QueueArguments:
             retry_min=count("x-delayed-retry-min"),
             retry_max=count("x-delayed-retry-max"),
             retry_multiplier=count("x-delayed-retry-multiplier"),
+            consumer_timeout=count("x-consumer-timeout"),
         )
         for key, value in (
             ("x-delayed-retry-min", args.retry_min),

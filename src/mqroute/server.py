@@ -31,6 +31,7 @@ from .model import (
 )
 from .model import (
     Delivery,
+    DeliveryTimedOut,
     Event,
     ExchangeSpec,
     Message,
@@ -55,6 +56,7 @@ from .protocol import (
     DeleteQueue,
     Deliver,
     Error,
+    Extend,
     Frame,
     Get,
     GetOk,
@@ -67,6 +69,7 @@ from .protocol import (
     PurgeQueue,
     Return,
     Role,
+    TimedOut,
     Unbind,
     Welcome,
 )
@@ -377,6 +380,10 @@ class ServerConnection:
                     multiple=event.multiple,
                     requeue=event.requeue,
                 )
+            elif kind is Extend:
+                self._settle(
+                    self.broker.extend, event.delivery_tag, milliseconds=event.milliseconds
+                )
             elif kind is Heartbeat:
                 pass
             elif kind is Close:
@@ -604,6 +611,8 @@ def _to_frame(event: Event) -> Frame:
             body=m.body,
             properties=m.properties,
         )
+    if isinstance(event, DeliveryTimedOut):
+        return TimedOut(consumer_tag=event.consumer_tag, delivery_tag=event.delivery_tag)
     return Cancelled(consumer_tag=event.consumer_tag, reason=event.reason)
 
 

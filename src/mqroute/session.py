@@ -26,6 +26,7 @@ class Unacked:
     queue: MessageQueue
     entry: QueueEntry
     consumer: ConsumerState | None  # None for a basic.get
+    deadline: float | None = None  # x-consumer-timeout: requeued if not settled by then
 
 
 @attrs.define(eq=False)
@@ -40,6 +41,7 @@ class ConsumerState:
     exclusive: bool
     arguments: Table
     priority: int = 0  # the x-priority consumer argument
+    timeout: int | None = None  # ms: x-consumer-timeout (consumer argument, else the queue's)
     unacked: int = 0
 
     def has_credit(self) -> bool:
@@ -77,6 +79,10 @@ class Session:
         self._pending: deque[list[Any]] = deque()  # [seq, ok, error code, error text]
         self._outbox: list[Event] = []
         self.wakeup: Callable[[], None] | None = None  # the front end's "you have output"
+        # The broker's hook to start a delivery's ack deadline, and tags that passed theirs
+        # (settling one of those is a no-op, not an error: the two may cross on the wire).
+        self.on_timeout: Callable[[Session, Unacked, int], None] | None = None
+        self.timed_out: set[int] = set()
 
     # --- outbox --------------------------------------------------------------------------
 
@@ -111,7 +117,10 @@ class Session:
             else:  # auto-ack: delivered is done
                 self.journal.add(DropMessages(queue.name, (entry.seq,)))
         if track:
-            self.unacked[tag] = Unacked(tag, queue, entry, consumer)
+            self.unacked[tag] = item = Unacked(tag, queue, entry, consumer)
+            timeout = consumer.timeout if consumer is not None else queue.args.consumer_timeout
+            if timeout is not None and self.on_timeout is not None:
+                self.on_timeout(self, item, timeout)
             self._unacked_order.append(tag)
             queue.unacked += 1
             if consumer is not None:
