@@ -9,7 +9,7 @@ import pytest
 
 import mqroute
 from mqroute.broker import Broker
-from mqroute.errors import MessageNacked, PreconditionFailed
+from mqroute.errors import MessageNacked, NotFound, PreconditionFailed
 from mqroute.model import (
     Confirm,
     Delivery,
@@ -777,3 +777,55 @@ async def test_ack_deadline_through_the_sdk(
         with pytest.raises(UsageError, match="passed its ack deadline"):
             await slow.ack()
         await again.ack()
+
+
+# --- redrive -----------------------------------------------------------------------------------
+
+
+def test_redrive_sends_dead_letters_home(b: Broker, s: Session) -> None:
+    for name in ("orders", "payments"):
+        declare(b, name, **{"x-dead-letter-exchange": "dlx"})
+        for i in range(2):
+            b.publish(s, msg(name, f"{name} {i}".encode()))
+            d = b.get(s, name)
+            assert d is not None
+            b.reject(s, d.delivery_tag, requeue=False)
+    b.publish(s, msg("dead", b"no history"))
+    assert b.redrive("o", "dead", limit=3) == 3
+    assert [m.body for m in ready(b, "orders")] == [b"orders 0", b"orders 1"]
+    assert [m.body for m in ready(b, "payments")] == [b"payments 0"]
+    assert b.redrive("o", "dead") == 1
+    assert [m.body for m in ready(b, "dead")] == [b"no history"]  # nowhere to go: stays
+
+
+def test_redrive_to_an_exchange(b: Broker, s: Session) -> None:
+    b.declare_exchange(ExchangeSpec(name="retry", type="fanout"))
+    declare(b, "retry-q")
+    b.bind_queue("o", "retry-q", "retry")
+    b.publish(s, msg("dead", b"x"))
+    assert b.redrive("o", "dead", to_exchange="retry") == 1
+    assert [m.body for m in ready(b, "retry-q")] == [b"x"]
+    with pytest.raises(NotFound):
+        b.redrive("o", "dead", to_exchange="missing")
+
+
+async def test_redrive_through_the_cli(server: object, conn: mqroute.Connection) -> None:
+    import sys
+
+    import trio
+
+    await conn.declare_exchange("dlx", "fanout")
+    await conn.declare_queue("dlq")
+    await conn.bind_queue("dlq", "dlx")
+    await conn.declare_queue("work", arguments={"x-dead-letter-exchange": "dlx"})
+    for i in range(3):
+        await conn.publish("", "work", bytes([i]))
+        m = await conn.get("work")
+        assert m is not None
+        await m.reject(requeue=False)
+    result = await trio.run_process(
+        [sys.executable, "-m", "mqroute", "redrive", "dlq", "--limit", "2", "--url", server.url],  # type: ignore[attr-defined]
+        capture_stdout=True,
+    )
+    assert result.stdout.decode().strip() == "moved 2 messages out of 'dlq'"
+    assert (await conn.declare_queue("work", passive=True)).message_count == 2

@@ -27,6 +27,7 @@ from mqroute.protocol import (
     DeleteQueue,
     Deliver,
     Error,
+    Extend,
     Get,
     GetOk,
     Heartbeat,
@@ -36,9 +37,11 @@ from mqroute.protocol import (
     PeerClosed,
     Publish,
     PurgeQueue,
+    Redrive,
     Return,
     Role,
     State,
+    TimedOut,
     Unbind,
     Welcome,
 )
@@ -91,6 +94,9 @@ CLIENT_FRAMES = [
     ),
     Cancel(rid=9, consumer_tag="t"),
     Get(rid=10, queue="q", auto_ack=True),
+    Redrive(rid=11, queue="dlq", exchange=None, limit=0),
+    Redrive(rid=12, queue="dlq", exchange="retry", limit=10),
+    Extend(delivery_tag=7, milliseconds=30_000),
     Publish(exchange="x", routing_key="a.b", body=b"\x00" * 300, properties=PROPS, mandatory=True),
     Publish(exchange="", routing_key="q", body=b"", properties=Properties(), mandatory=False),
     Ack(delivery_tag=3, multiple=True),
@@ -131,6 +137,7 @@ SERVER_FRAMES = [
         properties=Properties(),
     ),
     Cancelled(consumer_tag="t", reason="queue deleted"),
+    TimedOut(consumer_tag="t", delivery_tag=8),
     Heartbeat(),
 ]
 

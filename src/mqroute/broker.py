@@ -764,6 +764,47 @@ class Broker:
         for queue in queues.values():
             self._dispatch(queue)  # other consumers may be waiting for these
 
+    # --- redrive ----------------------------------------------------------------------
+
+    def redrive(
+        self, owner: str, queue: str, *, to_exchange: str | None = None, limit: int = 0
+    ) -> int:
+        """Move ready messages out of a dead-letter queue; returns how many moved.
+
+        Each goes back to the queue it last died in (``x-last-death-queue``, through the
+        default exchange), or, with ``to_exchange``, is published there with its routing key.
+        Messages with nowhere to go stay. ``limit`` 0 moves them all. A persistent message's
+        removal and its new copy are written in the same commit.
+        """
+        source = self._queue(queue)
+        self._check_access(owner, source)
+        if to_exchange is not None:
+            self._exchange(to_exchange)  # NOT_FOUND before anything moves
+        if limit < 0:
+            raise InvalidArgument(f"limit must be 0 (all) or more, not {limit}")
+        moved = 0
+        stay = []
+        for _ in range(len(source)):
+            if limit and moved == limit:
+                break
+            entry = source.fetch()
+            assert entry is not None and entry.message is not None
+            message = entry.message
+            if to_exchange is None:
+                home = (message.properties.headers or {}).get("x-last-death-queue")
+                if not isinstance(home, str) or home not in self.queues or home == queue:
+                    stay.append(entry)
+                    continue
+                message = attrs.evolve(message, exchange="", routing_key=home)
+            else:
+                message = attrs.evolve(message, exchange=to_exchange)
+            self._forget_stored(source, (entry,))
+            self._enqueue(message, self._route(message, from_client=False))
+            moved += 1
+        for entry in stay:
+            source.requeue(entry)  # back where they were, in order
+        return moved
+
     # --- deduplication -------------------------------------------------------------------
 
     def _duplicate(

@@ -120,3 +120,45 @@ async def _run_until_signal(config: ServerConfig) -> None:
                 log.info("received %s; shutting down", signal.Signals(signum).name)
                 nursery.cancel_scope.cancel()
                 break
+
+
+@main.command()
+@click.argument("queue")
+@click.option(
+    "--to-exchange",
+    default=None,
+    help="Publish the messages to this exchange (with their routing keys) instead of "
+    "sending each back to the queue it last died in.",
+)
+@click.option(
+    "--limit",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Move at most this many (0 = all).",
+)
+@click.option(
+    "--url",
+    default="mqroute://127.0.0.1:5680",
+    show_default=True,
+    envvar="MQROUTE_URL",
+    help="The broker to talk to.",
+)
+def redrive(queue: str, to_exchange: str | None, limit: int, url: str) -> None:
+    """Move messages out of dead-letter queue QUEUE.
+
+    Each goes back to the queue it last died in (its x-last-death-queue header), or to
+    --to-exchange. Messages with nowhere to go stay in QUEUE.
+    """
+    from .client import connect
+    from .errors import MQRouteError
+
+    async def run() -> int:
+        async with connect(url, client_name="mqroute redrive") as conn:
+            return await conn.redrive(queue, to_exchange=to_exchange, limit=limit or None)
+
+    try:
+        moved = trio.run(run)
+    except MQRouteError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"moved {moved} message{'s' if moved != 1 else ''} out of {queue!r}")

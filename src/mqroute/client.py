@@ -69,6 +69,7 @@ from .protocol import (
     PeerClosed,
     Publish,
     PurgeQueue,
+    Redrive,
     Return,
     Role,
     TimedOut,
@@ -657,6 +658,14 @@ class Connection:
         """Drop a queue's ready messages; returns how many."""
         result = await self._request(PurgeQueue, name=name)
         return int(result["message_count"])
+
+    async def redrive(
+        self, queue: str, *, to_exchange: str | None = None, limit: int | None = None
+    ) -> int:
+        """Move messages out of dead-letter queue ``queue``: back to the queue each last died
+        in, or to ``to_exchange``; at most ``limit`` of them. Returns how many moved."""
+        result = await self._request(Redrive, queue=queue, exchange=to_exchange, limit=limit or 0)
+        return int(result["moved"])
 
     async def bind_queue(
         self, queue: str, exchange: str, routing_key: str = "", arguments: Table | None = None

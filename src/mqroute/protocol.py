@@ -342,6 +342,18 @@ class Get(Frame):
     auto_ack: bool
 
 
+@_frame(20, C)
+@attrs.frozen(kw_only=True)
+class Redrive(Frame):
+    """Move up to ``limit`` (0 = all) ready messages out of a dead-letter queue: back to the
+    queue each last died in, or to ``exchange`` if it is not null."""
+
+    rid: int
+    queue: str
+    exchange: str | None
+    limit: int
+
+
 @_frame(30, S)
 @attrs.frozen(kw_only=True)
 class Ok(Frame):

@@ -67,6 +67,7 @@ from .protocol import (
     PeerClosed,
     Publish,
     PurgeQueue,
+    Redrive,
     Return,
     Role,
     TimedOut,
@@ -251,6 +252,7 @@ class ServerConnection:
             Consume: self._consume,
             Cancel: self._cancel,
             Get: self._get,
+            Redrive: self._redrive,
         }
 
     async def run(self) -> None:
@@ -509,6 +511,10 @@ class ServerConnection:
             arguments=ev.arguments,
         )
         return {"consumer_tag": tag}
+
+    def _redrive(self, ev: Redrive) -> dict[str, Any]:
+        moved = self.broker.redrive(self.id, ev.queue, to_exchange=ev.exchange, limit=ev.limit)
+        return {"moved": moved}
 
     def _cancel(self, ev: Cancel) -> None:
         assert self.session is not None
