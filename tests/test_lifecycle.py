@@ -829,3 +829,84 @@ async def test_redrive_through_the_cli(server: object, conn: mqroute.Connection)
     )
     assert result.stdout.decode().strip() == "moved 2 messages out of 'dlq'"
     assert (await conn.declare_queue("work", passive=True)).message_count == 2
+
+
+def test_dead_letter_chains_follow_each_queue_dlx(b: Broker, s: Session) -> None:
+    b.declare_exchange(ExchangeSpec(name="dlx2", type="fanout"))
+    declare(b, "final")
+    b.bind_queue("o", "final", "dlx2")
+    declare(b, "stage2", **{"x-dead-letter-exchange": "dlx2", "x-message-ttl": 0})
+    b.declare_exchange(ExchangeSpec(name="dlx1", type="fanout"))
+    b.bind_queue("o", "stage2", "dlx1")
+    declare(b, "stage1", **{"x-dead-letter-exchange": "dlx1"})
+    b.publish(s, msg("stage1", b"x"))
+    d = b.get(s, "stage1")
+    assert d is not None
+    b.reject(s, d.delivery_tag, requeue=False)  # rejected → stage2 → expires at once → final
+    [dead] = ready(b, "final")
+    deaths = (dead.properties.headers or {})["x-death"]
+    assert [(x["queue"], x["reason"]) for x in deaths] == [
+        ("stage2", "expired"),
+        ("stage1", "rejected"),
+    ]
+    assert (dead.properties.headers or {})["x-first-death-queue"] == "stage1"
+
+
+async def test_queue_arguments_through_the_sdk(conn: mqroute.Connection) -> None:
+    """Length limits, delivery limits, alternate exchanges and consumer competition, end to
+    end: what the core tests pin, seen by a real client."""
+    await conn.declare_exchange("dlx", "fanout")
+    await conn.declare_queue("dlq")
+    await conn.bind_queue("dlq", "dlx")
+    # drop-head
+    await conn.declare_queue(
+        "recent", arguments={"x-max-length": 2, "x-dead-letter-exchange": "dlx"}
+    )
+    async with conn.publisher() as pub:
+        for i in range(3):
+            await pub.publish("", "recent", bytes([i]))
+    assert (await conn.declare_queue("recent", passive=True)).message_count == 2
+    # delivery limit with x-delivery-count on redeliveries
+    await conn.declare_queue(
+        "poison", arguments={"x-delivery-limit": 1, "x-dead-letter-exchange": "dlx"}
+    )
+    await conn.publish("", "poison", b"p")
+    counts = []
+    for _ in range(2):
+        m = await conn.get("poison")
+        assert m is not None
+        counts.append(m.headers.get("x-delivery-count"))
+        await m.nack(requeue=True)
+    assert counts == [None, 1]
+    assert await conn.get("poison") is None
+    reasons = []
+    while (dead := await conn.get("dlq", auto_ack=True)) is not None:
+        reasons.append(dead.headers["x-death"][0]["reason"])
+    assert reasons == ["maxlen", "delivery_limit"]
+    # alternate exchange
+    await conn.declare_exchange("shop", "direct", arguments={"alternate-exchange": "dlx"})
+    await conn.publish("shop", "nobody-binds-this", b"caught", mandatory=True)
+    caught = await conn.get("dlq", auto_ack=True)
+    assert caught is not None and caught.body == b"caught"
+    # single active consumer and consumer priority
+    await conn.declare_queue("sac", arguments={"x-single-active-consumer": True})
+    async with conn.consume("sac", prefetch=5) as first, conn.consume("sac", prefetch=5):
+        await conn.publish("", "sac", b"only the first")
+        got = await first.__anext__()
+        assert got.consumer_tag == first.tag
+        await got.ack()
+
+
+async def test_unused_queue_expires_through_the_sdk(
+    autojump_clock: object, conn: mqroute.Connection
+) -> None:
+    import trio
+
+    from mqroute.errors import NotFound
+
+    await conn.declare_queue("temporary", arguments={"x-expires": 60_000})
+    await trio.sleep(59)
+    await conn.declare_queue("temporary", passive=True)  # use: the lease starts again
+    await trio.sleep(61)
+    with pytest.raises(NotFound):
+        await conn.declare_queue("temporary", passive=True)
