@@ -59,14 +59,17 @@ def start(data_dir: str, port: int) -> tuple[subprocess.Popen[bytes], float]:
     raise SystemExit("server did not start")
 
 
-async def publish(url: str, count: int, size: int) -> float:
+async def publish(url: str, count: int, size: int, delayed: bool) -> float:
     pad = os.urandom(max(size - 8, 0))
+    headers = {"x-delay": 3_600_000} if delayed else None
     async with mqroute.connect(url) as conn:
         await conn.declare_queue("backlog", durable=True)
         started = time.monotonic()
         async with conn.publisher(max_in_flight=1000) as pub:
             for i in range(count):
-                await pub.publish("", "backlog", i.to_bytes(8, "big") + pad, persistent=True)
+                await pub.publish(
+                    "", "backlog", i.to_bytes(8, "big") + pad, persistent=True, headers=headers
+                )
                 if i and i % 100_000 == 0:
                     print(f"    published {i:,}", flush=True)
         return count / (time.monotonic() - started)
@@ -91,6 +94,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--count", type=int, default=1_000_000)
     parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument(
+        "--delayed",
+        action="store_true",
+        help="publish with x-delay of an hour: a backlog of delayed messages (no drain)",
+    )
     args = parser.parse_args()
     data_dir = tempfile.mkdtemp(prefix="mqroute-backlog-", dir=os.path.expanduser("~"))
     port = free_port()
@@ -98,7 +106,7 @@ def main() -> None:
     try:
         server, startup = start(data_dir, port)
         print(f"empty start: {startup:.2f}s, RSS {rss_mb(server.pid)[0]:.0f} MB")
-        rate = trio.run(publish, url, args.count, args.size)
+        rate = trio.run(publish, url, args.count, args.size, args.delayed)
         rss, peak = rss_mb(server.pid)
         print(
             f"published {args.count:,} x {args.size} B persistent with confirms: "
@@ -114,6 +122,10 @@ def main() -> None:
             f"restart with {args.count:,} messages on disk: {startup:.2f}s to listening; "
             f"RSS {rss:.0f} MB (peak {peak:.0f} MB)"
         )
+        if args.delayed:
+            server.terminate()
+            server.wait()
+            return
         rate = trio.run(drain, url, args.count)
         rss, peak = rss_mb(server.pid)
         print(f"drained {args.count:,}: {rate:,.0f} msg/s; RSS {rss:.0f} MB (peak {peak:.0f} MB)")
