@@ -910,3 +910,22 @@ async def test_unused_queue_expires_through_the_sdk(
     await trio.sleep(61)
     with pytest.raises(NotFound):
         await conn.declare_queue("temporary", passive=True)
+
+
+async def test_a_retry_wait_survives_a_restart(tmp_path: Path) -> None:
+    from mqroute.store import SqliteStore
+
+    args = {"x-delayed-retry-min": 3_600_000}
+    async with running(tmp_path) as address, mqroute.connect(address.url) as conn:
+        await conn.declare_queue("q", durable=True, arguments=args)
+        await conn.publish("", "q", b"flaky", persistent=True)
+        m = await conn.get("q")
+        assert m is not None
+        await m.nack(requeue=True)
+        await conn.declare_queue("q", durable=True, arguments=args)  # the nack is handled
+    broker = Broker(durable=True)
+    async with running(tmp_path, broker=broker, store=SqliteStore(tmp_path)):
+        q = broker.queues["q"]
+        assert q.delayed == 1 and len(q) == 0
+        due = broker.next_deadline()
+        assert due is not None and 3590 < due - broker.now <= 3600

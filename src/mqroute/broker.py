@@ -27,6 +27,7 @@ from .journal import (
     DropMessages,
     DropQueue,
     ForgetSeen,
+    HoldMessage,
     Journal,
     PutBinding,
     PutExchange,
@@ -755,6 +756,8 @@ class Broker:
             delay = queue.args.retry_delay(entry.delivery_count) if backoff else None
             if delay is not None:
                 queue.hold(entry, self.now + delay)
+                if entry.persisted:
+                    self._record(HoldMessage(queue.name, entry.seq, self.now + delay))
                 self._delaying[id(queue)] = queue
                 self._due_at(self.now + delay)
                 continue
@@ -1047,12 +1050,13 @@ class Broker:
                     stored.delivery_count,
                     priority=stored.priority,
                     expires_at=stored.expires_at,
-                    ready_at=stored.ready_at,
+                    # already due: ready in its place, not at the tail
+                    ready_at=stored.ready_at if (stored.ready_at or 0) > self.now else None,
                     maybe_delivered=not snapshot.clean_shutdown,
                 )
                 if stored.expires_at is not None:
                     self._expiring[id(target)] = target
-                if stored.ready_at is not None:
+                if stored.ready_at is not None and stored.ready_at > self.now:
                     self._delaying[id(target)] = target
                 count += 1
         return count

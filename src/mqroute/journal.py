@@ -72,6 +72,15 @@ class MarkDelivered:
 
 
 @attrs.frozen
+class HoldMessage:
+    """A requeued message waits until ``ready_at`` before redelivery (retry backoff)."""
+
+    queue: str
+    seq: int
+    ready_at: float
+
+
+@attrs.frozen
 class PutSeen:
     """A message id seen by a deduplicating queue or exchange, remembered until ``expires_at``."""
 
@@ -98,6 +107,7 @@ Record = (
     | PutMessage
     | DropMessages
     | MarkDelivered
+    | HoldMessage
     | PutSeen
     | ForgetSeen
 )

@@ -27,6 +27,7 @@ from .journal import (
     DropMessages,
     DropQueue,
     ForgetSeen,
+    HoldMessage,
     MarkDelivered,
     PutBinding,
     PutExchange,
@@ -372,6 +373,12 @@ def _mark_delivered(db: sqlite3.Connection, r: MarkDelivered) -> None:
     )
 
 
+def _hold_message(db: sqlite3.Connection, r: HoldMessage) -> None:
+    db.execute(
+        "UPDATE messages SET ready_at = ? WHERE queue = ? AND seq = ?", (r.ready_at, r.queue, r.seq)
+    )
+
+
 def _put_seen(db: sqlite3.Connection, r: PutSeen) -> None:
     db.execute(
         "INSERT OR REPLACE INTO seen VALUES (?, ?, ?, ?)",
@@ -393,6 +400,7 @@ _APPLY: dict[type, Any] = {
     PutMessage: _put_message,
     DropMessages: _drop_messages,
     MarkDelivered: _mark_delivered,
+    HoldMessage: _hold_message,
     PutSeen: _put_seen,
     ForgetSeen: _forget_seen,
 }
