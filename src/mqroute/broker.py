@@ -1039,26 +1039,25 @@ class Broker:
             if holder is not None and holder.seen is not None and until > self.now:
                 holder.seen.remember(message_id, until)
         count = 0
-        for name, messages in snapshot.messages.items():
+        for name, stored in snapshot.messages:
             target = self.queues.get(name)
             if target is None:
                 continue
-            for stored in messages:
-                target.restore(
-                    stored.seq,
-                    stored.size,
-                    stored.delivery_count,
-                    priority=stored.priority,
-                    expires_at=stored.expires_at,
-                    # already due: ready in its place, not at the tail
-                    ready_at=stored.ready_at if (stored.ready_at or 0) > self.now else None,
-                    maybe_delivered=not snapshot.clean_shutdown,
-                )
-                if stored.expires_at is not None:
-                    self._expiring[id(target)] = target
-                if stored.ready_at is not None and stored.ready_at > self.now:
-                    self._delaying[id(target)] = target
-                count += 1
+            delayed = stored.ready_at is not None and stored.ready_at > self.now
+            target.restore(
+                stored.seq,
+                stored.size,
+                stored.delivery_count,
+                priority=stored.priority,
+                expires_at=stored.expires_at,
+                ready_at=stored.ready_at if delayed else None,  # due ones: ready in place
+                maybe_delivered=not snapshot.clean_shutdown,
+            )
+            if stored.expires_at is not None:
+                self._expiring[id(target)] = target
+            if delayed:
+                self._delaying[id(target)] = target
+            count += 1
         return count
 
     # --- lookups and statistics ------------------------------------------------------------

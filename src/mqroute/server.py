@@ -145,8 +145,9 @@ async def serve(
 
 async def _recover(broker: Broker, store: Store) -> None:
     started = time.monotonic()
+    # Off the event loop: nothing else runs yet, and the rows stream from the store's cursor.
     snapshot = await trio.to_thread.run_sync(store.load)
-    count = broker.restore(snapshot)
+    count = await trio.to_thread.run_sync(broker.restore, snapshot)
     if snapshot.queues or snapshot.exchanges:
         log.info(
             "recovered %d exchanges, %d queues, %d bindings, %d messages in %.2fs%s",

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -66,7 +66,7 @@ class Snapshot:
     exchanges: list[ExchangeSpec]
     queues: list[QueueSpec]
     bindings: list[Binding]
-    messages: dict[str, list[StoredMessage]]  # queue → messages in seq order
+    messages: Iterable[tuple[str, StoredMessage]]  # (queue, message), seq order; read lazily
     clean_shutdown: bool
     seen: list[tuple[str, str, str, float]] = attrs.Factory(list)  # dedup: kind, name, id, until
 
@@ -93,7 +93,7 @@ class MemoryStore:
     """Keeps nothing: for brokers whose state may vanish with the process."""
 
     def load(self) -> Snapshot:
-        return Snapshot(exchanges=[], queues=[], bindings=[], messages={}, clean_shutdown=True)
+        return Snapshot(exchanges=[], queues=[], bindings=[], messages=(), clean_shutdown=True)
 
     def write(self, records: Sequence[Record]) -> None:
         pass
@@ -184,13 +184,14 @@ class SqliteStore:
                 "SELECT source, destination, kind, routing_key, arguments FROM bindings"
             )
         ]
-        messages: dict[str, list[StoredMessage]] = {}
         rows = db.execute(
             "SELECT queue, seq, length(body), delivery_count, expires_at, priority, ready_at "
             "FROM messages ORDER BY queue, seq"
         )
-        for queue, seq, size, count, expires_at, priority, ready_at in rows:  # not the bodies
-            messages.setdefault(queue, []).append(
+        # A generator over the cursor: recovery never holds every row at once, nor any body.
+        messages = (
+            (
+                queue,
                 StoredMessage(
                     seq=seq,
                     size=size,
@@ -198,8 +199,10 @@ class SqliteStore:
                     expires_at=expires_at,
                     priority=priority,
                     ready_at=ready_at,
-                )
+                ),
             )
+            for queue, seq, size, count, expires_at, priority, ready_at in rows
+        )
         seen = list(
             db.execute("SELECT kind, name, message_id, expires_at FROM seen ORDER BY expires_at")
         )
