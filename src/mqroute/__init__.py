@@ -5,6 +5,7 @@ The public names live here; the modules behind them are private by convention.
 
 __version__ = "0.1.0"
 
+from .blocking import BlockingConnection, BlockingMessage, connect_blocking
 from .client import Confirmation, Connection, Consumer, Message, Publisher, QueueInfo, connect
 from .errors import (
     AccessRefused,
@@ -29,6 +30,8 @@ from .server import ServerAddress, ServerConfig, serve
 
 __all__ = [
     "AccessRefused",
+    "BlockingConnection",
+    "BlockingMessage",
     "BrokerError",
     "Confirmation",
     "Connection",
@@ -55,5 +58,6 @@ __all__ = [
     "UsageError",
     "__version__",
     "connect",
+    "connect_blocking",
     "serve",
 ]

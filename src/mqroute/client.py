@@ -18,6 +18,7 @@ last write in one ``send`` (so a burst of publishes or acks costs a few syscalls
 from __future__ import annotations
 
 import collections
+import contextlib
 import enum
 import itertools
 import math
@@ -242,6 +243,25 @@ class Message:
     async def reject(self, *, requeue: bool = True) -> None:
         """``nack`` of this one message."""
         await self.nack(requeue=requeue)
+
+    @contextlib.asynccontextmanager
+    async def process(self, *, requeue: bool = False) -> AsyncIterator[Message]:
+        """Ack when the block succeeds; nack (``requeue`` or not) when it raises::
+
+            async with msg.process():
+                handle(msg.body)
+
+        The exception still propagates. A message settled inside the block is left alone.
+        """
+        try:
+            yield self
+        except BaseException:
+            if not self.settled and self._conn.is_open:
+                with anyio.CancelScope(shield=True):
+                    await self.nack(requeue=requeue)
+            raise
+        if not self.settled:
+            await self.ack()
 
     async def extend(self, seconds: float) -> None:
         """Still working on it: its ack deadline (x-consumer-timeout) becomes ``seconds`` from

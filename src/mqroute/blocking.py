@@ -1,0 +1,195 @@
+"""The blocking client, for scripts, Flask/Django views and thread pools.
+
+It runs the async SDK on a trio loop in a background thread; every method hands its work to
+that loop and waits for the answer, so callers need to know nothing of trio. It may be used
+from several threads at once (publishes from many threads are safe)::
+
+    with mqroute.connect_blocking("mqroute://127.0.0.1:5680") as conn:
+        conn.declare_queue("tasks", durable=True)
+        conn.publish("", "tasks", b"resize image 42", persistent=True)
+        for msg in conn.consume("tasks", prefetch=1):
+            handle(msg.body)
+            msg.ack()
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import trio
+
+from .client import Connection, Consumer, Message, QueueInfo, connect
+from .errors import UsageError
+from .model import Properties, Table
+
+
+class BlockingMessage:
+    """A delivered message; ``ack``, ``nack``, ``reject`` and ``extend`` block until sent."""
+
+    def __init__(self, conn: BlockingConnection, message: Message) -> None:
+        self._conn = conn
+        self.message = message
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.message, name)  # body, properties, headers, routing_key, …
+
+    def __repr__(self) -> str:
+        return repr(self.message)
+
+    def ack(self, *, multiple: bool = False) -> None:
+        self._conn._call(self.message.ack, multiple=multiple)
+
+    def nack(self, *, requeue: bool = True, multiple: bool = False) -> None:
+        self._conn._call(self.message.nack, requeue=requeue, multiple=multiple)
+
+    def reject(self, *, requeue: bool = True) -> None:
+        self._conn._call(self.message.reject, requeue=requeue)
+
+    def extend(self, seconds: float) -> None:
+        self._conn._call(self.message.extend, seconds)
+
+
+class BlockingConnection:
+    """A connection whose methods block. Made by ``connect_blocking``."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        self._conn: Connection = connect(url, **options)
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._stop: trio.Event | None = None
+        self._thread = threading.Thread(target=self._run, name="mqroute-blocking", daemon=True)
+
+    def __enter__(self) -> BlockingConnection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def open(self) -> BlockingConnection:
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def close(self) -> None:
+        """Close the connection and stop its thread (what was unacked is requeued)."""
+        if self._token is not None and self._stop is not None:
+            try:
+                trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+            except trio.RunFinishedError:
+                pass
+        self._thread.join()
+
+    def _run(self) -> None:
+        try:
+            trio.run(self._main)
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+
+    async def _main(self) -> None:
+        self._token = trio.lowlevel.current_trio_token()
+        self._stop = trio.Event()
+        async with self._conn:
+            self._ready.set()
+            await self._stop.wait()
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self._token is None or not self._thread.is_alive():
+            raise UsageError("the blocking connection is not open")
+        if threading.current_thread() is self._thread:
+            raise UsageError("blocking calls cannot be made from the connection's own loop")
+
+        async def call() -> Any:
+            return await fn(*args, **kwargs)
+
+        return trio.from_thread.run(call, trio_token=self._token)
+
+    # The same names as the async SDK.
+
+    def declare_exchange(self, name: str, type: str = "direct", **options: Any) -> None:
+        self._call(self._conn.declare_exchange, name, type, **options)
+
+    def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
+        self._call(self._conn.delete_exchange, name, if_unused=if_unused)
+
+    def declare_queue(self, name: str = "", **options: Any) -> QueueInfo:
+        result: QueueInfo = self._call(self._conn.declare_queue, name, **options)
+        return result
+
+    def delete_queue(self, name: str, **options: Any) -> int:
+        return int(self._call(self._conn.delete_queue, name, **options))
+
+    def purge_queue(self, name: str) -> int:
+        return int(self._call(self._conn.purge_queue, name))
+
+    def bind_queue(
+        self, queue: str, exchange: str, routing_key: str = "", arguments: Table | None = None
+    ) -> None:
+        self._call(self._conn.bind_queue, queue, exchange, routing_key, arguments)
+
+    def unbind_queue(
+        self, queue: str, exchange: str, routing_key: str = "", arguments: Table | None = None
+    ) -> None:
+        self._call(self._conn.unbind_queue, queue, exchange, routing_key, arguments)
+
+    def bind_exchange(
+        self, destination: str, source: str, routing_key: str = "", arguments: Table | None = None
+    ) -> None:
+        self._call(self._conn.bind_exchange, destination, source, routing_key, arguments)
+
+    def redrive(self, queue: str, **options: Any) -> int:
+        return int(self._call(self._conn.redrive, queue, **options))
+
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes | str,
+        *,
+        mandatory: bool = False,
+        properties: Properties | None = None,
+        **props: Any,
+    ) -> None:
+        """Publish and wait for the broker's confirm (raises as the async ``publish``)."""
+        self._call(
+            self._conn.publish,
+            exchange,
+            routing_key,
+            body,
+            mandatory=mandatory,
+            properties=properties,
+            **props,
+        )
+
+    def get(self, queue: str, *, auto_ack: bool = False) -> BlockingMessage | None:
+        message = self._call(self._conn.get, queue, auto_ack=auto_ack)
+        return BlockingMessage(self, message) if message is not None else None
+
+    def consume(
+        self, queue: str, *, prefetch: int = 0, auto_ack: bool = False, **options: Any
+    ) -> Iterator[BlockingMessage]:
+        """Messages as they come, until the loop is left (which cancels the consumer)."""
+        consumer: Consumer = self._conn.consume(
+            queue, prefetch=prefetch, auto_ack=auto_ack, **options
+        )
+        self._call(consumer.__aenter__)
+        try:
+            while True:
+                try:
+                    message = self._call(consumer.__anext__)
+                except StopAsyncIteration:
+                    return
+                yield BlockingMessage(self, message)
+        finally:
+            if self._thread.is_alive():
+                self._call(consumer.cancel)
+
+
+def connect_blocking(url: str = "mqroute://127.0.0.1:5680", **options: Any) -> BlockingConnection:
+    """An open blocking connection (use it in a ``with`` block to close it)."""
+    return BlockingConnection(url, **options).open()
