@@ -59,12 +59,14 @@ from .protocol import (
     DeleteQueue,
     Deliver,
     Error,
+    ExplainRoute,
     Extend,
     Frame,
     Get,
     GetOk,
     Heartbeat,
     Hello,
+    Inspect,
     Nack,
     Ok,
     PeerClosed,
@@ -686,6 +688,21 @@ class Connection:
         in, or to ``to_exchange``; at most ``limit`` of them. Returns how many moved."""
         result = await self._request(Redrive, queue=queue, exchange=to_exchange, limit=limit or 0)
         return int(result["moved"])
+
+    async def explain_route(
+        self, exchange: str, routing_key: str, headers: Table | None = None
+    ) -> dict[str, Any]:
+        """Where a message would go — matching bindings, exchange by exchange, and the queues
+        that would receive it. Nothing is published. ``{"queues": [...], "steps": [...]}``."""
+        result: dict[str, Any] = await self._request(
+            ExplainRoute, exchange=exchange, routing_key=routing_key, headers=headers or {}
+        )
+        return result
+
+    async def inspect(self, what: str) -> Any:
+        """Admin listing: queues, exchanges, bindings, consumers, connections (rows), or
+        status (a table)."""
+        return (await self._request(Inspect, what=what))["result"]
 
     async def bind_queue(
         self, queue: str, exchange: str, routing_key: str = "", arguments: Table | None = None

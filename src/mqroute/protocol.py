@@ -354,6 +354,26 @@ class Redrive(Frame):
     limit: int
 
 
+@_frame(21, C)
+@attrs.frozen(kw_only=True)
+class ExplainRoute(Frame):
+    """Where would a message with this routing key and these headers go? Nothing is sent."""
+
+    rid: int
+    exchange: str
+    routing_key: str
+    headers: Table
+
+
+@_frame(22, C)
+@attrs.frozen(kw_only=True)
+class Inspect(Frame):
+    """Admin listing: ``what`` is queues, exchanges, bindings, consumers, connections or status."""
+
+    rid: int
+    what: str
+
+
 @_frame(30, S)
 @attrs.frozen(kw_only=True)
 class Ok(Frame):

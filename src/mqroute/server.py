@@ -23,6 +23,7 @@ import attrs
 import trio
 
 from . import __version__
+from .admin import Registry, inspect
 from .broker import Broker
 from .datadir import DataDirLock
 from .errors import BrokerError, ProtocolError
@@ -35,6 +36,7 @@ from .model import (
     Event,
     ExchangeSpec,
     Message,
+    Properties,
     QueueSpec,
     Returned,
 )
@@ -56,12 +58,14 @@ from .protocol import (
     DeleteQueue,
     Deliver,
     Error,
+    ExplainRoute,
     Extend,
     Frame,
     Get,
     GetOk,
     Heartbeat,
     Hello,
+    Inspect,
     Nack,
     Ok,
     PeerClosed,
@@ -167,6 +171,7 @@ async def _serve(
     sockname = listeners[0].socket.getsockname()
     address = ServerAddress(sockname[0], sockname[1])
     ids = itertools.count(1)
+    registry = Registry()
     # The broker's clock: wall-clock seconds, advancing with trio's monotonic clock (so it
     # never jumps, and tests can drive it with trio's MockClock).
     epoch = time.time() - trio.current_time()
@@ -175,7 +180,7 @@ async def _serve(
         return epoch + trio.current_time()
 
     async def handle(stream: trio.SocketStream) -> None:
-        await ServerConnection(broker, stream, config, f"conn-{next(ids)}", clock).run()
+        await ServerConnection(broker, stream, config, f"conn-{next(ids)}", clock, registry).run()
 
     broker.now = clock()
     async with trio.open_nursery() as nursery:
@@ -225,8 +230,11 @@ class ServerConnection:
         config: ServerConfig,
         conn_id: str,
         clock: Callable[[], float],
+        registry: Registry | None = None,
     ) -> None:
         self.broker = broker
+        self.registry = registry or Registry()
+        self.opened_at = time.time()
         self._clock = clock
         self.stream = stream
         self.config = config
@@ -254,6 +262,8 @@ class ServerConnection:
             Cancel: self._cancel,
             Get: self._get,
             Redrive: self._redrive,
+            ExplainRoute: self._explain_route,
+            Inspect: self._inspect,
         }
 
     async def run(self) -> None:
@@ -273,6 +283,7 @@ class ServerConnection:
                 return
             self.session = self.broker.open_session(self.id)
             self.session.wakeup = self._wake
+            self.registry.connections[self.id] = self
             log.info("%s opened from %s (client %r)", self.id, self.peer, self.client_name)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer)
@@ -296,6 +307,7 @@ class ServerConnection:
     def _release(self) -> None:
         """Requeue what this connection holds and drop its exclusive queues. Idempotent."""
         assert self.session is not None
+        self.registry.connections.pop(self.id, None)
         self.broker.close_session(self.session)
         self.broker.release_owner(self.id)
 
@@ -512,6 +524,30 @@ class ServerConnection:
             arguments=ev.arguments,
         )
         return {"consumer_tag": tag}
+
+    def _explain_route(self, ev: ExplainRoute) -> dict[str, Any]:
+        message = Message(
+            exchange=ev.exchange,
+            routing_key=ev.routing_key,
+            body=b"",
+            properties=Properties(headers=ev.headers or None),
+        )
+        result = self.broker.explain_route(message)
+        steps = [
+            {
+                "exchange": step.exchange,
+                "type": step.exchange_type,
+                "destination": step.binding.destination,
+                "destination_kind": step.binding.destination_kind,
+                "routing_key": step.binding.routing_key,
+                "arguments": step.binding.arguments,
+            }
+            for step in result.steps
+        ]
+        return {"queues": result.queues, "steps": steps}
+
+    def _inspect(self, ev: Inspect) -> dict[str, Any]:
+        return {"result": inspect(self.broker, self.registry, ev.what)}
 
     def _redrive(self, ev: Redrive) -> dict[str, Any]:
         moved = self.broker.redrive(self.id, ev.queue, to_exchange=ev.exchange, limit=ev.limit)

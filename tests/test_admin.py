@@ -1,0 +1,106 @@
+"""Admin requests through the SDK and the CLI: route explain, listings, status."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import trio
+
+import mqroute
+from mqroute.errors import InvalidArgument, NotFound
+from mqroute.server import ServerAddress
+
+
+async def cli(server: ServerAddress, *args: str) -> str:
+    result = await trio.run_process(
+        [sys.executable, "-m", "mqroute", *args, "--url", server.url],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    return result.stdout.decode() + result.stderr.decode()
+
+
+async def shop(conn: mqroute.Connection) -> None:
+    await conn.declare_exchange("shop", "topic", durable=True)
+    await conn.declare_exchange("audit", "fanout")
+    await conn.bind_exchange("audit", "shop", "#")
+    for queue, key in [("inventory", "order.*"), ("mail", "*.created")]:
+        await conn.declare_queue(queue)
+        await conn.bind_queue(queue, "shop", key)
+    await conn.declare_queue("audit-log")
+    await conn.bind_queue("audit-log", "audit")
+
+
+async def test_explain_route_shows_bindings_and_queues(conn: mqroute.Connection) -> None:
+    await shop(conn)
+    result = await conn.explain_route("shop", "order.created")
+    assert sorted(result["queues"]) == ["audit-log", "inventory", "mail"]
+    hops = {(s["exchange"], s["routing_key"], s["destination"]) for s in result["steps"]}
+    assert hops == {
+        ("shop", "order.*", "inventory"),
+        ("shop", "*.created", "mail"),
+        ("shop", "#", "audit"),
+        ("audit", "", "audit-log"),
+    }
+    nowhere = await conn.explain_route("amq.direct", "nobody")
+    assert nowhere == {"queues": [], "steps": []}
+    with pytest.raises(NotFound):
+        await conn.explain_route("ghost", "k")
+    assert await conn.get("inventory") is None  # nothing was published
+
+
+async def test_explain_route_with_headers(conn: mqroute.Connection) -> None:
+    await conn.declare_queue("eu")
+    await conn.bind_queue("eu", "amq.headers", "", {"region": "eu", "x-match": "all"})
+    hit = await conn.explain_route("amq.headers", "", {"region": "eu"})
+    miss = await conn.explain_route("amq.headers", "", {"region": "us"})
+    assert hit["queues"] == ["eu"] and miss["queues"] == []
+
+
+async def test_cli_route_explain(conn: mqroute.Connection, server: ServerAddress) -> None:
+    await shop(conn)
+    out = await cli(server, "route", "explain", "shop", "user.created")
+    assert "shop (topic) --[*.created]--> queue mail" in out
+    assert "audit (fanout) --[]--> queue audit-log" in out
+    assert "=> 2 queues: " in out
+    out = await cli(server, "route", "explain", "shop", "nothing.matches.this")
+    assert "=> 1 queue: audit-log" in out
+    out = await cli(server, "route", "explain", "amq.headers", "", "--header", "n=1")
+    assert "=> no queue" in out
+
+
+async def test_cli_listings_and_status(conn: mqroute.Connection, server: ServerAddress) -> None:
+    await shop(conn)
+    await conn.publish("shop", "order.created", b"x")
+    async with conn.consume("mail", prefetch=5):
+        queues = await cli(server, "list", "queues")
+        lines = queues.splitlines()
+        assert lines[0].split()[:5] == ["name", "ready", "unacked", "delayed", "consumers"]
+        inventory = next(line for line in lines if line.startswith("inventory"))
+        assert inventory.split()[1:5] == ["1", "0", "0", "0"]
+        rows = [
+            json.loads(line)
+            for line in (await cli(server, "list", "bindings", "--json")).splitlines()
+        ]
+        assert {
+            "source": "shop",
+            "destination": "mail",
+            "kind": "queue",
+            "routing_key": "*.created",
+            "arguments": {},
+        } in rows
+        consumers = await cli(server, "list", "consumers")
+        assert "mail" in consumers and conn.connection_id in consumers
+        connections = await cli(server, "list", "connections")
+        assert "client" in connections.splitlines()[0] and "test" in connections
+        info = json.loads(await cli(server, "status", "--json"))
+        assert info["queues"] == 3 and info["connections"] >= 1
+        assert info["messages_unacked"] == 1 and info["version"] == mqroute.__version__
+
+
+async def test_inspect_rejects_unknown_listings(conn: mqroute.Connection) -> None:
+    with pytest.raises(InvalidArgument, match="cannot list 'users'"):
+        await conn.inspect("users")
