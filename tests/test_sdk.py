@@ -71,3 +71,36 @@ async def test_bodies_up_to_the_configured_maximum(nursery: trio.Nursery) -> Non
             await conn.publish("", "big", b"\x01" * (limit + 1))
         msg = await conn.get("big", auto_ack=True)
         assert msg is not None and len(msg.body) == limit
+
+
+async def test_rpc_over_direct_reply_to(
+    conn: mqroute.Connection, server: ServerAddress, broker: object
+) -> None:
+    await conn.declare_queue("rpc.double")
+
+    async def double(request: mqroute.Message) -> bytes:
+        return str(2 * int(request.body)).encode()
+
+    async with mqroute.connect(server.url) as worker, trio.open_nursery() as nursery:
+        nursery.start_soon(mqroute.serve_rpc, worker, "rpc.double", double)
+        replies = [await conn.call("", "rpc.double", str(n), timeout=5) for n in range(3)]
+        assert [r.body for r in replies] == [b"0", b"2", b"4"]
+        # no queue was declared for the replies
+        assert sorted(broker.queues) == ["rpc.double"]  # type: ignore[attr-defined]
+        nursery.cancel_scope.cancel()
+
+
+async def test_rpc_timeout_is_a_clear_error(
+    autojump_clock: trio.testing.MockClock, conn: mqroute.Connection
+) -> None:
+    await conn.declare_queue("rpc.nobody")
+    with pytest.raises(mqroute.RequestTimeout, match="within 2s"):
+        await conn.call("", "rpc.nobody", b"?", timeout=2)
+    with pytest.raises(TimeoutError):  # it is a TimeoutError too
+        await conn.call("", "rpc.nobody", b"?", timeout=1)
+
+
+async def test_reply_to_without_a_reply_consumer_is_refused(conn: mqroute.Connection) -> None:
+    await conn.declare_queue("q")
+    with pytest.raises(PreconditionFailed, match="needs a consumer"):
+        await conn.publish("", "q", b"x", reply_to="amq.rabbitmq.reply-to")

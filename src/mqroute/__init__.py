@@ -6,7 +6,16 @@ The public names live here; the modules behind them are private by convention.
 __version__ = "0.1.0"
 
 from .blocking import BlockingConnection, BlockingMessage, connect_blocking
-from .client import Confirmation, Connection, Consumer, Message, Publisher, QueueInfo, connect
+from .client import (
+    Confirmation,
+    Connection,
+    Consumer,
+    Message,
+    Publisher,
+    QueueInfo,
+    connect,
+    serve_rpc,
+)
 from .errors import (
     AccessRefused,
     BrokerError,
@@ -21,6 +30,7 @@ from .errors import (
     PreconditionFailed,
     ProtocolError,
     PublishError,
+    RequestTimeout,
     ResourceError,
     ResourceLocked,
     UsageError,
@@ -51,6 +61,7 @@ __all__ = [
     "PublishError",
     "Publisher",
     "QueueInfo",
+    "RequestTimeout",
     "ResourceError",
     "ResourceLocked",
     "ServerAddress",
@@ -60,4 +71,5 @@ __all__ = [
     "connect",
     "connect_blocking",
     "serve",
+    "serve_rpc",
 ]

@@ -63,6 +63,7 @@ PREDECLARED = {
     "amq.headers": "headers",
 }
 MAX_NAME_LENGTH = 255
+REPLY_TO = "amq.rabbitmq.reply-to"  # the direct reply-to pseudo-queue, as RabbitMQ names it
 
 
 class Exchange:
@@ -128,6 +129,7 @@ class Broker:
         self._expiring: dict[int, MessageQueue] = {}
         self._leased: dict[int, MessageQueue] = {}  # queues with x-expires
         self._delaying: dict[int, MessageQueue] = {}  # queues holding delayed messages
+        self._reply_sessions: dict[int, Session] = {}  # sessions consuming amq.rabbitmq.reply-to
         self._ack_deadlines: list[tuple[float, int, int]] = []  # (deadline, session id, tag)
         self._last_forget = 0.0
         self.scheduled: float | None = None
@@ -148,6 +150,7 @@ class Broker:
         if session.closed:
             return
         session.closed = True
+        self._reply_sessions.pop(session.id, None)
         for tag in list(session.consumers):
             self._remove_consumer(session, tag)
         self._requeue(session.take_all_unacked())
@@ -400,6 +403,12 @@ class Broker:
                     f"message body of {len(message.body)} bytes exceeds the maximum of "
                     f"{self.max_message_size}"
                 )
+            if message.properties.reply_to == REPLY_TO:
+                message = self._with_reply_address(session, message)
+            if message.exchange == DEFAULT_EXCHANGE and message.routing_key.startswith(
+                REPLY_TO + "."
+            ):
+                return self._reply(session, seq, message, mandatory)
             queues = self._route(message)
         except (NotFound, AccessRefused, PreconditionFailed) as exc:
             session.settle_publish(seq, ok=False, code=exc.code, text=exc.reason)
@@ -578,6 +587,8 @@ class Broker:
         exclusive: bool = False,
         arguments: Table | None = None,
     ) -> str:
+        if queue == REPLY_TO:
+            return self._consume_replies(session, consumer_tag, auto_ack)
         q = self._queue(queue)
         self._check_access(session.owner, q)
         if prefetch < 0 or prefetch > 65535:
@@ -621,6 +632,10 @@ class Broker:
 
     def cancel(self, session: Session, consumer_tag: str) -> None:
         """Stop a consumer. Its unacked messages stay unacked (ack them or close to requeue)."""
+        if consumer_tag and consumer_tag == session.reply_consumer:
+            session.reply_consumer = None
+            self._reply_sessions.pop(session.id, None)
+            return
         if consumer_tag not in session.consumers:
             raise NotFound(f"no consumer {consumer_tag!r} on this session")
         self._remove_consumer(session, consumer_tag)
@@ -766,6 +781,49 @@ class Broker:
         self._release(settled)
         for queue in queues.values():
             self._dispatch(queue)  # other consumers may be waiting for these
+
+    # --- direct reply-to (RPC) -----------------------------------------------------------
+
+    def _consume_replies(self, session: Session, consumer_tag: str, auto_ack: bool) -> str:
+        """Consuming the pseudo-queue amq.rabbitmq.reply-to: replies come straight to this
+        session, with no queue declared (RabbitMQ's direct reply-to)."""
+        if not auto_ack:
+            raise PreconditionFailed(f"{REPLY_TO} must be consumed with auto_ack")
+        if session.reply_consumer is not None:
+            raise PreconditionFailed(f"this session already consumes {REPLY_TO}")
+        tag = consumer_tag or session.new_consumer_tag()
+        session.reply_consumer = tag
+        self._reply_sessions[session.id] = session
+        return tag
+
+    def _with_reply_address(self, session: Session, message: Message) -> Message:
+        if session.reply_consumer is None:
+            raise PreconditionFailed(
+                f"reply_to {REPLY_TO} needs a consumer on {REPLY_TO} in the same connection"
+            )
+        address = f"{REPLY_TO}.{session.id}"
+        return attrs.evolve(message, properties=attrs.evolve(message.properties, reply_to=address))
+
+    def _reply(self, session: Session, seq: int, message: Message, mandatory: bool) -> int:
+        """A reply to a direct reply-to address goes to that session's reply consumer."""
+        self._published += 1
+        target_id = message.routing_key[len(REPLY_TO) + 1 :]
+        target = self._reply_sessions.get(int(target_id)) if target_id.isdigit() else None
+        if target is None or target.closed or target.reply_consumer is None:
+            if mandatory:
+                session.emit(
+                    Returned(
+                        publish_seq=seq,
+                        reply_code="NO_ROUTE",
+                        reply_text="the requester is gone",
+                        message=message,
+                    )
+                )
+        else:
+            target.deliver_direct(target.reply_consumer, message)
+            self._delivered += 1
+        session.settle_publish(seq, ok=True)
+        return seq
 
     # --- redrive ----------------------------------------------------------------------
 

@@ -24,7 +24,8 @@ import itertools
 import math
 import os
 import urllib.parse
-from collections.abc import AsyncIterator, Generator
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import Any
 
 import anyio
@@ -40,6 +41,7 @@ from .errors import (
     MQRouteError,
     ProtocolError,
     PublishError,
+    RequestTimeout,
     UsageError,
 )
 from .model import EMPTY_PROPERTIES, Properties, Table
@@ -84,6 +86,7 @@ from .protocol import (
 )
 
 DEFAULT_URL = "mqroute://127.0.0.1:5680"
+REPLY_TO = "amq.rabbitmq.reply-to"  # direct reply-to: replies with no queue declared per call
 WRITE_BUFFER_LIMIT = 1024 * 1024  # senders wait while more than this is unsent
 RECEIVE_SIZE = 256 * 1024
 CANCEL_TIMEOUT = 10.0  # leaving a consume block waits at most this long for the broker
@@ -305,6 +308,9 @@ class Connection:
         self._out_ready = anyio.Event()
         self._out_drained = anyio.Event()
         self._closed_by_server = anyio.Event()
+        self._calls: dict[str, list[Any]] = {}  # correlation id -> [event, reply]
+        self._replies: Consumer | None = None
+        self._replies_lock = anyio.Lock()
         self._heartbeat_interval = 0.0
         self._last_received = 0.0
         self._last_sent = 0.0
@@ -416,6 +422,8 @@ class Connection:
         self._confirms.clear()
         for consumer in self._consumers.values():
             consumer._end(error)
+        for waiter in self._calls.values():
+            waiter[0].set()
         self._out_ready.set()
         self._out_drained.set()
         self._closed_by_server.set()
@@ -799,6 +807,69 @@ class Connection:
         )
         return confirmation
 
+    async def call(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: Body,
+        *,
+        timeout: float = 30.0,
+        **props: Any,
+    ) -> Message:
+        """RPC: publish a request and wait for its reply (a Message).
+
+        Replies come over direct reply-to (``amq.rabbitmq.reply-to``): no queue is declared
+        per call. Raises RequestTimeout after ``timeout`` seconds; a reply that comes later is
+        dropped. The server side is ``serve_rpc``.
+        """
+        await self._start_replies()
+        correlation_id = props.pop("correlation_id", None) or uuid.uuid4().hex
+        waiter: list[Any] = [anyio.Event(), None]
+        self._calls[correlation_id] = waiter
+        try:
+            await self.publish(
+                exchange,
+                routing_key,
+                body,
+                reply_to=REPLY_TO,
+                correlation_id=correlation_id,
+                **props,
+            )
+            with anyio.move_on_after(timeout) as scope:
+                await waiter[0].wait()
+        finally:
+            self._calls.pop(correlation_id, None)
+        if scope.cancelled_caught:
+            raise RequestTimeout(
+                f"no reply to the request sent to {exchange!r} / {routing_key!r} within {timeout}s"
+            )
+        if waiter[1] is None:
+            self._check_open()
+        reply: Message = waiter[1]
+        return reply
+
+    async def _start_replies(self) -> None:
+        async with self._replies_lock:
+            if self._replies is not None:
+                return
+            consumer = self.consume(
+                REPLY_TO, auto_ack=True, consumer_tag=f"{self.connection_id}.replies"
+            )
+            await consumer.__aenter__()
+            self._replies = consumer
+            assert self._tg is not None
+            self._tg.start_soon(self._route_replies, consumer)
+
+    async def _route_replies(self, replies: Consumer) -> None:
+        try:
+            async for reply in replies:
+                waiter = self._calls.get(reply.correlation_id or "")
+                if waiter is not None:  # else: late, or not ours; dropped
+                    waiter[1] = reply
+                    waiter[0].set()
+        except MQRouteError:
+            pass  # the connection is gone; waiting calls were woken by _fail
+
     def publisher(self, *, max_in_flight: int = 1000) -> Publisher:
         """Pipelined publishing: many messages in flight, confirms awaited in bulk.
 
@@ -1005,3 +1076,25 @@ def _cancelled(exc_type: type[BaseException] | None) -> bool:
     if exc_type is None:
         return False
     return issubclass(exc_type, anyio.get_cancelled_exc_class())
+
+
+async def serve_rpc(
+    conn: Connection,
+    queue: str,
+    handler: Callable[[Message], Awaitable[Body]],
+    *,
+    prefetch: int = 16,
+) -> None:
+    """Answer RPC requests arriving on ``queue`` with ``await handler(request)`` until cancelled.
+
+    Each reply goes to the request's ``reply_to`` with its ``correlation_id``; the request is
+    acked after the reply is confirmed, or rejected (not requeued) if the handler raises.
+    """
+    async with conn.consume(queue, prefetch=prefetch) as requests:
+        async for request in requests:
+            async with request.process(requeue=False):
+                reply = await handler(request)
+                if request.reply_to:
+                    await conn.publish(
+                        "", request.reply_to, reply, correlation_id=request.correlation_id
+                    )

@@ -14,6 +14,7 @@
     ├── ProtocolError               bytes that break the wire protocol (docs/protocol.md)
     ├── ConnectionClosed            the connection is gone; ``reason`` says why if known
     ├── ConsumerCancelled           the broker cancelled a consumer (its queue was deleted)
+    ├── RequestTimeout              an RPC call got no reply in time (also a TimeoutError)
     ├── PublishError                a publish was not accepted as asked
     │   ├── MessageReturned         mandatory publish matched no queue (carries the message)
     │   └── MessageNacked           the broker refused to take responsibility for it
@@ -124,6 +125,10 @@ class ConnectionClosed(MQRouteError):
 
 class ConsumerCancelled(MQRouteError):
     """The broker cancelled a consumer, for example because its queue was deleted."""
+
+
+class RequestTimeout(MQRouteError, TimeoutError):
+    """``Connection.call`` got no reply within its timeout; a late reply will be dropped."""
 
 
 class PublishError(MQRouteError):

@@ -83,6 +83,7 @@ class Session:
         # (settling one of those is a no-op, not an error: the two may cross on the wire).
         self.on_timeout: Callable[[Session, Unacked, int], None] | None = None
         self.timed_out: set[int] = set()
+        self.reply_consumer: str | None = None  # consumer tag on amq.rabbitmq.reply-to
 
     # --- outbox --------------------------------------------------------------------------
 
@@ -141,6 +142,22 @@ class Session:
         if consumer is not None:
             self.emit(delivery)
         return delivery
+
+    def deliver_direct(self, consumer_tag: str, message: Message) -> None:
+        """A delivery that passed through no queue (direct reply-to); never needs an ack."""
+        tag = self._next_tag
+        self._next_tag += 1
+        self.emit(
+            Delivery(
+                consumer_tag=consumer_tag,
+                delivery_tag=tag,
+                redelivered=False,
+                exchange=message.exchange,
+                routing_key=message.routing_key,
+                message=message,
+                delivery_count=1,
+            )
+        )
 
     def take_unacked(self, tag: int, multiple: bool) -> list[Unacked]:
         """Remove and return the deliveries a settle of ``tag`` covers (none if unknown)."""
