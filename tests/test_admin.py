@@ -104,3 +104,67 @@ async def test_cli_listings_and_status(conn: mqroute.Connection, server: ServerA
 async def test_inspect_rejects_unknown_listings(conn: mqroute.Connection) -> None:
     with pytest.raises(InvalidArgument, match="cannot list 'users'"):
         await conn.inspect("users")
+
+
+async def cli_in(server: ServerAddress, stdin: bytes, *args: str) -> str:
+    result = await trio.run_process(
+        [sys.executable, "-m", "mqroute", *args, "--url", server.url],
+        stdin=stdin,
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+    )
+    return result.stdout.decode() + result.stderr.decode()
+
+
+async def test_cli_declares_binds_publishes_and_consumes(
+    server: ServerAddress, conn: mqroute.Connection, tmp_path: object
+) -> None:
+    assert "declared" in await cli(
+        server, "declare", "exchange", "shop", "--type", "topic", "--durable"
+    )
+    out = await cli(
+        server,
+        "declare",
+        "queue",
+        "orders",
+        "--durable",
+        "--argument",
+        "x-max-length=100",
+        "--argument",
+        "x-dead-letter-exchange=dlx",
+    )
+    assert "queue 'orders' declared: 0 messages" in out
+    assert "bind: 'shop' --[order.*]--> queue 'orders'" in await cli(
+        server, "bind", "shop", "orders", "order.*"
+    )
+    out = await cli(
+        server,
+        "publish",
+        "shop",
+        "order.created",
+        '{"id": 1}',
+        "--persistent",
+        "--property",
+        "content_type=application/json",
+        "--header",
+        "attempt=1",
+    )
+    assert "published 1 message, all confirmed" in out
+    out = await cli_in(server, b"a\nb\nc\n", "publish", "shop", "order.paid", "--lines")
+    assert "published 3 messages, all confirmed" in out
+    out = await cli(server, "consume", "orders", "--count", "1", "--json", "--requeue")
+    first = json.loads(out.splitlines()[0])
+    assert first["body"] == '{"id": 1}' and first["properties"]["headers"] == {"attempt": 1}
+    assert first["properties"]["content_type"] == "application/json"
+    out = await cli(server, "consume", "orders", "--count", "4", "--json")
+    got = [json.loads(line) for line in out.splitlines()]
+    assert [m["body"] for m in got] == ['{"id": 1}', "a", "b", "c"]
+    assert got[0]["redelivered"]  # the first look put it back
+
+    assert "purged 0 messages" in await cli(server, "purge", "orders")
+    assert "unbind:" in await cli(server, "unbind", "shop", "orders", "order.*")
+    assert "deleted with 0 messages" in await cli(server, "delete", "queue", "orders")
+    assert "exchange 'shop' deleted" in await cli(server, "delete", "exchange", "shop")
+    out = await cli(server, "delete", "queue", "orders")
+    assert "Error: NOT_FOUND: no queue 'orders'" in out

@@ -6,10 +6,12 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable
+import sys
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import attrs
 import click
 import trio
 
@@ -304,3 +306,303 @@ def _table(rows: list[dict[str, object]], columns: list[str]) -> str:
             ).rstrip()
         )
     return "\n".join(lines)
+
+
+def _table_option(
+    name: str, help_text: str
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    return click.option(name, "table", multiple=True, metavar="NAME=VALUE", help=help_text)
+
+
+@main.group()
+def declare() -> None:
+    """Declare exchanges and queues (idempotent; a mismatch is an error)."""
+
+
+@declare.command("exchange")
+@click.argument("name")
+@click.option(
+    "--type",
+    "kind",
+    default="direct",
+    show_default=True,
+    type=click.Choice(["direct", "fanout", "topic", "headers"]),
+)
+@click.option("--durable", is_flag=True, help="Keep it across broker restarts.")
+@click.option("--auto-delete", is_flag=True, help="Delete it when its last binding goes.")
+@click.option("--internal", is_flag=True, help="Only other exchanges may publish to it.")
+@_table_option("--argument", "An exchange argument, e.g. alternate-exchange=unrouted.")
+@URL_OPTION
+def declare_exchange(
+    name: str,
+    kind: str,
+    durable: bool,
+    auto_delete: bool,
+    internal: bool,
+    table: tuple[str, ...],
+    url: str,
+) -> None:
+    """Declare exchange NAME."""
+    arguments = dict(_parse_header(a) for a in table)
+    _ask(
+        url,
+        "mqroute declare",
+        lambda conn: conn.declare_exchange(
+            name,
+            kind,
+            durable=durable,
+            auto_delete=auto_delete,
+            internal=internal,
+            arguments=arguments,
+        ),
+    )
+    click.echo(f"exchange {name!r} ({kind}) declared")
+
+
+@declare.command("queue")
+@click.argument("name", default="")
+@click.option(
+    "--durable", is_flag=True, help="Keep it (and its persistent messages) across restarts."
+)
+@click.option("--auto-delete", is_flag=True, help="Delete it when its last consumer goes.")
+@_table_option(
+    "--argument",
+    "A queue argument, e.g. x-max-length=1000 or "
+    "x-dead-letter-exchange=dlx (integers and true/false are typed).",
+)
+@URL_OPTION
+def declare_queue(
+    name: str, durable: bool, auto_delete: bool, table: tuple[str, ...], url: str
+) -> None:
+    """Declare queue NAME (empty: the broker names it)."""
+    arguments = dict(_parse_header(a) for a in table)
+    info = _ask(
+        url,
+        "mqroute declare",
+        lambda conn: conn.declare_queue(
+            name, durable=durable, auto_delete=auto_delete, arguments=arguments
+        ),
+    )
+    click.echo(
+        f"queue {info.name!r} declared: {info.message_count} messages, "
+        f"{info.consumer_count} consumers"
+    )
+
+
+def _binding_command(bind: bool) -> Callable[..., None]:
+    verb = "bind" if bind else "unbind"
+
+    @click.argument("source")
+    @click.argument("destination")
+    @click.argument("routing_key", default="")
+    @click.option(
+        "--to-exchange",
+        is_flag=True,
+        help="DESTINATION is an exchange (exchange-to-exchange binding).",
+    )
+    @_table_option("--argument", "A binding argument (headers exchanges: x-match=any, …).")
+    @URL_OPTION
+    def command(
+        source: str,
+        destination: str,
+        routing_key: str,
+        to_exchange: bool,
+        table: tuple[str, ...],
+        url: str,
+    ) -> None:
+        arguments = dict(_parse_header(a) for a in table)
+
+        async def request(conn: Connection) -> None:
+            if to_exchange and bind:
+                await conn.bind_exchange(destination, source, routing_key, arguments)
+            elif to_exchange:
+                await conn.unbind_exchange(destination, source, routing_key, arguments)
+            elif bind:
+                await conn.bind_queue(destination, source, routing_key, arguments)
+            else:
+                await conn.unbind_queue(destination, source, routing_key, arguments)
+
+        _ask(url, f"mqroute {verb}", request)
+        kind = "exchange" if to_exchange else "queue"
+        click.echo(f"{verb}: {source!r} --[{routing_key}]--> {kind} {destination!r}")
+
+    command.__doc__ = (
+        f"{verb.capitalize()} DESTINATION (a queue, or an exchange with "
+        f"--to-exchange) {'to' if bind else 'from'} exchange SOURCE."
+    )
+    return command
+
+
+main.command("bind")(_binding_command(bind=True))
+main.command("unbind")(_binding_command(bind=False))
+
+
+@main.command()
+@click.argument("kind", type=click.Choice(["exchange", "queue"]))
+@click.argument("name")
+@click.option("--if-unused", is_flag=True, help="Only if it has no consumers (queue) or bindings.")
+@click.option("--if-empty", is_flag=True, help="Queues: only if it holds no messages.")
+@URL_OPTION
+def delete(kind: str, name: str, if_unused: bool, if_empty: bool, url: str) -> None:
+    """Delete an exchange or a queue."""
+    if kind == "exchange":
+        _ask(url, "mqroute delete", lambda conn: conn.delete_exchange(name, if_unused=if_unused))
+        click.echo(f"exchange {name!r} deleted")
+        return
+    count = _ask(
+        url,
+        "mqroute delete",
+        lambda conn: conn.delete_queue(name, if_unused=if_unused, if_empty=if_empty),
+    )
+    click.echo(f"queue {name!r} deleted with {count} messages")
+
+
+@main.command()
+@click.argument("queue")
+@URL_OPTION
+def purge(queue: str, url: str) -> None:
+    """Drop the ready messages of QUEUE."""
+    count = _ask(url, "mqroute purge", lambda conn: conn.purge_queue(queue))
+    click.echo(f"purged {count} messages from {queue!r}")
+
+
+@main.command()
+@click.argument("exchange")
+@click.argument("routing_key")
+@click.argument("body", required=False)
+@click.option(
+    "--file",
+    "path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Send this file's contents as the body.",
+)
+@click.option(
+    "--lines",
+    is_flag=True,
+    help="Send each line of standard input as one message (with a progress count).",
+)
+@_table_option("--header", "A header; repeat for more.")
+@click.option(
+    "--property",
+    "properties",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="A message property: content_type, message_id, correlation_id, reply_to, "
+    "expiration, priority, type, app_id, …",
+)
+@click.option("--persistent", is_flag=True, help="Delivery mode 2: kept by durable queues.")
+@click.option("--mandatory", is_flag=True, help="Fail if no queue receives it.")
+@URL_OPTION
+def publish(
+    exchange: str,
+    routing_key: str,
+    body: str | None,
+    path: Path | None,
+    lines: bool,
+    table: tuple[str, ...],
+    properties: tuple[str, ...],
+    persistent: bool,
+    mandatory: bool,
+    url: str,
+) -> None:
+    """Publish to EXCHANGE with ROUTING_KEY ("" is the default exchange).
+
+    The body is BODY, or --file, or each line of standard input with --lines. Every message
+    is confirmed by the broker before the command ends.
+    """
+    props: dict[str, Any] = dict(_parse_header(p) for p in properties)
+    if table:
+        props["headers"] = dict(_parse_header(h) for h in table)
+    if persistent:
+        props["persistent"] = True
+    if "expiration" in props:
+        props["expiration"] = str(props["expiration"])
+    bodies: Iterable[bytes]
+    if lines:
+        bodies = _stdin_lines()
+    elif path is not None:
+        bodies = [path.read_bytes()]
+    elif body is not None:
+        bodies = [body.encode()]
+    else:
+        raise click.UsageError("give a BODY, --file or --lines")
+
+    async def send(conn: Connection) -> int:
+        count = 0
+        async with conn.publisher(max_in_flight=500) as pub:
+            for data in bodies:
+                await pub.publish(exchange, routing_key, data, mandatory=mandatory, **props)
+                count += 1
+                if lines and count % 1000 == 0:
+                    click.echo(f"\rpublished {count:,}", nl=False, err=True)
+        if lines:
+            click.echo(f"\rpublished {count:,}", err=True)
+        return count
+
+    count = _ask(url, "mqroute publish", send)
+    click.echo(f"published {count} message{'s' if count != 1 else ''}, all confirmed")
+
+
+@main.command()
+@click.argument("queue")
+@click.option(
+    "--count", default=0, type=click.IntRange(0), help="Stop after this many (0: run until Ctrl-C)."
+)
+@click.option("--ack", "mode", flag_value="ack", default=True, help="Ack each message (default).")
+@click.option(
+    "--requeue", "mode", flag_value="requeue", help="Nack with requeue: look without taking."
+)
+@click.option("--no-ack", "mode", flag_value="no-ack", help="Auto-ack (at-most-once).")
+@click.option("--prefetch", default=100, show_default=True, type=click.IntRange(0))
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per message.")
+@URL_OPTION
+def consume(queue: str, count: int, mode: str, prefetch: int, as_json: bool, url: str) -> None:
+    """Print the messages of QUEUE as they arrive."""
+
+    async def run(conn: Connection) -> int:
+        seen = 0
+        async with conn.consume(queue, prefetch=prefetch, auto_ack=mode == "no-ack") as messages:
+            async for msg in messages:
+                click.echo(_describe(msg, as_json))
+                if mode == "ack":
+                    await msg.ack()
+                elif mode == "requeue":
+                    await msg.nack(requeue=True)
+                seen += 1
+                if count and seen >= count:
+                    break
+        return seen
+
+    try:
+        _ask(url, "mqroute consume", run)
+    except KeyboardInterrupt:
+        pass
+
+
+def _stdin_lines() -> Iterator[bytes]:
+    for line in sys.stdin:
+        yield line.rstrip("\n").encode()
+
+
+def _describe(msg: Any, as_json: bool) -> str:
+    props = {k: v for k, v in attrs.asdict(msg.properties).items() if v not in (None, False)}
+    try:
+        text: Any = msg.body.decode()
+    except UnicodeDecodeError:
+        text = None
+    if as_json:
+        return json.dumps(
+            {
+                "exchange": msg.exchange,
+                "routing_key": msg.routing_key,
+                "redelivered": msg.redelivered,
+                "properties": props,
+                "body": text if text is not None else msg.body.hex(),
+                "body_encoding": "utf-8" if text is not None else "hex",
+            },
+            default=repr,
+        )
+    flag = " (redelivered)" if msg.redelivered else ""
+    shown = text if text is not None else f"<{len(msg.body)} bytes>"
+    extra = f"  {props}" if props else ""
+    return f"[{msg.exchange or '(default)'} {msg.routing_key}]{flag} {shown}{extra}"
