@@ -35,6 +35,7 @@ from .errors import (
     ResourceLocked,
     UsageError,
 )
+from .helpers import ProcessedIds, run_worker
 from .model import Properties
 from .server import ServerAddress, ServerConfig, serve
 
@@ -56,6 +57,7 @@ __all__ = [
     "MessageReturned",
     "NotFound",
     "PreconditionFailed",
+    "ProcessedIds",
     "Properties",
     "ProtocolError",
     "PublishError",
@@ -70,6 +72,7 @@ __all__ = [
     "__version__",
     "connect",
     "connect_blocking",
+    "run_worker",
     "serve",
     "serve_rpc",
 ]
