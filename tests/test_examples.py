@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 
@@ -68,3 +69,61 @@ async def test_two_workers_together_do_every_task(server: ServerAddress) -> None
         if " got task " in line
     }
     assert tasks == {"1", "2", "3", "4", "5", "6"}
+
+
+async def test_rpc_examples(server: ServerAddress) -> None:
+    async with trio.open_nursery() as nursery:
+        results: dict[str, str] = {}
+
+        async def rpc_server() -> None:
+            results["server"] = await run("rpc_server.py", "--url", server.url, "--requests", "3")
+
+        nursery.start_soon(rpc_server)
+        out = await run("rpc_client.py", "--url", server.url, "10", "20", "30")
+    assert out.splitlines() == ["fib(10) = 55", "fib(20) = 6765", "fib(30) = 832040"]
+    assert "fib(30) requested" in results["server"]
+
+
+async def test_retry_with_backoff_example(server: ServerAddress) -> None:
+    out = await run("retry_with_backoff.py", "--url", server.url)
+    fails = [line for line in out.splitlines() if "-> fails" in line]
+    assert len(fails) == 4  # x-delivery-limit 3: delivered at most 4 times
+    waits = [float(line.split("s")[0]) for line in fails]
+    gaps = [b - a for a, b in itertools.pairwise(waits)]
+    assert all(later > earlier for earlier, later in itertools.pairwise(gaps))
+    assert "parked in payments.dlq after 4 attempts: 1 message" in out
+    assert "redrove 1 message back" in out and out.rstrip().endswith("-> ok")
+
+
+async def test_idempotent_consumer_example(server: ServerAddress, tmp_path: Path) -> None:
+    out = await run("idempotent_consumer.py", "--url", server.url, "--db", str(tmp_path / "ids.db"))
+    assert out.count("skipped duplicate payment-1") == 2
+    assert "charges made: 1" in out
+
+
+async def test_peak_shaving_example(server: ServerAddress) -> None:
+    out = await run("peak_shaving.py", "--url", server.url, "--messages", "3000", "--workers", "4")
+    assert "burst: 3,000 messages queued" in out
+    assert "drained 3,000/3,000" in out and "nothing was lost" in out
+
+
+async def test_headers_routing_example(server: ServerAddress) -> None:
+    out = await run("headers_routing.py", "--url", server.url)
+    lines = {line.split()[0]: line for line in out.splitlines()}
+    assert lines["reports-pdf"].endswith("got: Q3 report, EU summary")
+    assert lines["eu-anything"].endswith("got: invoice for Berlin, EU summary")
+
+
+async def test_order_flow_survives_a_stopped_inventory_service(server: ServerAddress) -> None:
+    # The inventory service is down while three orders are placed.
+    out = await run("order_flow/order_service.py", "--url", server.url, "--orders", "3")
+    assert out.count("paid and confirmed to the customer") == 3
+    notified = await run(
+        "order_flow/notification_service.py", "--url", server.url, "--exit-after", "3"
+    )
+    assert notified.count("emailed the customer") == 3
+    # It comes back and catches up on every order it missed.
+    inventory = await run(
+        "order_flow/inventory_service.py", "--url", server.url, "--exit-after", "3"
+    )
+    assert [line.split()[-1] for line in inventory.splitlines()] == ["1", "2", "3"]

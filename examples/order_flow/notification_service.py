@@ -1,0 +1,37 @@
+"""Emails customers about their orders (every order.* event)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import topology
+import trio
+
+import mqroute
+
+
+async def main(url: str, exit_after: int | None) -> None:
+    async with mqroute.connect(url, client_name="notification service") as conn:
+        await topology.declare(conn)
+        handled = 0
+        async with conn.consume("notifications", prefetch=10) as events:
+            async for msg in events:
+                async with msg.process(requeue=True):
+                    order = json.loads(msg.body)
+                    print(
+                        f"notifications: emailed the customer about order {order['orderId']} "
+                        f"({msg.routing_key})",
+                        flush=True,
+                    )
+                handled += 1
+                if exit_after is not None and handled >= exit_after:
+                    break
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--url", default="mqroute://127.0.0.1:5680")
+    parser.add_argument("--exit-after", type=int)
+    args = parser.parse_args()
+    trio.run(main, args.url, args.exit_after)
