@@ -37,6 +37,7 @@ from .errors import (
 )
 from .helpers import ProcessedIds, run_worker
 from .model import Properties
+from .robust import RobustConnection, connect_robust
 from .server import ServerAddress, ServerConfig, serve
 
 __all__ = [
@@ -66,12 +67,14 @@ __all__ = [
     "RequestTimeout",
     "ResourceError",
     "ResourceLocked",
+    "RobustConnection",
     "ServerAddress",
     "ServerConfig",
     "UsageError",
     "__version__",
     "connect",
     "connect_blocking",
+    "connect_robust",
     "run_worker",
     "serve",
     "serve_rpc",
