@@ -168,3 +168,21 @@ async def test_cli_declares_binds_publishes_and_consumes(
     assert "exchange 'shop' deleted" in await cli(server, "delete", "exchange", "shop")
     out = await cli(server, "delete", "queue", "orders")
     assert "Error: NOT_FOUND: no queue 'orders'" in out
+
+
+def test_rates_come_from_counts_between_samples() -> None:
+    from mqroute.admin import Registry, inspect
+    from mqroute.broker import Broker
+    from mqroute.model import Message, QueueSpec
+
+    broker, registry = Broker(), Registry()
+    broker.declare_queue("o", QueueSpec(name="q"))
+    session = broker.open_session("o")
+    registry.sample(broker, 100.0)
+    for _ in range(50):
+        broker.publish(session, Message(exchange="", routing_key="q", body=b""))
+    for _ in range(10):
+        broker.get(session, "q", auto_ack=True)
+    registry.sample(broker, 105.0)
+    [row] = inspect(broker, registry, "queues")
+    assert (row["publish_rate"], row["deliver_rate"]) == (10.0, 2.0)

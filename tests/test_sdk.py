@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 import trio
@@ -104,3 +105,33 @@ async def test_reply_to_without_a_reply_consumer_is_refused(conn: mqroute.Connec
     await conn.declare_queue("q")
     with pytest.raises(PreconditionFailed, match="needs a consumer"):
         await conn.publish("", "q", b"x", reply_to="amq.rabbitmq.reply-to")
+
+
+async def test_pipelining_consuming_and_rpc_under_asyncio(server: ServerAddress) -> None:
+    async def asyncio_app() -> tuple[int, bytes]:
+        async with mqroute.connect(server.url) as conn:
+            await conn.declare_queue("aio")
+            async with conn.publisher(max_in_flight=50) as pub:
+                for i in range(200):
+                    await pub.publish("", "aio", str(i))
+            seen = 0
+            async with conn.consume("aio", prefetch=20) as messages:
+                async for msg in messages:
+                    async with msg.process():
+                        seen += 1
+                    if seen == 200:
+                        break
+            await conn.declare_queue("aio.rpc")
+            async with mqroute.connect(server.url) as worker:
+
+                async def echo(request: mqroute.Message) -> bytes:
+                    return request.body.upper()
+
+                task = asyncio.ensure_future(mqroute.serve_rpc(worker, "aio.rpc", echo))
+                reply = await conn.call("", "aio.rpc", b"ping", timeout=5)
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            return seen, reply.body
+
+    assert await trio.to_thread.run_sync(asyncio.run, asyncio_app()) == (200, b"PING")

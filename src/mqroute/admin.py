@@ -24,11 +24,29 @@ class ConnectionInfo(Protocol):
 
 
 class Registry:
-    """The server's live connections and start time."""
+    """The server's live connections, start time, and per-queue rates."""
 
     def __init__(self) -> None:
         self.started_at = time.time()
         self.connections: dict[str, ConnectionInfo] = {}
+        self.rates: dict[str, tuple[float, float]] = {}  # queue -> (publish/s, deliver/s)
+        self._last: tuple[float, dict[str, tuple[int, int]]] | None = None
+
+    def sample(self, broker: Broker, now: float) -> None:
+        """Update rates from the counts since the previous sample (the server calls this
+        every few seconds)."""
+        counts = {q.name: (q.published, q.delivered) for q in broker.queues.values()}
+        if self._last is not None:
+            then, before = self._last
+            elapsed = max(now - then, 1e-9)
+            self.rates = {
+                name: (
+                    (pub - before.get(name, (0, 0))[0]) / elapsed,
+                    (dlv - before.get(name, (0, 0))[1]) / elapsed,
+                )
+                for name, (pub, dlv) in counts.items()
+            }
+        self._last = (now, counts)
 
 
 def inspect(broker: Broker, registry: Registry, what: str) -> Any:
@@ -48,6 +66,8 @@ def _queues(broker: Broker, registry: Registry) -> list[dict[str, Any]]:
             "unacked": q.unacked,
             "delayed": q.delayed,
             "consumers": len(q.consumers),
+            "publish_rate": round(registry.rates.get(q.name, (0.0, 0.0))[0], 1),
+            "deliver_rate": round(registry.rates.get(q.name, (0.0, 0.0))[1], 1),
             "arguments": q.spec.arguments,
         }
         for q in sorted(broker.queues.values(), key=lambda q: q.name)

@@ -241,7 +241,17 @@ def _parse_header(text: str) -> tuple[str, object]:
 
 
 COLUMNS = {
-    "queues": ["name", "ready", "unacked", "delayed", "consumers", "durable", "arguments"],
+    "queues": [
+        "name",
+        "ready",
+        "unacked",
+        "delayed",
+        "consumers",
+        "publish_rate",
+        "deliver_rate",
+        "durable",
+        "arguments",
+    ],
     "exchanges": ["name", "type", "durable", "bindings", "arguments"],
     "bindings": ["source", "kind", "destination", "routing_key", "arguments"],
     "consumers": ["queue", "consumer_tag", "connection", "prefetch", "unacked", "active"],

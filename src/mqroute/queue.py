@@ -78,6 +78,7 @@ class MessageQueue:
         self.unacked = 0
         self.ever_consumed = False  # auto-delete only applies once a consumer came and went
         self.last_used = 0.0  # broker time of the last declare, get or consumer change
+        self.published = self.delivered = 0  # totals, for rates
         self.consumers: dict[str, Consumer] = {}
         # Ready messages never delivered, one deque per priority level (one level unless
         # x-max-priority); requeued ones in a heap by (-priority, seq).
@@ -112,6 +113,7 @@ class MessageQueue:
         self, message: Message, expires_at: float | None = None, ready_at: float | None = None
     ) -> QueueEntry:
         """Add a message; with ``ready_at`` it waits (delayed) until then before it is ready."""
+        self.published += 1
         entry = QueueEntry(
             self._next_seq,
             message,

@@ -86,6 +86,7 @@ log = logging.getLogger("mqroute.server")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5680
 RECEIVE_SIZE = 256 * 1024
+RATE_INTERVAL = 5.0  # seconds between rate samples
 PENDING_OUTPUT_LIMIT = 1024  # the reader stops reading while more frames than this are unsent
 
 
@@ -185,6 +186,7 @@ async def _serve(
     broker.now = clock()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_timer, broker, clock, epoch)
+        nursery.start_soon(_sample_rates, broker, registry)
         if broker.journal is not None:
             nursery.start_soon(_committer, broker, store)
         await nursery.start(trio.serve_listeners, handle, listeners)
@@ -202,6 +204,13 @@ async def _timer(broker: Broker, clock: Callable[[], float], epoch: float) -> No
             await wake.wait()
         broker.now = clock()
         broker.expire()
+
+
+async def _sample_rates(broker: Broker, registry: Registry) -> None:
+    """Per-queue publish and deliver rates for ``mqroute list queues``, every few seconds."""
+    while True:
+        registry.sample(broker, trio.current_time())
+        await trio.sleep(RATE_INTERVAL)
 
 
 async def _committer(broker: Broker, store: Store) -> None:

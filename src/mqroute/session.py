@@ -112,6 +112,7 @@ class Session:
         self._next_tag += 1
         redelivered = entry.redelivered
         entry.delivery_count += 1
+        queue.delivered += 1
         if entry.persisted and self.journal is not None:
             if track:
                 self.journal.add(MarkDelivered(queue.name, entry.seq, entry.delivery_count))
