@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from pathlib import Path
 
 import trio
@@ -103,35 +104,69 @@ async def test_a_failing_handler_rejects_its_message(conn: mqroute.Connection) -
     assert dead is not None and dead.body == b"bad"
 
 
+CRASHING_CONSUMER = """
+import os, sys, trio, mqroute
+
+async def main(url, db):
+    seen = mqroute.ProcessedIds(db)
+    async with mqroute.connect(url) as conn:
+        msg = await conn.get("payments")
+        seen.record(msg.message_id)        # the work is done and recorded...
+        print("charged", msg.message_id, flush=True)
+        os._exit(1)                        # ...and the process dies before its ack
+
+trio.run(main, sys.argv[1], sys.argv[2])
+"""
+
+
 async def test_idempotent_consumer_survives_a_crash_between_work_and_ack(
     server: ServerAddress, tmp_path: Path
 ) -> None:
-    charged: list[str] = []
     async with mqroute.connect(server.url) as producer:
         await producer.declare_queue("payments")
         await producer.publish("", "payments", b"10 EUR", message_id="pay-1")
+    db = tmp_path / "processed.db"
+    crashed = await trio.run_process(
+        [sys.executable, "-c", CRASHING_CONSUMER, server.url, str(db)],
+        capture_stdout=True,
+        check=False,
+    )
+    assert crashed.returncode == 1 and b"charged pay-1" in crashed.stdout
 
-    # The first worker charges, records the id, then dies before its ack reaches the broker.
-    seen = mqroute.ProcessedIds(tmp_path / "processed.db")
-    worker = mqroute.connect(server.url)
-    await worker.open()
-    msg = await worker.get("payments")
-    assert msg is not None and msg.message_id is not None
-    charged.append(msg.message_id)
-    seen.record(msg.message_id)
-    await worker.close(polite=False)  # the crash: no ack; the broker redelivers
-    seen.close()
-
-    # A restarted worker gets the same message again and must not charge twice.
-    seen = mqroute.ProcessedIds(tmp_path / "processed.db")
+    # A restarted consumer gets the same message again and must not charge twice.
+    charged = []
+    seen = mqroute.ProcessedIds(db)
     async with mqroute.connect(server.url) as again:
         msg = await again.get("payments")
-        assert msg is not None and msg.redelivered
+        assert msg is not None and msg.redelivered and msg.message_id == "pay-1"
         async with seen.once(msg) as first_time:
             if first_time:
-                charged.append(msg.message_id or "")
+                charged.append(msg.message_id)
         assert msg.settled and await again.get("payments") is None
-    assert charged == ["pay-1"]
+    assert charged == []
+
+
+async def test_process_once_with_a_store_of_your_own(conn: mqroute.Connection) -> None:
+    class SetStore:
+        def __init__(self) -> None:
+            self.ids: set[str] = set()
+
+        def seen(self, message_id: str) -> bool:
+            return message_id in self.ids
+
+        def record(self, message_id: str) -> None:
+            self.ids.add(message_id)
+
+    store = SetStore()
+    await fill(conn, "q", 1)
+    await conn.publish("", "q", b"0 again", message_id="m0")
+    firsts = []
+    for _ in range(2):
+        msg = await conn.get("q")
+        assert msg is not None
+        async with mqroute.process_once(msg, store) as first_time:
+            firsts.append(first_time)
+    assert firsts == [True, False] and store.ids == {"m0"}
 
 
 async def test_idempotent_once_runs_new_work_and_records_it(

@@ -35,7 +35,7 @@ from .errors import (
     ResourceLocked,
     UsageError,
 )
-from .helpers import ProcessedIds, run_worker
+from .helpers import ProcessedIds, ProcessedStore, process_once, run_worker
 from .model import Properties
 from .robust import RobustConnection, connect_robust
 from .server import ServerAddress, ServerConfig, serve
@@ -59,6 +59,7 @@ __all__ = [
     "NotFound",
     "PreconditionFailed",
     "ProcessedIds",
+    "ProcessedStore",
     "Properties",
     "ProtocolError",
     "PublishError",
@@ -75,6 +76,7 @@ __all__ = [
     "connect",
     "connect_blocking",
     "connect_robust",
+    "process_once",
     "run_worker",
     "serve",
     "serve_rpc",

@@ -7,6 +7,7 @@
     await mqroute.run_worker(conn, "tasks", handle, concurrency=8)   # until SIGINT/SIGTERM
 
     seen = mqroute.ProcessedIds("processed.db")      # effectively exactly-once
+                                                     # (or any store: process_once(msg, store))
     async for msg in messages:
         async with seen.once(msg) as first_time:
             if first_time:
@@ -22,6 +23,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import Protocol
 
 import anyio
 import anyio.abc
@@ -133,28 +135,47 @@ class ProcessedIds:
     def record(self, message_id: str) -> None:
         self.db.execute("INSERT OR IGNORE INTO processed VALUES (?, ?)", (message_id, time.time()))
 
-    @contextlib.asynccontextmanager
-    async def once(self, msg: Message) -> AsyncIterator[bool]:
-        """Yields whether this is the first time; records and acks on success, nacks (requeue)
-        on error, acks a duplicate without running the work again."""
-        message_id = msg.message_id
-        if message_id is None:
-            raise UsageError("idempotent processing needs messages with a message_id")
-        if self.seen(message_id):
-            yield False
-            if not msg.settled:
-                await msg.ack()
-            return
-        try:
-            yield True
-        except BaseException:
-            if not msg.settled:
-                with anyio.CancelScope(shield=True):
-                    await msg.nack(requeue=True)
-            raise
-        self.record(message_id)
-        if not msg.settled:
-            await msg.ack()
+    def once(self, msg: Message) -> contextlib.AbstractAsyncContextManager[bool]:
+        """``process_once(msg, self)``: see there."""
+        return process_once(msg, self)
 
     def close(self) -> None:
         self.db.close()
+
+
+class ProcessedStore(Protocol):
+    """Where processed message ids are kept: ``ProcessedIds`` (SQLite) or your own (a database
+    table next to the work's own data is best: then recording and the work commit together)."""
+
+    def seen(self, message_id: str) -> bool: ...
+
+    def record(self, message_id: str) -> None: ...
+
+
+@contextlib.asynccontextmanager
+async def process_once(msg: Message, store: ProcessedStore) -> AsyncIterator[bool]:
+    """Yields whether this message id is new. On success the id is recorded and the message
+    acked; on error it is nacked (requeued); a duplicate is acked without running the work::
+
+        async with mqroute.process_once(msg, store) as first_time:
+            if first_time:
+                charge(msg)
+    """
+    message_id = msg.message_id
+    if message_id is None:
+        raise UsageError("idempotent processing needs messages with a message_id")
+    if store.seen(message_id):
+        yield False
+        if not msg.settled:
+            await msg.ack()
+        return
+    try:
+        yield True
+    except BaseException:
+        if not msg.settled:
+            with anyio.CancelScope(shield=True):
+                await msg.nack(requeue=True)
+        raise
+    store.record(message_id)
+    if not msg.settled:
+        await msg.ack()
