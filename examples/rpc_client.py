@@ -16,6 +16,7 @@ import mqroute
 
 async def main(url: str, numbers: list[int]) -> None:
     async with mqroute.connect(url, client_name="rpc client") as conn:
+        await conn.declare_queue("rpc.fib")  # requests wait there if the server starts later
         for n in numbers:
             try:
                 reply = await conn.call("", "rpc.fib", str(n), timeout=5)

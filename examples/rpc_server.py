@@ -23,19 +23,19 @@ async def main(url: str, requests: int | None) -> None:
     async with mqroute.connect(url, client_name="rpc server") as conn:
         await conn.declare_queue("rpc.fib")
         answered = 0
-        async with trio.open_nursery() as nursery:
+        done = trio.Event()
 
-            async def answer(request: mqroute.Message) -> bytes:
-                nonlocal answered
-                n = int(request.body)
-                print(f"fib({n}) requested", flush=True)
-                answered += 1
-                if requests is not None and answered >= requests:
-                    nursery.cancel_scope.cancel()  # the demo stops after this one
-                return str(fib(n)).encode()
+        async def answer(request: mqroute.Message) -> bytes:
+            nonlocal answered
+            n = int(request.body)
+            print(f"fib({n}) requested", flush=True)
+            answered += 1
+            if requests is not None and answered >= requests:
+                done.set()  # the demo stops once this reply is sent
+            return str(fib(n)).encode()
 
-            print("waiting for requests on 'rpc.fib'", flush=True)
-            nursery.start_soon(mqroute.serve_rpc, conn, "rpc.fib", answer)
+        print("waiting for requests on 'rpc.fib'", flush=True)
+        await mqroute.serve_rpc(conn, "rpc.fib", answer, stop=done)
 
 
 if __name__ == "__main__":

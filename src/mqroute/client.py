@@ -1084,8 +1084,10 @@ async def serve_rpc(
     handler: Callable[[Message], Awaitable[Body]],
     *,
     prefetch: int = 16,
+    stop: anyio.Event | None = None,
 ) -> None:
-    """Answer RPC requests arriving on ``queue`` with ``await handler(request)`` until cancelled.
+    """Answer RPC requests arriving on ``queue`` with ``await handler(request)`` until cancelled
+    (or, after finishing a request, until ``stop`` is set).
 
     Each reply goes to the request's ``reply_to`` with its ``correlation_id``; the request is
     acked after the reply is confirmed, or rejected (not requeued) if the handler raises.
@@ -1098,3 +1100,5 @@ async def serve_rpc(
                     await conn.publish(
                         "", request.reply_to, reply, correlation_id=request.correlation_id
                     )
+            if stop is not None and stop.is_set():
+                return
