@@ -14,14 +14,13 @@ from several threads at once (publishes from many threads are safe)::
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import trio
 
 from .client import Connection, Consumer, Message, QueueInfo, connect
-from .errors import UsageError
+from .loop_thread import LoopThread
 from .model import Properties, Table
 
 
@@ -56,11 +55,8 @@ class BlockingConnection:
 
     def __init__(self, url: str, **options: Any) -> None:
         self._conn: Connection = connect(url, **options)
-        self._ready = threading.Event()
-        self._error: BaseException | None = None
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._stop: trio.Event | None = None
-        self._thread = threading.Thread(target=self._run, name="mqroute-blocking", daemon=True)
+        self._loop = LoopThread("mqroute-blocking")
+        self._stop: trio.Event
 
     def __enter__(self) -> BlockingConnection:
         return self
@@ -69,45 +65,27 @@ class BlockingConnection:
         self.close()
 
     def open(self) -> BlockingConnection:
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            raise self._error
+        async def main(ready: Callable[[], None]) -> None:
+            self._stop = trio.Event()
+            async with self._conn:  # opened and closed (politely) in this one task
+                ready()
+                await self._stop.wait()
+
+        self._loop.start(main)
         return self
 
     def close(self) -> None:
         """Close the connection and stop its thread (what was unacked is requeued)."""
-        if self._token is not None and self._stop is not None:
-            try:
-                trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
-            except trio.RunFinishedError:
-                pass
-        self._thread.join()
+        if self._loop.alive:
 
-    def _run(self) -> None:
-        try:
-            trio.run(self._main)
-        except BaseException as exc:
-            self._error = exc
-            self._ready.set()
+            async def stop() -> None:
+                self._stop.set()
 
-    async def _main(self) -> None:
-        self._token = trio.lowlevel.current_trio_token()
-        self._stop = trio.Event()
-        async with self._conn:
-            self._ready.set()
-            await self._stop.wait()
+            self._loop.run(stop)
+            self._loop.join()
 
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if self._token is None or not self._thread.is_alive():
-            raise UsageError("the blocking connection is not open")
-        if threading.current_thread() is self._thread:
-            raise UsageError("blocking calls cannot be made from the connection's own loop")
-
-        async def call() -> Any:
-            return await fn(*args, **kwargs)
-
-        return trio.from_thread.run(call, trio_token=self._token)
+        return self._loop.run(fn, *args, **kwargs)
 
     # The same names as the async SDK.
 
@@ -186,7 +164,7 @@ class BlockingConnection:
                     return
                 yield BlockingMessage(self, message)
         finally:
-            if self._thread.is_alive():
+            if self._loop.alive:
                 self._call(consumer.cancel)
 
 

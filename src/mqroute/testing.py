@@ -21,13 +21,13 @@ empty.
 from __future__ import annotations
 
 import contextlib
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import trio
 
 from .broker import Broker
+from .loop_thread import LoopThread
 from .server import ServerAddress, ServerConfig, serve
 
 
@@ -36,13 +36,11 @@ class BrokerThread:
 
     def __init__(self, *, data_dir: Path | None = None, heartbeat_ms: int = 60_000) -> None:
         self._config = ServerConfig(port=0, data_dir=data_dir, heartbeat_ms=heartbeat_ms)
-        self._started = threading.Event()
         self._address: ServerAddress | None = None
-        self._error: BaseException | None = None
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._cancel: trio.CancelScope | None = None
-        self.broker: Broker | None = None  # the broker's state, for assertions (read only)
-        self._thread = threading.Thread(target=self._run, name="mqroute-test-broker", daemon=True)
+        # The broker's state, for assertions (read only; in memory only: with a data dir,
+        # serve() builds its own durable broker).
+        self.broker: Broker | None = Broker() if data_dir is None else None
+        self._loop = LoopThread("mqroute-test-broker")
 
     @property
     def url(self) -> str:
@@ -50,39 +48,20 @@ class BrokerThread:
         return self._address.url
 
     def start(self) -> BrokerThread:
-        self._thread.start()
-        self._started.wait()
-        if self._error is not None:
-            raise self._error
-        return self
-
-    def stop(self) -> None:
-        if self._token is not None and self._cancel is not None:
-            try:
-                trio.from_thread.run_sync(self._cancel.cancel, trio_token=self._token)
-            except trio.RunFinishedError:
-                pass
-        self._thread.join()
-
-    def _run(self) -> None:
-        try:
-            trio.run(self._main)
-        except BaseException as exc:  # reported to start(), or lost with the thread
-            self._error = exc
-            self._started.set()
-
-    async def _main(self) -> None:
-        self._token = trio.lowlevel.current_trio_token()
-        if self._config.data_dir is None:
-            self.broker = Broker()  # in memory; with a data dir, serve() builds a durable one
-        with trio.CancelScope() as self._cancel:
+        async def main(ready: Callable[[], None]) -> None:
             async with trio.open_nursery() as nursery:
                 self._address = await nursery.start(
                     lambda task_status: serve(
                         self._config, broker=self.broker, task_status=task_status
                     )
                 )
-                self._started.set()
+                ready()
+
+        self._loop.start(main)
+        return self
+
+    def stop(self) -> None:
+        self._loop.stop()
 
 
 @contextlib.contextmanager
