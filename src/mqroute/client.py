@@ -941,8 +941,12 @@ class Publisher:
     ) -> Confirmation:
         """Send one message; waits only while ``max_in_flight`` are unconfirmed."""
         in_flight = self._in_flight
-        while len(in_flight) >= self.max_in_flight:
+        if len(in_flight) >= self.max_in_flight:
             await self._retire(in_flight.popleft())
+            # One confirm usually settles many (multiple=True): retire those without waiting,
+            # so the next publishes go out in a batch instead of one per wake-up.
+            while in_flight and in_flight[0].done:
+                self._note(in_flight.popleft())
         confirmation = await self.conn._send_publish(
             exchange, routing_key, body, mandatory, properties, props
         )
@@ -964,6 +968,11 @@ class Publisher:
         try:
             await confirmation
         except MQRouteError:
+            self.failures.append(confirmation)
+
+    def _note(self, confirmation: Confirmation) -> None:
+        """Retire a confirmation that is already settled."""
+        if confirmation.error is not None:
             self.failures.append(confirmation)
 
 
