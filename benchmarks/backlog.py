@@ -14,49 +14,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
-import socket
-import subprocess
-import sys
 import tempfile
 import time
 
 import trio
+from common import free_port, rss_mb, start_server
 
 import mqroute
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def rss_mb(pid: int) -> tuple[float, float]:
-    """(current RSS, peak RSS) in MB, from /proc."""
-    fields = {}
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            fields[key] = value.strip()
-    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
-
-
-def start(data_dir: str, port: int) -> tuple[subprocess.Popen[bytes], float]:
-    started = time.monotonic()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mqroute", "server", "--port", str(port), "--data-dir", data_dir],
-        stderr=subprocess.PIPE,
-    )
-    assert server.stderr is not None
-    for line in server.stderr:
-        text = line.decode()
-        if "recovered" in text:
-            print("   ", text.strip().split(": ", 1)[-1])
-        if re.search("listening on", text):
-            return server, time.monotonic() - started
-    raise SystemExit("server did not start")
 
 
 async def publish(url: str, count: int, size: int, delayed: bool) -> float:
@@ -104,7 +69,7 @@ def main() -> None:
     port = free_port()
     url = f"mqroute://127.0.0.1:{port}"
     try:
-        server, startup = start(data_dir, port)
+        server, startup = start_server(data_dir, port)
         print(f"empty start: {startup:.2f}s, RSS {rss_mb(server.pid)[0]:.0f} MB")
         rate = trio.run(publish, url, args.count, args.size, args.delayed)
         rss, peak = rss_mb(server.pid)
@@ -116,7 +81,7 @@ def main() -> None:
         server.wait()
         db = os.path.getsize(os.path.join(data_dir, "mqroute.db"))
         print(f"database {db / 2**20:.0f} MB")
-        server, startup = start(data_dir, port)
+        server, startup = start_server(data_dir, port)
         rss, peak = rss_mb(server.pid)
         print(
             f"restart with {args.count:,} messages on disk: {startup:.2f}s to listening; "
