@@ -47,6 +47,10 @@ from mqroute.protocol import (
     TimedOut,
     Unbind,
     Welcome,
+    decode_payload,
+    encode,
+    encode_deliver,
+    encode_deliver_tail,
 )
 
 PROPS = Properties(
@@ -428,3 +432,24 @@ def test_any_server_frames_round_trip(frames: list[Frame]) -> None:
     client, server = open_pair()
     client.receive_data(server.send_many(frames))
     assert drain(client) == frames
+
+
+@given(
+    deliver=st.builds(Deliver, **{f.name: _FIELD[f.type] for f in attrs.fields(Deliver)}),
+)
+def test_the_hot_path_deliver_encoder_matches_the_generic_one(deliver: Deliver) -> None:
+    tail = encode_deliver_tail(
+        deliver.exchange, deliver.routing_key, deliver.body, deliver.properties
+    )
+    fast = encode_deliver(deliver.consumer_tag, deliver.delivery_tag, deliver.redelivered, tail)
+    assert fast == encode(deliver)
+    assert decode_payload(fast[4:]) == deliver
+
+
+def test_repeated_properties_decode_to_one_shared_object() -> None:
+    client, server = open_pair()
+    props = Properties(persistent=True, content_type="text/plain")
+    event = Publish(exchange="", routing_key="q", body=b"", properties=props, mandatory=False)
+    server.receive_data(client.send(event) + client.send(event))
+    first, second = server.next_event(), server.next_event()
+    assert first.properties == props and first.properties is second.properties

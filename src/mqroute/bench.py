@@ -382,7 +382,7 @@ async def _mqroute_produce(opts: BenchOptions, stats: Stats) -> None:
     props = [
         Properties(
             persistent=opts.persistent,
-            headers={"bench": key} if opts.exchange_type == "headers" else {},
+            headers={"bench": key} if opts.exchange_type == "headers" else None,
         )
         for key in keys
     ]

@@ -92,8 +92,11 @@ def _fail(name: str, want: str, value: Any) -> ProtocolError:
     return ProtocolError(f"field {name!r} must be {want}, not {type(value).__name__}")
 
 
+_MAX_INT = 2**63 - 1
+
+
 def _check_int(name: str, value: Any) -> int:
-    if type(value) is not int or not 0 <= value < 2**63:
+    if type(value) is not int or not 0 <= value <= _MAX_INT:
         raise _fail(name, "a non-negative 63-bit integer", value)
     return value
 
@@ -168,13 +171,32 @@ def _check_properties(name: str, value: Any) -> Properties:
     headers = value.get("headers")
     if headers is not None:
         _check_table("headers", headers)
+        key = None  # a dict is not hashable: no caching
+    else:
+        # Publishers repeat the same few property sets (persistent, a content type): building
+        # and validating Properties once per set, not once per message, is the saving.
+        key = tuple(value.items())
+        try:
+            cached = _PROPERTIES_CACHE.get(key)
+        except TypeError:  # an unhashable value; Properties below names it
+            key = None
+        else:
+            if cached is not None:
+                return cached
     try:
-        return Properties(**value)
+        props = Properties(**value)
     except (TypeError, ValueError) as exc:
         raise ProtocolError(f"bad message property: {exc}") from None
+    if key is not None:
+        if len(_PROPERTIES_CACHE) >= _PROPERTIES_CACHE_SIZE:
+            _PROPERTIES_CACHE.clear()
+        _PROPERTIES_CACHE[key] = props
+    return props
 
 
 _PROPERTY_SET = frozenset(PROPERTY_NAMES)
+_PROPERTIES_CACHE: dict[tuple[tuple[str, Any], ...], Properties] = {}
+_PROPERTIES_CACHE_SIZE = 1024
 
 
 def _encode_properties(props: Properties) -> dict[str, Any]:
@@ -536,6 +558,9 @@ def decode_payload(data: bytes) -> Frame:
         raise ProtocolError(f"undecodable CBOR: {exc}") from None
     if type(items) is not list or not items or type(items[0]) is not int:
         raise ProtocolError("a frame must be a CBOR array starting with its integer type")
+    fast = _FAST_DECODERS.get(items[0])
+    if fast is not None and (event := fast(items)) is not None:
+        return event
     cls = _EVENT_TYPES.get(items[0])
     if cls is None:
         raise ProtocolError(f"unknown frame type {items[0]}")
@@ -549,6 +574,95 @@ def decode_payload(data: bytes) -> Frame:
         for name, check, value in zip(names, cls._checks, items[1:], strict=True)
     }
     return cls(**kwargs)
+
+
+# The frames of the message path, decoded without the generic per-field loop. Each returns
+# None for anything unusual, and the generic path then raises the precise error.
+
+
+def _fast_publish(items: list[Any]) -> Publish | None:
+    if len(items) != 6:
+        return None
+    _, exchange, routing_key, body, props, mandatory = items
+    if (
+        type(exchange) is not str
+        or type(routing_key) is not str
+        or type(body) is not bytes
+        or type(mandatory) is not bool
+        or type(props) is not dict
+    ):
+        return None
+    return Publish(
+        exchange=exchange,
+        routing_key=routing_key,
+        body=body,
+        properties=_check_properties("properties", props) if props else EMPTY_PROPERTIES,
+        mandatory=mandatory,
+    )
+
+
+def _fast_deliver(items: list[Any]) -> Deliver | None:
+    if len(items) != 8:
+        return None
+    _, consumer_tag, delivery_tag, redelivered, exchange, routing_key, body, props = items
+    if (
+        type(consumer_tag) is not str
+        or type(delivery_tag) is not int
+        or not 0 <= delivery_tag <= _MAX_INT
+        or type(redelivered) is not bool
+        or type(exchange) is not str
+        or type(routing_key) is not str
+        or type(body) is not bytes
+        or type(props) is not dict
+    ):
+        return None
+    return Deliver(
+        consumer_tag=consumer_tag,
+        delivery_tag=delivery_tag,
+        redelivered=redelivered,
+        exchange=exchange,
+        routing_key=routing_key,
+        body=body,
+        properties=_check_properties("properties", props) if props else EMPTY_PROPERTIES,
+    )
+
+
+def _fast_ack(items: list[Any]) -> Ack | None:
+    if len(items) != 3 or type(items[1]) is not int or type(items[2]) is not bool:
+        return None
+    if not 0 <= items[1] <= _MAX_INT:
+        return None
+    return Ack(delivery_tag=items[1], multiple=items[2])
+
+
+_FAST_DECODERS: dict[int, Callable[[list[Any]], Frame | None]] = {
+    Publish.frame_type: _fast_publish,
+    Deliver.frame_type: _fast_deliver,
+    Ack.frame_type: _fast_ack,
+}
+
+
+def encode_deliver_tail(
+    exchange: str, routing_key: str, body: bytes, properties: Properties
+) -> bytes:
+    """The CBOR of a Deliver frame's last four fields: the same for every copy of a message."""
+    props = _encode_properties(properties)
+    return b"".join([_dumps(exchange), _dumps(routing_key), _dumps(body), _dumps(props)])
+
+
+def encode_deliver(consumer_tag: str, delivery_tag: int, redelivered: bool, tail: bytes) -> bytes:
+    """A whole Deliver frame from its per-delivery fields and a tail from encode_deliver_tail.
+
+    Equal to ``encode(Deliver(...))``; a test holds them to it.
+    """
+    head = _dumps([Deliver.frame_type, consumer_tag, delivery_tag, redelivered])
+    # head is a 4-item array: rewrite its first byte as an 8-item array and append the rest.
+    payload = b"".join([_ARRAY_OF_8, memoryview(head)[1:], tail])
+    return _HEADER.pack(len(payload)) + payload
+
+
+_dumps = cbor2.dumps
+_ARRAY_OF_8 = b"\x88"
 
 
 # --- connection state machine ---------------------------------------------------------------
@@ -659,6 +773,14 @@ class Connection:
         if type(event) is Close:
             self.we_closed = True
         return encode(event)
+
+    def send_deliver(
+        self, consumer_tag: str, delivery_tag: int, redelivered: bool, tail: bytes
+    ) -> bytes:
+        """``send(Deliver(...))`` for the hot path; ``tail`` is from encode_deliver_tail."""
+        if self.role is not Role.SERVER or self.state is not State.OPEN or self.we_closed:
+            raise ProtocolError(f"{self.role.value} may not send a Deliver frame now")
+        return encode_deliver(consumer_tag, delivery_tag, redelivered, tail)
 
     def send_many(self, events: Iterable[Frame]) -> bytes:
         """Bytes for several events, for one write."""

@@ -77,6 +77,7 @@ from .protocol import (
     TimedOut,
     Unbind,
     Welcome,
+    encode_deliver_tail,
 )
 from .session import Session
 from .store import MemoryStore, SqliteStore, Store
@@ -590,6 +591,7 @@ class ServerConnection:
     async def _writer(self) -> None:
         assert self.session is not None
         send = self.proto.send
+        send_deliver = self.proto.send_deliver
         while True:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
@@ -597,8 +599,15 @@ class ServerConnection:
             chunks = []
             while replies and replies[0][1]:
                 chunks.append(send(replies.popleft()[0]))
-            events = self.broker.take_events(self.session)
-            chunks.extend(send(_to_frame(e)) for e in events)
+            for e in self.broker.take_events(self.session):
+                if type(e) is Delivery:
+                    chunks.append(
+                        send_deliver(
+                            e.consumer_tag, e.delivery_tag, e.redelivered, _deliver_tail(e)
+                        )
+                    )
+                else:
+                    chunks.append(send(_to_frame(e)))
             if self._close is not None:
                 chunks.append(send(self._close))
             if chunks:
@@ -630,6 +639,24 @@ class ServerConnection:
                 self._last_sent = now
             wait = min(self._last_sent + interval / 2, self._last_received + 2 * interval) - now
             await trio.sleep(max(wait, 0.001))
+
+
+# Encoded Deliver tails by id(message): the copies of a fanned-out message share one encoding.
+# Entries hold their message, so an id cannot be reused while it is here.
+_TAILS: dict[int, tuple[Message, str, str, bytes]] = {}
+_TAILS_SIZE = 4096
+
+
+def _deliver_tail(event: Delivery) -> bytes:
+    m = event.message
+    hit = _TAILS.get(id(m))
+    if hit is not None and hit[0] is m and hit[1] == event.exchange and hit[2] == event.routing_key:
+        return hit[3]
+    tail = encode_deliver_tail(event.exchange, event.routing_key, m.body, m.properties)
+    if len(_TAILS) >= _TAILS_SIZE:
+        _TAILS.clear()
+    _TAILS[id(m)] = (m, event.exchange, event.routing_key, tail)
+    return tail
 
 
 def _to_frame(event: Event) -> Frame:
