@@ -6,6 +6,7 @@
 Needs a RabbitMQ on 127.0.0.1:5672 (guest/guest); without one it says so and exits 0. On Debian:
 
     apt-get install rabbitmq-server
+    echo "rabbitmq - nofile 20000" > /etc/security/limits.d/rabbitmq.conf   # else 832 sockets
     ERL_EPMD_ADDRESS=127.0.0.1 RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 \\
       RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \\
       HOME=/var/lib/rabbitmq rabbitmq-server &

@@ -6,6 +6,7 @@ import gc
 import json
 import logging
 import os
+import resource
 import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator
@@ -111,6 +112,7 @@ def server(
     # the default threshold of 700 the collector ran every few hundred publishes and cost more
     # than 10 % of throughput with a large backlog (docs/performance.md).
     gc.set_threshold(GC_THRESHOLD, 20, 10)
+    _raise_file_limit(log)
     try:
         trio.run(_run_until_signal, config)
     except (DataDirError, StoreError) as exc:
@@ -118,6 +120,14 @@ def server(
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     log.info("stopped")
+
+
+def _raise_file_limit(log: logging.Logger) -> None:
+    """Each connection is a file descriptor: allow as many as the system lets this process."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    log.debug("open file limit %d", hard)
 
 
 def _fault_injection() -> tuple[str | None, int]:
