@@ -51,6 +51,7 @@ from mqroute.protocol import (
     encode,
     encode_deliver,
     encode_deliver_tail,
+    encode_publish,
 )
 
 PROPS = Properties(
@@ -453,3 +454,18 @@ def test_repeated_properties_decode_to_one_shared_object() -> None:
     server.receive_data(client.send(event) + client.send(event))
     first, second = server.next_event(), server.next_event()
     assert first.properties == props and first.properties is second.properties
+
+
+@given(
+    publish=st.builds(Publish, **{f.name: _FIELD[f.type] for f in attrs.fields(Publish)}),
+)
+def test_the_hot_path_publish_encoder_matches_the_generic_one(publish: Publish) -> None:
+    fast = encode_publish(
+        publish.exchange,
+        publish.routing_key,
+        publish.body,
+        publish.properties,
+        publish.mandatory,
+    )
+    assert fast == encode(publish)
+    assert decode_payload(fast[4:]) == publish

@@ -135,3 +135,25 @@ async def test_pipelining_consuming_and_rpc_under_asyncio(server: ServerAddress)
             return seen, reply.body
 
     assert await trio.to_thread.run_sync(asyncio.run, asyncio_app()) == (200, b"PING")
+
+
+async def test_a_consume_loop_over_buffered_messages_stays_cancellable(
+    conn: mqroute.Connection,
+) -> None:
+    from mqroute.client import CHECKPOINT_EVERY
+
+    await conn.declare_queue("buffered")
+    async with conn.publisher() as pub:
+        for i in range(3 * CHECKPOINT_EVERY):
+            await pub.publish("", "buffered", str(i))
+    after_cancel = 0
+    async with conn.consume("buffered", prefetch=0, auto_ack=True) as messages:
+        with trio.fail_after(10):  # every message buffered before the loop starts
+            while messages._receive_stream.statistics().current_buffer_used < 3 * CHECKPOINT_EVERY:
+                await trio.sleep(0.01)
+        with trio.CancelScope() as scope:
+            async for _ in messages:  # a loop that never awaits anything else
+                if scope.cancel_called:
+                    after_cancel += 1
+                scope.cancel()
+    assert 0 <= after_cancel < CHECKPOINT_EVERY

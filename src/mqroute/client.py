@@ -72,7 +72,6 @@ from .protocol import (
     Nack,
     Ok,
     PeerClosed,
-    Publish,
     PurgeQueue,
     Redrive,
     Return,
@@ -90,6 +89,7 @@ REPLY_TO = "amq.rabbitmq.reply-to"  # direct reply-to: replies with no queue dec
 WRITE_BUFFER_LIMIT = 1024 * 1024  # senders wait while more than this is unsent
 RECEIVE_SIZE = 256 * 1024
 CANCEL_TIMEOUT = 10.0  # leaving a consume block waits at most this long for the broker
+CHECKPOINT_EVERY = 64  # buffered messages handed out between two scheduler checkpoints
 
 Body = bytes | bytearray | memoryview | str
 
@@ -136,25 +136,33 @@ def parse_url(url: str) -> tuple[str, int]:
 class Confirmation:
     """The broker's answer to one publish. ``await confirmation`` raises if it was refused."""
 
-    __slots__ = ("_event", "error", "seq")
+    __slots__ = ("_done", "_event", "error", "seq")
 
     def __init__(self, seq: int) -> None:
         self.seq = seq
-        self._event = anyio.Event()
+        self._done = False
+        self._event: anyio.Event | None = None  # made only if someone waits before the answer
         self.error: MQRouteError | None = None
 
     @property
     def done(self) -> bool:
-        return self._event.is_set()
+        return self._done
 
     def _settle(self, error: MQRouteError | None = None) -> None:
-        if not self._event.is_set():
+        if not self._done:
             if self.error is None:
                 self.error = error
-            self._event.set()
+            self._done = True
+            if self._event is not None:
+                self._event.set()
 
     async def wait(self) -> None:
-        await self._event.wait()
+        if self._done:
+            await anyio.lowlevel.checkpoint()
+        else:
+            if self._event is None:
+                self._event = anyio.Event()
+            await self._event.wait()
         if self.error is not None:
             raise self.error
 
@@ -432,7 +440,9 @@ class Connection:
 
     async def _send(self, frame: Frame) -> None:
         self._check_open()
-        data = self._proto.send(frame)
+        await self._send_bytes(self._proto.send(frame))
+
+    async def _send_bytes(self, data: bytes) -> None:
         self._out.append(data)
         self._out_size += len(data)
         self._out_ready.set()
@@ -796,14 +806,8 @@ class Connection:
         self._next_seq += 1
         confirmation = Confirmation(seq)
         self._confirms[seq] = confirmation
-        await self._send(
-            Publish(
-                exchange=exchange,
-                routing_key=routing_key,
-                body=body,
-                properties=properties,
-                mandatory=mandatory,
-            )
+        await self._send_bytes(
+            self._proto.send_publish(exchange, routing_key, body, properties, mandatory)
         )
         return confirmation
 
@@ -1003,6 +1007,7 @@ class Consumer:
         )
         self._error: MQRouteError | None = None
         self._active = False
+        self._unyielded = 0
 
     async def __aenter__(self) -> Consumer:
         if self._active:
@@ -1073,6 +1078,15 @@ class Consumer:
 
     async def __anext__(self) -> Message:
         try:
+            # Messages already buffered are handed out without a trip through the scheduler;
+            # a checkpoint every CHECKPOINT_EVERY keeps the loop cancellable and fair.
+            self._unyielded += 1
+            if self._unyielded < CHECKPOINT_EVERY:
+                try:
+                    return self._receive_stream.receive_nowait()
+                except anyio.WouldBlock:
+                    pass
+            self._unyielded = 0
             return await self._receive_stream.receive()
         except anyio.EndOfStream:
             if self._error is not None and self._active:

@@ -203,11 +203,23 @@ def _encode_properties(props: Properties) -> dict[str, Any]:
     """Only properties that are set go on the wire (``persistent`` only when true)."""
     if props is EMPTY_PROPERTIES:
         return {}
-    return {
+    # A publisher usually sends one Properties object many times: encode it once. Entries
+    # hold their object, so an id is not reused while it is here.
+    hit = _ENCODED_PROPERTIES.get(id(props))
+    if hit is not None and hit[0] is props:
+        return hit[1]
+    wire = {
         name: value
         for name in PROPERTY_NAMES
         if (value := getattr(props, name)) is not None and value is not False
     }
+    if len(_ENCODED_PROPERTIES) >= _PROPERTIES_CACHE_SIZE:
+        _ENCODED_PROPERTIES.clear()
+    _ENCODED_PROPERTIES[id(props)] = (props, wire)
+    return wire
+
+
+_ENCODED_PROPERTIES: dict[int, tuple[Properties, dict[str, Any]]] = {}
 
 
 _CHECKS: dict[str, Callable[[str, Any], Any]] = {
@@ -661,6 +673,23 @@ def encode_deliver(consumer_tag: str, delivery_tag: int, redelivered: bool, tail
     return _HEADER.pack(len(payload)) + payload
 
 
+def encode_publish(
+    exchange: str, routing_key: str, body: bytes, properties: Properties, mandatory: bool
+) -> bytes:
+    """A whole Publish frame; equal to ``encode(Publish(...))`` without building the event."""
+    payload = _dumps(
+        [
+            Publish.frame_type,
+            exchange,
+            routing_key,
+            body,
+            _encode_properties(properties),
+            mandatory,
+        ]
+    )
+    return _HEADER.pack(len(payload)) + payload
+
+
 _dumps = cbor2.dumps
 _ARRAY_OF_8 = b"\x88"
 
@@ -781,6 +810,14 @@ class Connection:
         if self.role is not Role.SERVER or self.state is not State.OPEN or self.we_closed:
             raise ProtocolError(f"{self.role.value} may not send a Deliver frame now")
         return encode_deliver(consumer_tag, delivery_tag, redelivered, tail)
+
+    def send_publish(
+        self, exchange: str, routing_key: str, body: bytes, properties: Properties, mandatory: bool
+    ) -> bytes:
+        """``send(Publish(...))`` for the hot path."""
+        if self.role is not Role.CLIENT or self.state is not State.OPEN or self.we_closed:
+            raise ProtocolError(f"{self.role.value} may not send a Publish frame now")
+        return encode_publish(exchange, routing_key, body, properties, mandatory)
 
     def send_many(self, events: Iterable[Frame]) -> bytes:
         """Bytes for several events, for one write."""
