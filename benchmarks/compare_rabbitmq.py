@@ -22,10 +22,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import socket
 import statistics
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -33,12 +35,14 @@ from common import mqroute_server, relay_server
 
 from mqroute.bench import BenchOptions, MQRouteDriver, RateLimiter, Stats, make_body, run
 
-RABBIT_URL = "amqp://guest:guest@127.0.0.1:5672/%2F"
+# MQROUTE_RABBITMQ_URL points elsewhere (tests use a port where nothing listens).
+RABBIT_URL = os.environ.get("MQROUTE_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 
 
 def rabbitmq_reachable() -> bool:
+    parts = urllib.parse.urlsplit(RABBIT_URL)
     try:
-        socket.create_connection(("127.0.0.1", 5672), timeout=1).close()
+        socket.create_connection((parts.hostname, parts.port or 5672), timeout=1).close()
         return True
     except OSError:
         return False
@@ -345,7 +349,7 @@ def main() -> None:
     args = parser.parse_args()
     if not rabbitmq_reachable():
         print(
-            "SKIPPED: no RabbitMQ on 127.0.0.1:5672. Install and start one (see this script's "
+            f"SKIPPED: no RabbitMQ at {RABBIT_URL}. Install and start one (see this script's "
             "docstring) to compare; nothing was measured."
         )
         return
