@@ -41,23 +41,24 @@ def wait_for_port(port: int, timeout: float = 20.0) -> None:
             time.sleep(0.05)
 
 
+def server_command(port: int, data_dir: str, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "mqroute",
+        "server",
+        "--port",
+        str(port),
+        "--data-dir",
+        data_dir,
+        *extra,
+    ]
+
+
 def start_server(data_dir: str, port: int, *extra: str) -> tuple[subprocess.Popen[bytes], float]:
     """Start ``mqroute server``; return it and the seconds until it logged "listening on"."""
     started = time.monotonic()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mqroute",
-            "server",
-            "--port",
-            str(port),
-            "--data-dir",
-            data_dir,
-            *extra,
-        ],
-        stderr=subprocess.PIPE,
-    )
+    server = subprocess.Popen(server_command(port, data_dir, *extra), stderr=subprocess.PIPE)
     assert server.stderr is not None
     for line in server.stderr:
         text = line.decode()
@@ -73,21 +74,8 @@ def mqroute_server(*extra: str) -> Iterator[tuple[subprocess.Popen[bytes], str]]
     """A fresh server with its own data directory, stopped on exit; yields (process, url)."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="mqroute-bench-") as data_dir:
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mqroute",
-                "server",
-                "--port",
-                str(port),
-                "--data-dir",
-                os.path.join(data_dir, "data"),
-                "--log-level",
-                "warning",
-                *extra,
-            ]
-        )
+        data = os.path.join(data_dir, "data")
+        server = subprocess.Popen(server_command(port, data, "--log-level", "warning", *extra))
         wait_for_port(port)
         try:
             yield server, f"mqroute://127.0.0.1:{port}"
