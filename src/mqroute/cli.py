@@ -635,8 +635,22 @@ def _describe(msg: Any, as_json: bool) -> str:
 
 
 @main.command()
-@click.option("--producers", "-x", default=1, show_default=True, type=click.IntRange(0))
-@click.option("--consumers", "-y", default=1, show_default=True, type=click.IntRange(0))
+@click.option(
+    "--producers",
+    "-x",
+    default=1,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Producer processes (one connection each).",
+)
+@click.option(
+    "--consumers",
+    "-y",
+    default=1,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Consumer processes; each consumes its share of the queues.",
+)
 @click.option(
     "--size",
     "-s",
@@ -654,7 +668,14 @@ def _describe(msg: Any, as_json: bool) -> str:
     "Without it the window is 10,000 and confirms are not waited for one by one.",
 )
 @click.option("--persistent", is_flag=True, help="Persistent messages into durable queues.")
-@click.option("--prefetch", "-q", default=100, show_default=True, type=click.IntRange(0))
+@click.option(
+    "--prefetch",
+    "-q",
+    default=100,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Unacked messages per consumer (0: no limit).",
+)
 @click.option(
     "--multi-ack-every",
     "-A",
