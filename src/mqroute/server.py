@@ -87,6 +87,7 @@ log = logging.getLogger("mqroute.server")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5680
 RECEIVE_SIZE = 256 * 1024
+FRAMES_PER_TURN = 64  # frames one connection's reader handles before it yields to the others
 RATE_INTERVAL = 5.0  # seconds between rate samples
 PENDING_OUTPUT_LIMIT = 1024  # the reader stops reading while more frames than this are unsent
 
@@ -376,7 +377,14 @@ class ServerConnection:
 
     async def _reader(self) -> None:
         proto = self.proto
+        handled = 0
         while self._close is None:
+            handled += 1
+            if handled >= FRAMES_PER_TURN:
+                # A flood of publishes from one connection must not hold up the others: their
+                # acks give consumers credit, and the writers deliver. Let them run.
+                handled = 0
+                await trio.lowlevel.checkpoint()
             try:
                 event = proto.next_event()
             except ProtocolError as exc:
