@@ -87,7 +87,7 @@ log = logging.getLogger("mqroute.server")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5680
 RECEIVE_SIZE = 256 * 1024
-FRAMES_PER_TURN = 64  # frames one connection's reader handles before it yields to the others
+FRAMES_PER_TURN = 128  # frames one connection's reader handles before it yields to the others
 RATE_INTERVAL = 5.0  # seconds between rate samples
 PENDING_OUTPUT_LIMIT = 1024  # the reader stops reading while more frames than this are unsent
 
