@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mqroute.topic_trie import TopicTrie, split_words
+from mqroute.topic_trie import pattern_words as canonical_words
 
 
 def reference_match(pattern: str, key: str) -> bool:
@@ -127,3 +128,28 @@ def test_removing_bindings_keeps_the_rest_matching(
     kept = [p for i, p in enumerate(patterns) if i not in removed]
     assert sorted(trie.match(key)) == sorted(p for p in kept if reference_match(p, key))
     assert len(trie) == len(kept)
+
+
+@given(
+    pattern=st.lists(pattern_words, max_size=8).map(".".join),
+    key=st.lists(words, max_size=8).map(".".join),
+)
+@settings(max_examples=500)
+def test_canonical_pattern_matches_the_same_keys(pattern: str, key: str) -> None:
+    canonical = ".".join(canonical_words(pattern))
+    assert reference_match(canonical, key) == reference_match(pattern, key)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "canonical"),
+    [("#.#.#", "#"), ("#.*.#", "*.#"), ("a.#.*.b", "a.*.#.b"), ("*.*", "*.*"), ("#", "#")],
+)
+def test_wildcard_runs_collapse_to_stars_then_one_hash(pattern: str, canonical: str) -> None:
+    assert ".".join(canonical_words(pattern)) == canonical
+
+
+def test_a_chain_of_hashes_costs_what_one_hash_costs() -> None:
+    trie: TopicTrie[str] = TopicTrie()
+    trie.add(".".join(["#"] * 128), "many", "many")
+    assert trie.match(".".join(["w"] * 128)) == ["many"]
+    assert trie.remove(".".join(["#"] * 128), "many") and len(trie) == 0

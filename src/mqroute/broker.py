@@ -13,13 +13,21 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import logging
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import attrs
 
 from .dedup import SeenIds, window_of
-from .errors import AccessRefused, InvalidArgument, NotFound, PreconditionFailed, ResourceLocked
+from .errors import (
+    AccessRefused,
+    BrokerError,
+    InvalidArgument,
+    NotFound,
+    PreconditionFailed,
+    ResourceLocked,
+)
 from .journal import (
     Batch,
     DropBinding,
@@ -38,6 +46,8 @@ from .journal import (
 )
 from .model import (
     EXCHANGE_TYPES,
+    MAX_MILLISECONDS,
+    MAX_SHORT_STRING,
     Binding,
     BrokerStats,
     ConsumerCancelled,
@@ -50,10 +60,14 @@ from .model import (
     QueueStats,
     Returned,
     Table,
+    brief,
+    utf8_length_over,
 )
 from .queue import Loader, MessageQueue, QueueEntry
 from .routing import EXCHANGE_TYPE_CLASSES, ExchangeType
 from .session import ConsumerState, Session, Unacked
+
+log = logging.getLogger("mqroute.broker")
 
 DEFAULT_EXCHANGE = ""
 PREDECLARED = {
@@ -62,7 +76,6 @@ PREDECLARED = {
     "amq.topic": "topic",
     "amq.headers": "headers",
 }
-MAX_NAME_LENGTH = 255
 REPLY_TO = "amq.rabbitmq.reply-to"  # the direct reply-to pseudo-queue, as RabbitMQ names it
 
 
@@ -182,6 +195,7 @@ class Broker:
         existing = self.exchanges.get(spec.name)
         if passive:
             if existing is None:
+                _check_name("exchange", spec.name)
                 raise NotFound(f"no exchange {spec.name!r}")
             return
         if existing is not None:
@@ -225,6 +239,7 @@ class Broker:
         existing = self.queues.get(spec.name) if spec.name else None
         if passive:
             if existing is None:
+                _check_name("queue", spec.name)
                 raise NotFound(f"no queue {spec.name!r}")
             self._check_access(owner, existing)
             return self._declare_ok(existing)
@@ -325,6 +340,7 @@ class Broker:
         self, owner: str, queue: str, exchange: str, routing_key: str, arguments: Table | None
     ) -> Binding:
         self._check_access(owner, self._queue(queue))
+        check_short_string("routing key", routing_key)
         return Binding(
             source=exchange,
             destination=queue,
@@ -337,6 +353,7 @@ class Broker:
         self, destination: str, source: str, routing_key: str, arguments: Table | None
     ) -> Binding:
         self._exchange(destination, writable=True)
+        check_short_string("routing key", routing_key)
         return Binding(
             source=source,
             destination=destination,
@@ -398,6 +415,7 @@ class Broker:
         """
         seq = session.begin_publish()
         try:
+            check_short_string("routing key", message.routing_key)
             if len(message.body) > self.max_message_size:
                 raise PreconditionFailed(
                     f"message body of {len(message.body)} bytes exceeds the maximum of "
@@ -410,7 +428,7 @@ class Broker:
             ):
                 return self._reply(session, seq, message, mandatory)
             queues = self._route(message)
-        except (NotFound, AccessRefused, PreconditionFailed) as exc:
+        except BrokerError as exc:
             session.settle_publish(seq, ok=False, code=exc.code, text=exc.reason)
             raise
         self._published += 1
@@ -507,6 +525,7 @@ class Broker:
             return [queue] if queue is not None else []
         start = self.exchanges.get(name)
         if start is None:
+            check_short_string("exchange name", name)
             raise NotFound(f"no exchange {name!r}")
         if start.spec.internal and from_client:
             raise AccessRefused(f"cannot publish to internal exchange {name!r}")
@@ -587,6 +606,7 @@ class Broker:
         exclusive: bool = False,
         arguments: Table | None = None,
     ) -> str:
+        check_short_string("consumer tag", consumer_tag)
         if queue == REPLY_TO:
             return self._consume_replies(session, consumer_tag, auto_ack)
         q = self._queue(queue)
@@ -602,15 +622,16 @@ class Broker:
                 f"queue {queue!r} already has consumers; cannot consume exclusively"
             )
         timeout = (arguments or {}).get("x-consumer-timeout", q.args.consumer_timeout)
-        if timeout is not None and (type(timeout) is not int or timeout <= 0):
+        valid = type(timeout) is int and 0 < timeout <= MAX_MILLISECONDS
+        if timeout is not None and not valid:
             raise PreconditionFailed(
-                f"consumer argument x-consumer-timeout must be a positive integer (ms), "
-                f"not {timeout!r}"
+                f"consumer argument x-consumer-timeout must be an integer from 1 to "
+                f"{MAX_MILLISECONDS} (ms), not {brief(timeout)}"
             )
         priority = (arguments or {}).get("x-priority", 0)
         if type(priority) is not int:
             raise PreconditionFailed(
-                f"consumer argument x-priority must be an integer, not {priority!r}"
+                f"consumer argument x-priority must be an integer, not {brief(priority)}"
             )
         tag = consumer_tag or session.new_consumer_tag()
         consumer = ConsumerState(
@@ -693,11 +714,28 @@ class Broker:
         if queue.args.dead_letter_exchange is None:
             return
         if entry.message is None:
-            assert queue.loader is not None
-            entry.message = queue.loader(queue.name, [entry.seq])[entry.seq]
+            try:
+                assert queue.loader is not None
+                entry.message = queue.loader(queue.name, [entry.seq])[entry.seq]
+            except Exception:
+                log.exception("could not read a message to dead-letter from queue %r", queue.name)
+                return
         self._dead_letter_message(queue, entry.message, reason)
 
     def _dead_letter_message(self, queue: MessageQueue, message: Message, reason: str) -> None:
+        """Dead-letter one message. A failure here (a bug, or input nobody foresaw) loses
+        this one message with a log line; it must never reach the caller, which is settling
+        or expiring other messages too."""
+        try:
+            self._dead_letter_or_raise(queue, message, reason)
+        except Exception:
+            log.exception(
+                "could not dead-letter a message (%s) from queue %r; it is dropped",
+                reason,
+                queue.name,
+            )
+
+    def _dead_letter_or_raise(self, queue: MessageQueue, message: Message, reason: str) -> None:
         args = queue.args
         dlx = args.dead_letter_exchange
         if dlx is None:
@@ -808,7 +846,8 @@ class Broker:
         """A reply to a direct reply-to address goes to that session's reply consumer."""
         self._published += 1
         target_id = message.routing_key[len(REPLY_TO) + 1 :]
-        target = self._reply_sessions.get(int(target_id)) if target_id.isdigit() else None
+        valid = target_id.isascii() and target_id.isdigit() and len(target_id) < 20
+        target = self._reply_sessions.get(int(target_id)) if valid else None
         if target is None or target.closed or target.reply_consumer is None:
             if mandatory:
                 session.emit(
@@ -909,10 +948,11 @@ class Broker:
         return (ready_at or self.now) + ttl / 1000
 
     def _ready_at(self, message: Message) -> float | None:
-        """A positive integer ``x-delay`` header (ms, as RabbitMQ's plugin) delays delivery."""
+        """An ``x-delay`` header of 1 to 2^32-1 ms (as RabbitMQ's plugin) delays delivery;
+        any other value is ignored: the message is ready at once."""
         headers = message.properties.headers
         delay = headers.get("x-delay") if headers else None
-        if type(delay) is not int or delay <= 0:
+        if type(delay) is not int or not 0 < delay <= MAX_MILLISECONDS:
             return None
         return self.now + delay / 1000
 
@@ -1128,12 +1168,14 @@ class Broker:
             raise AccessRefused("operation not permitted on the default exchange")
         exchange = self.exchanges.get(name)
         if exchange is None:
+            check_short_string("exchange name", name)
             raise NotFound(f"no exchange {name!r}")
         return exchange
 
     def _queue(self, name: str) -> MessageQueue:
         queue = self.queues.get(name)
         if queue is None:
+            check_short_string("queue name", name)
             raise NotFound(f"no queue {name!r}")
         return queue
 
@@ -1173,8 +1215,16 @@ class Broker:
 
 
 def _check_name(kind: str, name: str) -> None:
-    if len(name.encode()) > MAX_NAME_LENGTH:
-        raise InvalidArgument(f"{kind} name is longer than {MAX_NAME_LENGTH} bytes")
+    check_short_string(f"{kind} name", name)
+
+
+def check_short_string(what: str, value: str) -> None:
+    """Names, keys and tags are AMQP short strings: InvalidArgument if over 255 bytes."""
+    size = utf8_length_over(value)
+    if size is not None:
+        raise InvalidArgument(
+            f"{what} of {size} bytes is longer than the maximum of {MAX_SHORT_STRING} bytes"
+        )
 
 
 def _describe_exchange(spec: ExchangeSpec) -> str:
@@ -1198,14 +1248,15 @@ def death_headers(message: Message, queue: str, reason: str, now: float) -> Tabl
     ``x-first-death-*`` are set once, ``x-last-death-*`` every time.
     """
     headers = dict(message.properties.headers or {})
-    deaths = [d for d in headers.get("x-death") or [] if isinstance(d, dict)]
+    deaths = _deaths(headers)
     previous = next(
         (d for d in deaths if d.get("queue") == queue and d.get("reason") == reason), None
     )
+    count = previous.get("count") if previous is not None else None
     entry: Table = {
         "queue": queue,
         "reason": reason,
-        "count": (previous.get("count", 0) + 1) if previous else 1,
+        "count": count + 1 if type(count) is int and 0 <= count < 2**62 else 1,
         "time": int(now),
         "exchange": message.exchange,
         "routing-keys": [message.routing_key],
@@ -1219,11 +1270,19 @@ def death_headers(message: Message, queue: str, reason: str, now: float) -> Tabl
     return headers
 
 
+def _deaths(headers: Table) -> list[Table]:
+    """The x-death entries the broker can read. A publisher may send anything under that
+    name: a value that is not a list is ignored (and replaced), as RabbitMQ does, and so is
+    any entry that is not a table."""
+    deaths = headers.get("x-death")
+    if type(deaths) is not list:
+        return []
+    return [d for d in deaths if type(d) is dict]
+
+
 def _death_queues(message: Message) -> set[str]:
-    deaths = (message.properties.headers or {}).get("x-death") or []
-    return {str(d.get("queue")) for d in deaths if isinstance(d, dict)}
+    return {str(d.get("queue")) for d in _deaths(message.properties.headers or {})}
 
 
 def _rejected_in_history(message: Message) -> bool:
-    deaths = (message.properties.headers or {}).get("x-death") or []
-    return any(isinstance(d, dict) and d.get("reason") == "rejected" for d in deaths)
+    return any(d.get("reason") == "rejected" for d in _deaths(message.properties.headers or {}))

@@ -19,9 +19,38 @@ Table = dict[str, Any]
 DestinationKind = Literal["queue", "exchange"]
 
 
+#: Names, keys, consumer tags and property strings are AMQP short strings: at most this many
+#: bytes in UTF-8. Longer ones are refused, so no client can make routing or storage costly.
+MAX_SHORT_STRING = 255
+
+#: The longest TTL, expiration, x-delay or timeout in milliseconds (2^32 - 1, as RabbitMQ).
+MAX_MILLISECONDS = 2**32 - 1
+
+
+def utf8_length_over(value: str, limit: int = MAX_SHORT_STRING) -> int | None:
+    """The UTF-8 length of ``value`` if it is over ``limit`` bytes, else None (cheap when short)."""
+    if len(value) * 4 <= limit:
+        return None
+    size = len(value.encode())
+    return size if size > limit else None
+
+
+def brief(value: Any, limit: int = 60) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for error texts about client input."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _optional_str(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and not isinstance(value, str):
+    if value is None:
+        return
+    if not isinstance(value, str):
         raise TypeError(f"{attribute.name} must be a string, not {type(value).__name__}")
+    size = utf8_length_over(value)
+    if size is not None:
+        raise ValueError(
+            f"{attribute.name} is longer than {MAX_SHORT_STRING} bytes ({size} bytes in UTF-8)"
+        )
 
 
 def _check_priority(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -34,8 +63,17 @@ def _check_priority(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> N
 def _check_expiration(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is None:
         return
-    if not isinstance(value, str) or not value.isascii() or not value.isdigit():
-        raise ValueError(f"expiration must be a string of milliseconds like '60000', not {value!r}")
+    if (
+        not isinstance(value, str)
+        or not value.isascii()
+        or not value.isdigit()
+        or len(value) > 10
+        or int(value) > MAX_MILLISECONDS
+    ):
+        raise ValueError(
+            f"expiration must be a string of milliseconds from '0' to '{MAX_MILLISECONDS}' "
+            f"(like '60000'), not {brief(value)}"
+        )
 
 
 def _check_timestamp(inst: Any, attribute: attrs.Attribute[Any], value: Any) -> None:

@@ -12,9 +12,10 @@ import attrs
 
 from .dedup import window_of
 from .errors import PreconditionFailed
-from .model import Table
+from .model import MAX_MILLISECONDS, Table
 
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
+MAX_RETRY_MULTIPLIER = 100
 
 
 @attrs.frozen(kw_only=True)
@@ -49,6 +50,12 @@ class QueueArguments:
                 raise _invalid(name, key, value, "a non-negative integer")
             return value
 
+        def milliseconds(key: str) -> int | None:
+            value = count(key)
+            if value is not None and value > MAX_MILLISECONDS:
+                raise _invalid(name, key, value, f"at most {MAX_MILLISECONDS} (milliseconds)")
+            return value
+
         def flag(key: str) -> bool:
             value = table.get(key, False)
             if type(value) is not bool:
@@ -65,15 +72,15 @@ class QueueArguments:
             max_length_bytes=count("x-max-length-bytes"),
             overflow=overflow,
             delivery_limit=count("x-delivery-limit"),
-            message_ttl=count("x-message-ttl"),
+            message_ttl=milliseconds("x-message-ttl"),
             single_active_consumer=flag("x-single-active-consumer"),
             max_priority=count("x-max-priority"),
-            expires=count("x-expires"),
+            expires=milliseconds("x-expires"),
             dedup_window=window_of("queue", name, table),
-            retry_min=count("x-delayed-retry-min"),
-            retry_max=count("x-delayed-retry-max"),
+            retry_min=milliseconds("x-delayed-retry-min"),
+            retry_max=milliseconds("x-delayed-retry-max"),
             retry_multiplier=count("x-delayed-retry-multiplier"),
-            consumer_timeout=count("x-consumer-timeout"),
+            consumer_timeout=milliseconds("x-consumer-timeout"),
         )
         for key, value in (
             ("x-delayed-retry-min", args.retry_min),
@@ -84,6 +91,13 @@ class QueueArguments:
                 raise _invalid(name, key, value, "a positive integer")
         if args.expires == 0:
             raise _invalid(name, "x-expires", 0, "a positive integer (milliseconds)")
+        if args.retry_multiplier is not None and args.retry_multiplier > MAX_RETRY_MULTIPLIER:
+            raise _invalid(
+                name,
+                "x-delayed-retry-multiplier",
+                args.retry_multiplier,
+                f"an integer from 1 to {MAX_RETRY_MULTIPLIER}",
+            )
         if args.max_priority is not None and not 1 <= args.max_priority <= 255:
             raise _invalid(name, "x-max-priority", args.max_priority, "an integer from 1 to 255")
         if args.dead_letter_routing_key is not None and args.dead_letter_exchange is None:
@@ -103,11 +117,9 @@ class QueueArguments:
             return None
         if self.retry_multiplier is None:
             delay = self.retry_min * attempt
-        else:
-            delay = self.retry_min * self.retry_multiplier ** (attempt - 1)
-        if self.retry_max is not None:
-            delay = min(delay, self.retry_max)
-        return delay / 1000
+        else:  # past 2^64 every delay is at its cap: keep the power small
+            delay = self.retry_min * self.retry_multiplier ** min(attempt - 1, 64)
+        return min(delay, self.retry_max or MAX_MILLISECONDS) / 1000
 
 
 def _invalid(queue: str, key: str, value: Any, expected: str) -> PreconditionFailed:

@@ -88,7 +88,9 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5680
 RECEIVE_SIZE = 256 * 1024
 FRAMES_PER_TURN = 128  # frames one connection's reader handles before it yields to the others
+TURN_SECONDS = 0.005  # ... or seconds it spends, whichever comes first
 RATE_INTERVAL = 5.0  # seconds between rate samples
+TIMER_FAILURE_BACKOFF = 1.0  # seconds the timer waits after an unexpected failure
 PENDING_OUTPUT_LIMIT = 1024  # the reader stops reading while more frames than this are unsent
 
 
@@ -205,7 +207,12 @@ async def _timer(broker: Broker, clock: Callable[[], float], epoch: float) -> No
         with trio.move_on_at(math.inf if deadline is None else deadline - epoch):
             await wake.wait()
         broker.now = clock()
-        broker.expire()
+        try:
+            broker.expire()
+        except Exception:
+            # The core fails single messages, not the timer; this is the last line of defence.
+            log.exception("timer: internal error while expiring; the broker goes on")
+            await trio.sleep(TIMER_FAILURE_BACKOFF)  # never a hot loop on a failing deadline
 
 
 async def _sample_rates(broker: Broker, registry: Registry) -> None:
@@ -378,13 +385,15 @@ class ServerConnection:
     async def _reader(self) -> None:
         proto = self.proto
         handled = 0
+        turn_started = trio.current_time()
         while self._close is None:
             handled += 1
-            if handled >= FRAMES_PER_TURN:
-                # A flood of publishes from one connection must not hold up the others: their
-                # acks give consumers credit, and the writers deliver. Let them run.
+            if handled >= FRAMES_PER_TURN or trio.current_time() - turn_started > TURN_SECONDS:
+                # A flood of publishes from one connection (or a few costly ones) must not hold
+                # up the others: their acks give consumers credit, and the writers deliver.
                 handled = 0
                 await trio.lowlevel.checkpoint()
+                turn_started = trio.current_time()
             try:
                 event = proto.next_event()
             except ProtocolError as exc:

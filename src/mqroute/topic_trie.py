@@ -18,6 +18,31 @@ def split_words(key: str) -> list[str]:
     return key.split(".") if key else []
 
 
+def pattern_words(pattern: str) -> list[str]:
+    """A binding pattern's words in a canonical form that matches the same keys.
+
+    A run of wildcards holding at least one ``#`` matches "at least as many words as it has
+    ``*``s", so it is rewritten as those ``*``s then a single ``#``: ``#.#.#`` becomes ``#`` and
+    ``#.*.#`` becomes ``*.#``. Matching cost grows with the ``#`` nodes a key can reach, so this
+    keeps a hostile pattern of many ``#`` words as cheap as one.
+    """
+    words = split_words(pattern)
+    if words.count("#") < 2 and "#.*" not in pattern:
+        return words  # the common case: nothing to rewrite
+    out: list[str] = []
+    run: list[str] = []
+    for word in [*words, ""]:  # a sentinel ends the last run
+        if word in ("*", "#"):
+            run.append(word)
+            continue
+        if run:
+            stars = run.count("*")
+            out.extend(["*"] * stars + (["#"] if stars < len(run) else []))
+            run = []
+        out.append(word)
+    return out[:-1]
+
+
 class _Node(Generic[V]):
     __slots__ = ("children", "hash", "star", "values")
 
@@ -47,7 +72,7 @@ class TopicTrie(Generic[V]):
 
     def add(self, pattern: str, ident: Hashable, value: V) -> None:
         node = self._root
-        for word in split_words(pattern):
+        for word in pattern_words(pattern):
             node = self._child(node, word)
         if ident not in node.values:
             self._count += 1
@@ -57,7 +82,7 @@ class TopicTrie(Generic[V]):
         """Remove one value; prune nodes left empty. Returns whether it was there."""
         path: list[tuple[_Node[V], str]] = []
         node = self._root
-        for word in split_words(pattern):
+        for word in pattern_words(pattern):
             nxt = self._step(node, word)
             if nxt is None:
                 return False
