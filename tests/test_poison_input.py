@@ -182,7 +182,7 @@ LONG = "k" * 256
 
 async def test_a_routing_key_over_255_bytes_is_nacked(conn: mqroute.Connection) -> None:
     await conn.declare_exchange("t", "topic")
-    with pytest.raises(InvalidArgument, match="routing key .* 255 bytes"):
+    with pytest.raises(InvalidArgument, match=r"routing key .* 255 bytes"):
         await conn.publish("t", LONG, b"x")
     with pytest.raises(InvalidArgument, match="routing key"):
         await conn.publish("t", "é" * 128, b"x")  # 256 bytes in UTF-8
@@ -195,21 +195,21 @@ async def test_a_binding_key_over_255_bytes_is_refused(conn: mqroute.Connection,
     await conn.declare_exchange("d", "topic")
     await conn.declare_queue("q")
     bind = conn.bind_queue if kind == "queue" else conn.bind_exchange
-    with pytest.raises(InvalidArgument, match="routing key .* 255 bytes"):
+    with pytest.raises(InvalidArgument, match=r"routing key .* 255 bytes"):
         await bind("q" if kind == "queue" else "d", "t", "#." * 200 + "#")
     assert (await conn.inspect("bindings")) == []
 
 
 async def test_a_consumer_tag_over_255_bytes_is_refused(conn: mqroute.Connection) -> None:
     await conn.declare_queue("q")
-    with pytest.raises(InvalidArgument, match="consumer tag .* 255 bytes"):
+    with pytest.raises(InvalidArgument, match=r"consumer tag .* 255 bytes"):
         async with conn.consume("q", consumer_tag=LONG):
             pass
 
 
 def test_property_strings_over_255_bytes_are_refused_by_the_sdk() -> None:
     for name in ("content_type", "message_id", "correlation_id", "reply_to", "type", "app_id"):
-        with pytest.raises(ValueError, match=f"{name} .* 255 bytes"):
+        with pytest.raises(ValueError, match=rf"{name} .* 255 bytes"):
             mqroute.Properties(**{name: LONG})
 
 

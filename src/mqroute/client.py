@@ -802,13 +802,13 @@ class Connection:
         elif not isinstance(body, bytes):
             body = bytes(body)
         self._check_open()
+        # Encoded before it is numbered: a value the protocol cannot carry fails this call only.
+        data = self._proto.send_publish(exchange, routing_key, body, properties, mandatory)
         seq = self._next_seq
         self._next_seq += 1
         confirmation = Confirmation(seq)
         self._confirms[seq] = confirmation
-        await self._send_bytes(
-            self._proto.send_publish(exchange, routing_key, body, properties, mandatory)
-        )
+        await self._send_bytes(data)
         return confirmation
 
     async def call(

@@ -37,8 +37,9 @@ class DataDirLock:
 
     def __enter__(self) -> DataDirLock:
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+            self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(self.path, 0o700)  # messages and (later) users live here: owner only
+            fd = os.open(self.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise DataDirError(f"cannot use data directory {self.path}: {exc.strerror}") from exc
         try:

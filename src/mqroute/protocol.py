@@ -15,6 +15,7 @@ Input that breaks the protocol raises ``ProtocolError`` and moves the connection
 from __future__ import annotations
 
 import enum
+import io
 import struct
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
@@ -139,6 +140,42 @@ def _check_table(name: str, value: Any) -> Table:
 
 
 _PLAIN = (type(None), bool, int, float, str, bytes)
+_MIN_TABLE_INT, _MAX_TABLE_INT = -(2**64), 2**64 - 1  # CBOR's integers without a bignum tag
+_CARRIED = "str, bytes, int (64-bit), float, bool, None, list, or dict with str keys"
+
+
+def check_table_values(kind: str, table: Table) -> None:
+    """Raise TypeError or ValueError naming the entry (``header 'h'``) that the protocol cannot
+    carry. The sending side calls this, so a bad value fails the call that holds it, not the
+    connection that the broker would otherwise have to close."""
+    for key, value in table.items():
+        _check_sendable(f"{kind} {key!r}", value, 0)
+
+
+def _check_sendable(where: str, value: Any, depth: int) -> None:
+    if depth > MAX_NESTING:
+        raise ValueError(f"{where} is nested deeper than {MAX_NESTING} levels")
+    kind = type(value)
+    if kind is int:
+        if not _MIN_TABLE_INT <= value <= _MAX_TABLE_INT:
+            raise ValueError(f"{where} holds an integer outside 64 bits; send it as a str")
+        return
+    if kind in _PLAIN:
+        return
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str:
+                raise TypeError(f"{where} has a map key that is not a str: {key!r}")
+            _check_sendable(where, item, depth + 1)
+        return
+    if kind is list or kind is tuple:
+        for item in value:
+            _check_sendable(where, item, depth + 1)
+        return
+    raise TypeError(
+        f"{where} holds a {kind.__name__}, which the protocol cannot carry; "
+        f"use {_CARRIED} (for example str(value))"
+    )
 
 
 def _check_table_values(name: str, value: Any, depth: int) -> None:
@@ -208,6 +245,8 @@ def _encode_properties(props: Properties) -> dict[str, Any]:
     hit = _ENCODED_PROPERTIES.get(id(props))
     if hit is not None and hit[0] is props:
         return hit[1]
+    if props.headers:
+        check_table_values("header", props.headers)
     wire = {
         name: value
         for name in PROPERTY_NAMES
@@ -232,7 +271,17 @@ _CHECKS: dict[str, Callable[[str, Any], Any]] = {
     "list[int]": _check_versions,
     "Properties": _check_properties,
 }
-_ENCODERS: dict[str, Callable[[Any], Any]] = {"Properties": _encode_properties}
+
+
+def _encode_table(table: Table) -> Table:
+    check_table_values("argument", table)
+    return table
+
+
+_ENCODERS: dict[str, Callable[[Any], Any]] = {
+    "Properties": _encode_properties,
+    "Table": _encode_table,
+}
 
 C, S = Role.CLIENT, Role.SERVER
 
@@ -562,12 +611,17 @@ def encode(event: Frame) -> bytes:
 
 def decode_payload(data: bytes) -> Frame:
     """Decode one frame's CBOR payload into an event, or raise ProtocolError."""
+    fp = io.BytesIO(data)
     try:
-        items = cbor2.loads(
-            data, semantic_decoders=_NO_TAGS, max_depth=MAX_NESTING + 4, allow_indefinite=False
-        )
+        items = cbor2.CBORDecoder(
+            fp, semantic_decoders=_NO_TAGS, max_depth=MAX_NESTING + 4, allow_indefinite=False
+        ).decode()
     except Exception as exc:  # cbor2 raises several kinds for broken input
         raise ProtocolError(f"undecodable CBOR: {exc}") from None
+    if fp.tell() != len(data):
+        raise ProtocolError(
+            f"{len(data) - fp.tell()} bytes after the frame's CBOR item; a frame holds one item"
+        )
     if type(items) is not list or not items or type(items[0]) is not int:
         raise ProtocolError("a frame must be a CBOR array starting with its integer type")
     fast = _FAST_DECODERS.get(items[0])

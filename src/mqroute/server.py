@@ -27,6 +27,7 @@ from .admin import Registry, inspect
 from .broker import Broker
 from .datadir import DataDirLock
 from .errors import BrokerError, ProtocolError
+from .log_limit import LogLimit
 from .model import (
     Confirm as ConfirmEvent,
 )
@@ -184,8 +185,11 @@ async def _serve(
     def clock() -> float:
         return epoch + trio.current_time()
 
+    bad_log = LogLimit()
+
     async def handle(stream: trio.SocketStream) -> None:
-        await ServerConnection(broker, stream, config, f"conn-{next(ids)}", clock, registry).run()
+        conn_id = f"conn-{next(ids)}"
+        await ServerConnection(broker, stream, config, conn_id, clock, registry, bad_log).run()
 
     broker.now = clock()
     async with trio.open_nursery() as nursery:
@@ -249,8 +253,10 @@ class ServerConnection:
         conn_id: str,
         clock: Callable[[], float],
         registry: Registry | None = None,
+        bad_log: LogLimit | None = None,
     ) -> None:
         self.broker = broker
+        self._bad_log = bad_log or LogLimit()
         self.registry = registry or Registry()
         self.opened_at = time.time()
         self._clock = clock
@@ -265,6 +271,8 @@ class ServerConnection:
         self._wakeup = trio.Event()
         self._drained = trio.Event()
         self._close: Close | None = None  # set once the connection is closing
+        self._close_sent = False
+        self._writing = False  # a write is under way: cancelling it leaves the stream unusable
         self._last_received = trio.current_time()
         self._last_sent = trio.current_time()
         self._heartbeat = 0.0
@@ -289,7 +297,7 @@ class ServerConnection:
             with trio.move_on_after(self.config.handshake_timeout) as scope:
                 hello = await self._handshake()
             if scope.cancelled_caught:
-                log.info(
+                self._log_bad(
                     "%s from %s: no handshake within %ss",
                     self.id,
                     self.peer,
@@ -313,14 +321,22 @@ class ServerConnection:
                     await self._drained.wait()
                 nursery.cancel_scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
-            log.info("%s: connection lost", self.id)
+            self._log_bad("%s: connection lost", self.id)
         except Exception:
             log.exception("%s: internal error; closing this connection", self.id)
+            if self._close is None:
+                self._close = Close(code="INTERNAL_ERROR", text="internal error in the broker")
         finally:
             if self.session is not None:
                 self._release()
                 log.info("%s closed%s", self.id, self._close_reason())
-            await trio.aclose_forcefully(self.stream)
+            try:
+                if self._close is not None and not self._close_sent and not self._writing:
+                    # Closed from outside the writer (missed heartbeats, an internal error):
+                    # the client still hears why.
+                    await self._send_close(self._close.code, self._close.text)
+            finally:
+                await trio.aclose_forcefully(self.stream)
 
     def _release(self) -> None:
         """Requeue what this connection holds and drop its exclusive queues. Idempotent."""
@@ -332,7 +348,15 @@ class ServerConnection:
     def _close_reason(self) -> str:
         if self._close is None or self._close.code is None:
             return ""
-        return f": {self._close.code} {self._close.text}"
+        return f": {self._close.code} {self._close.text!r}"
+
+    def _log_bad(self, message: str, *args: object) -> None:
+        """A warning a client can cause: rate limited across all connections."""
+        allowed, suppressed = self._bad_log.allow(trio.current_time())
+        if allowed:
+            if suppressed:
+                message += f" ({suppressed} similar lines suppressed)"
+            log.warning(message, *args)
 
     # --- handshake -----------------------------------------------------------------------
 
@@ -341,7 +365,9 @@ class ServerConnection:
             try:
                 event = self.proto.next_event()
             except ProtocolError as exc:
-                log.warning("%s from %s: protocol error in handshake: %s", self.id, self.peer, exc)
+                self._log_bad(
+                    "%s from %s: protocol error in handshake: %s", self.id, self.peer, exc
+                )
                 await self._send_close(exc.code, str(exc))
                 return None
             if event is NEED_DATA:
@@ -374,10 +400,11 @@ class ServerConnection:
 
     async def _send_close(self, code: str | None, text: str) -> None:
         self._close = Close(code=code, text=text)
+        self._close_sent = True
         with trio.move_on_after(self.config.close_timeout):
             try:
                 await self.stream.send_all(self.proto.send(self._close))
-            except trio.BrokenResourceError:
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ProtocolError):
                 pass
 
     # --- reader --------------------------------------------------------------------------
@@ -397,7 +424,7 @@ class ServerConnection:
             try:
                 event = proto.next_event()
             except ProtocolError as exc:
-                log.warning("%s: protocol error: %s", self.id, exc)
+                self._log_bad("%s: protocol error: %s", self.id, exc)
                 self._closing(exc.code, str(exc))
                 return
             if event is NEED_DATA:
@@ -430,7 +457,7 @@ class ServerConnection:
                 pass
             elif kind is Close:
                 if event.code is not None:
-                    log.info("%s: client closed with %s %s", self.id, event.code, event.text)
+                    log.info("%s: client closed with %r %r", self.id, event.code, event.text)
                 self._release()  # before the reply, so the client sees its queues gone
                 self._closing(None, "closed by client")
                 return
@@ -627,8 +654,11 @@ class ServerConnection:
                     chunks.append(send(_to_frame(e)))
             if self._close is not None:
                 chunks.append(send(self._close))
+                self._close_sent = True
             if chunks:
+                self._writing = True
                 await self.stream.send_all(b"".join(chunks))
+                self._writing = False
                 self._last_sent = trio.current_time()
             if self._close is not None:
                 self._drained.set()
@@ -642,12 +672,15 @@ class ServerConnection:
         while True:
             now = trio.current_time()
             if now - self._last_received > 2 * interval:
-                log.warning(
+                self._log_bad(
                     "%s: no heartbeat from the client for %.1fs; closing",
                     self.id,
                     now - self._last_received,
                 )
-                self._close = Close(code="FRAME_ERROR", text="missed heartbeats")
+                silent = now - self._last_received
+                self._close = Close(
+                    code="FRAME_ERROR", text=f"missed heartbeats: silent for {silent:.1f}s"
+                )
                 cancel_scope.cancel()  # the reader may be blocked on a dead socket
                 return
             if now - self._last_sent >= interval / 2:

@@ -1,0 +1,163 @@
+"""Hostile and careless clients against the real server: each gets a clear answer, and nothing
+else is harmed."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import logging
+import os
+import stat
+import struct
+import uuid
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import pytest
+import trio
+import trio.testing
+
+import mqroute
+from mqroute.protocol import Close, Consume, Heartbeat, Publish
+from mqroute.server import ServerAddress
+
+from .helpers import RawClient
+from .test_durability import running
+
+
+def raw_frame(items: list[Any], trailing: bytes = b"") -> bytes:
+    payload = cbor2.dumps(items) + trailing
+    return struct.pack(">I", len(payload)) + payload
+
+
+async def test_a_missed_heartbeat_closes_with_a_close_frame(
+    autojump_clock: trio.testing.MockClock, server: ServerAddress
+) -> None:
+    silent = await RawClient.connect(server, heartbeat_ms=1000)
+    events = await silent.until_closed()
+    close = events[-1]
+    assert isinstance(close, Close) and "heartbeat" in close.text
+
+
+async def test_an_internal_error_closes_with_a_close_frame(
+    server: ServerAddress, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mqroute.server import ServerConnection
+
+    def broken(self: object, event: object) -> None:
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(ServerConnection, "_publish", broken)
+    raw = await RawClient.connect(server)
+    await raw.stream.send_all(raw_frame([Publish.frame_type, "", "q", b"x", {}, False]))
+    events = await raw.until_closed()
+    assert isinstance(events[-1], Close) and events[-1].code == "INTERNAL_ERROR"
+
+
+async def test_bytes_after_the_cbor_item_are_a_frame_error(server: ServerAddress) -> None:
+    raw = await RawClient.connect(server)
+    await raw.stream.send_all(raw_frame([Heartbeat.frame_type], trailing=b"\x00junk"))
+    events = await raw.until_closed()
+    assert isinstance(events[-1], Close) and "after the frame's CBOR item" in events[-1].text
+
+
+async def test_a_client_close_text_cannot_forge_log_lines(
+    server: ServerAddress, caplog: pytest.LogCaptureFixture
+) -> None:
+    raw = await RawClient.connect(server)
+    with caplog.at_level(logging.INFO, logger="mqroute"):
+        await raw.send(Close(code="X", text="bye\n2026-01-01 ERROR forged line"))
+        await raw.until_closed()
+    for record in caplog.records:
+        assert "\n" not in record.getMessage()
+
+
+async def test_a_client_name_cannot_forge_log_lines(
+    server: ServerAddress, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="mqroute"):
+        async with mqroute.connect(server.url, client_name="app\nERROR forged"):
+            pass
+    for record in caplog.records:
+        assert "\n" not in record.getMessage()
+
+
+async def test_bad_connections_are_logged_at_a_bounded_rate(
+    server: ServerAddress, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="mqroute"):
+        for _ in range(50):
+            stream = await trio.open_tcp_stream(server.host, server.port)
+            await stream.send_all(b"\x00\x00\x00\x02\xff\xff")  # undecodable, before any Hello
+            while await stream.receive_some(4096):
+                pass
+            await stream.aclose()
+        async with mqroute.connect(server.url) as conn:  # a round trip: all 50 were handled
+            await conn.declare_queue("q")
+    noisy = [r for r in caplog.records if "protocol error" in r.getMessage()]
+    assert 1 <= len(noisy) <= 12
+
+
+async def test_the_data_directory_and_database_are_private(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    async with running(data) as address, mqroute.connect(address.url) as conn:
+        await conn.declare_queue("q", durable=True)
+    assert stat.S_IMODE(os.stat(data).st_mode) == 0o700
+    for file in data.iterdir():
+        assert stat.S_IMODE(os.stat(file).st_mode) == 0o600, file.name
+
+
+class Opaque:
+    pass
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        uuid.uuid4(),
+        decimal.Decimal("1.5"),
+        datetime.datetime.now(datetime.UTC),
+        {1, 2},
+        2**64,
+        -(2**64) - 1,
+        Opaque(),
+        {"nested": {"deeper": uuid.uuid4()}},
+        [1, [2, frozenset()]],
+    ],
+    ids=lambda v: type(v).__name__,
+)
+async def test_header_values_the_protocol_cannot_carry_are_refused_in_the_sdk(
+    conn: mqroute.Connection, value: Any
+) -> None:
+    await conn.declare_queue("q")
+    with pytest.raises((TypeError, ValueError), match="header 'h'"):
+        await conn.publish("", "q", b"x", headers={"h": value})
+    with pytest.raises((TypeError, ValueError), match="argument 'x-note'"):
+        await conn.declare_queue("other", arguments={"x-note": value})
+    await conn.publish("", "q", b"still open", headers={"h": [1, "two", 3.0, None, True, b"6"]})
+    assert (await conn.get("q", auto_ack=True)) is not None
+
+
+async def test_a_consumer_frame_with_a_bad_table_closes_only_that_connection(
+    server: ServerAddress,
+) -> None:
+    async with mqroute.connect(server.url) as conn:
+        await conn.declare_queue("q")
+        raw = await RawClient.connect(server)
+        consume = Consume(
+            rid=1,
+            queue="q",
+            consumer_tag="t",
+            prefetch=0,
+            auto_ack=False,
+            exclusive=False,
+            arguments={},
+        )
+        data = bytearray(raw.proto.send(consume))
+        payload = cbor2.loads(bytes(data[4:]))
+        payload[-1] = {"x": cbor2.CBORTag(2, b"\x01" * 9)}  # a bignum: not a table value
+        await raw.stream.send_all(raw_frame(payload))
+        events = await raw.until_closed()
+        assert isinstance(events[-1], Close)
+        await conn.declare_queue("q", passive=True)
