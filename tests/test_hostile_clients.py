@@ -161,3 +161,47 @@ async def test_a_consumer_frame_with_a_bad_table_closes_only_that_connection(
         events = await raw.until_closed()
         assert isinstance(events[-1], Close)
         await conn.declare_queue("q", passive=True)
+
+
+async def test_a_closed_connection_is_freed_without_a_full_collection(
+    server: ServerAddress, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+    import weakref
+
+    from mqroute.server import ServerConnection
+
+    made: list[weakref.ref[ServerConnection]] = []
+    finished = trio.Semaphore(0)
+    run = ServerConnection.run
+
+    async def recording_run(self: ServerConnection) -> None:
+        made.append(weakref.ref(self))
+        try:
+            await run(self)
+        finally:
+            finished.release()
+
+    monkeypatch.setattr(ServerConnection, "run", recording_run)
+    gc.collect()
+    gc.disable()
+    try:
+        async with mqroute.connect(server.url) as conn:  # a whole life: consume, ack, close
+            await conn.declare_queue("q")
+            await conn.publish("", "q", b"x")
+            async with conn.consume("q", prefetch=1) as messages:
+                await (await messages.__anext__()).ack()
+        partial = await RawClient.connect(server)  # leaves in the middle of a frame
+        await partial.stream.send_all(struct.pack(">I", 60_000) + b"\x00" * 1000)
+        await partial.stream.aclose()
+        silent = await trio.open_tcp_stream(server.host, server.port)  # never says hello
+        await silent.send_all(b"\x00\x00")
+        await silent.aclose()
+        with trio.fail_after(5):
+            for _ in range(3):
+                await finished.acquire()
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(made) == 3
+        assert [ref() for ref in made] == [None, None, None]
+    finally:
+        gc.enable()

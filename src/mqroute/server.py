@@ -276,21 +276,6 @@ class ServerConnection:
         self._last_received = trio.current_time()
         self._last_sent = trio.current_time()
         self._heartbeat = 0.0
-        self._handlers: dict[type[Frame], Callable[[Any], Any]] = {
-            DeclareExchange: self._declare_exchange,
-            DeleteExchange: self._delete_exchange,
-            DeclareQueue: self._declare_queue,
-            DeleteQueue: self._delete_queue,
-            PurgeQueue: self._purge_queue,
-            Bind: self._bind,
-            Unbind: self._unbind,
-            Consume: self._consume,
-            Cancel: self._cancel,
-            Get: self._get,
-            Redrive: self._redrive,
-            ExplainRoute: self._explain_route,
-            Inspect: self._inspect,
-        }
 
     async def run(self) -> None:
         try:
@@ -341,6 +326,7 @@ class ServerConnection:
     def _release(self) -> None:
         """Requeue what this connection holds and drop its exclusive queues. Idempotent."""
         assert self.session is not None
+        self.session.wakeup = None  # no cycle keeps a closed connection alive
         self.registry.connections.pop(self.id, None)
         self.broker.close_session(self.session)
         self.broker.release_owner(self.id)
@@ -366,7 +352,7 @@ class ServerConnection:
                 event = self.proto.next_event()
             except ProtocolError as exc:
                 self._log_bad(
-                    "%s from %s: protocol error in handshake: %s", self.id, self.peer, exc
+                    "%s from %s: protocol error in handshake: %s", self.id, self.peer, str(exc)
                 )
                 await self._send_close(exc.code, str(exc))
                 return None
@@ -424,7 +410,7 @@ class ServerConnection:
             try:
                 event = proto.next_event()
             except ProtocolError as exc:
-                self._log_bad("%s: protocol error: %s", self.id, exc)
+                self._log_bad("%s: protocol error: %s", self.id, str(exc))
                 self._closing(exc.code, str(exc))
                 return
             if event is NEED_DATA:
@@ -493,7 +479,7 @@ class ServerConnection:
 
     def _request(self, event: Any) -> None:
         try:
-            result = self._handlers[type(event)](event)
+            result = _REQUEST_HANDLERS[type(event)](self, event)
         except BrokerError as exc:
             reply: Frame = Error(rid=event.rid, code=exc.code, text=exc.reason)
         else:
@@ -690,6 +676,23 @@ class ServerConnection:
             wait = min(self._last_sent + interval / 2, self._last_received + 2 * interval) - now
             await trio.sleep(max(wait, 0.001))
 
+
+# Unbound, so that no connection refers to itself through its own table.
+_REQUEST_HANDLERS: dict[type[Frame], Callable[[ServerConnection, Any], Any]] = {
+    DeclareExchange: ServerConnection._declare_exchange,
+    DeleteExchange: ServerConnection._delete_exchange,
+    DeclareQueue: ServerConnection._declare_queue,
+    DeleteQueue: ServerConnection._delete_queue,
+    PurgeQueue: ServerConnection._purge_queue,
+    Bind: ServerConnection._bind,
+    Unbind: ServerConnection._unbind,
+    Consume: ServerConnection._consume,
+    Cancel: ServerConnection._cancel,
+    Get: ServerConnection._get,
+    Redrive: ServerConnection._redrive,
+    ExplainRoute: ServerConnection._explain_route,
+    Inspect: ServerConnection._inspect,
+}
 
 # Encoded Deliver tails by id(message): the copies of a fanned-out message share one encoding.
 # Entries hold their message, so an id cannot be reused while it is here.
