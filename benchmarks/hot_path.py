@@ -38,10 +38,10 @@ BODY = b"x" * 256
 
 def open_pair() -> tuple[Connection, Connection]:
     client, server = Connection(Role.CLIENT), Connection(Role.SERVER)
-    server.receive_data(client.send(Hello(versions=[1], client="bench", heartbeat_ms=0)))
+    server.receive_data(client.send(Hello(versions=[2], client="bench", heartbeat_ms=0)))
     server.next_event()
     welcome = Welcome(
-        version=1, server="bench", heartbeat_ms=0, max_frame_size=1 << 24, connection_id="c"
+        version=2, server="bench", heartbeat_ms=0, max_frame_size=1 << 24, connection_id="c"
     )
     client.receive_data(server.send(welcome))
     client.next_event()

@@ -51,7 +51,7 @@ async def relay(port: int) -> None:
                     return
                 if isinstance(ev, Hello):
                     welcome = Welcome(
-                        version=1,
+                        version=2,
                         server="relay",
                         heartbeat_ms=0,
                         max_frame_size=1 << 24,

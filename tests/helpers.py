@@ -19,7 +19,7 @@ class RawClient:
     ) -> RawClient:
         client = cls(await trio.open_tcp_stream(address.host, address.port))
         if handshake:
-            await client.send(Hello(versions=[1], client="raw", heartbeat_ms=heartbeat_ms))
+            await client.send(Hello(versions=[2], client="raw", heartbeat_ms=heartbeat_ms))
             assert isinstance(await client.next(), Welcome)
         return client
 

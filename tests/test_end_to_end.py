@@ -127,7 +127,7 @@ async def test_unacked_messages_return_redelivered_when_the_consumer_dies(
             for i in range(3):
                 await pub.publish("", "jobs", bytes([i]))
         worker = RawClient(await trio.open_tcp_stream(server.host, server.port))
-        await worker.send(Hello(versions=[1], client="doomed", heartbeat_ms=0))
+        await worker.send(Hello(versions=[2], client="doomed", heartbeat_ms=0))
         await worker.next()
         await worker.send(
             Consume(

@@ -205,3 +205,73 @@ async def test_a_closed_connection_is_freed_without_a_full_collection(
         assert [ref() for ref in made] == [None, None, None]
     finally:
         gc.enable()
+
+
+async def small_limit_server(nursery: trio.Nursery, limit: int) -> ServerAddress:
+    from mqroute.server import ServerConfig, serve
+
+    return await nursery.start(  # type: ignore[no-any-return]
+        lambda task_status: serve(
+            ServerConfig(port=0, max_message_size=limit, max_frame_size=4096),
+            task_status=task_status,
+        )
+    )
+
+
+@pytest.mark.parametrize("extra", [1, 100_000, 128 * 1024 + 1, 2_000_000])
+async def test_a_body_over_the_maximum_is_nacked_at_every_size(
+    nursery: trio.Nursery, extra: int
+) -> None:
+    from mqroute.model import Properties
+    from mqroute.protocol import Confirm
+
+    limit = 64 * 1024
+    address = await small_limit_server(nursery, limit)
+    raw = await RawClient.connect(address)
+    publish = Publish(
+        exchange="",
+        routing_key="q",
+        body=b"x" * (limit + extra),
+        properties=Properties(),
+        mandatory=False,
+    )
+    await raw.send(publish)
+    await raw.send(Heartbeat())
+    confirm = await raw.next()
+    assert isinstance(confirm, Confirm) and confirm.seq == 1 and not confirm.ok
+    assert confirm.error_code == "PRECONDITION_FAILED"
+    assert f"maximum of {limit}" in (confirm.error_text or "")
+    small = attrs_evolve(publish, body=b"fits")
+    await raw.send(small)  # the connection goes on, numbering in step
+    confirm = await raw.next()
+    assert isinstance(confirm, Confirm) and confirm.seq == 2 and confirm.ok  # unroutable: ok
+
+
+def attrs_evolve(frame: Any, **changes: Any) -> Any:
+    import attrs
+
+    return attrs.evolve(frame, **changes)
+
+
+async def test_the_sdk_refuses_a_body_over_the_maximum_without_sending_it(
+    nursery: trio.Nursery,
+) -> None:
+    limit = 64 * 1024
+    address = await small_limit_server(nursery, limit)
+    async with mqroute.connect(address.url) as conn:
+        await conn.declare_queue("q")
+        with pytest.raises(mqroute.PreconditionFailed, match=f"exceeds the maximum of {limit}"):
+            await conn.publish("", "q", b"x" * (limit + 1))
+        await conn.publish("", "q", b"x" * limit)  # sent in 4 KiB fragments
+        msg = await conn.get("q", auto_ack=True)
+        assert msg is not None and len(msg.body) == limit
+
+
+async def test_an_unknown_client_cannot_make_the_server_buffer_more_than_4_kib(
+    server: ServerAddress,
+) -> None:
+    stream = await trio.open_tcp_stream(server.host, server.port)
+    await stream.send_all(struct.pack(">I", 16 * 1024 * 1024) + b"\x00" * 4096)
+    raw = RawClient(stream)
+    events = await raw.until_closed()
+    assert isinstance(events[-1], Close) and "maximum frame size of 4096" in events[-1].text

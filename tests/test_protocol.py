@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import struct
 
 import attrs
@@ -39,6 +40,7 @@ from mqroute.protocol import (
     Ok,
     PeerClosed,
     Publish,
+    PublishTooLarge,
     PurgeQueue,
     Redrive,
     Return,
@@ -52,6 +54,7 @@ from mqroute.protocol import (
     encode_deliver,
     encode_deliver_tail,
     encode_publish,
+    negotiate_frame_size,
 )
 
 PROPS = Properties(
@@ -150,14 +153,22 @@ SERVER_FRAMES = [
 ]
 
 
-def open_pair() -> tuple[Connection, Connection]:
-    client, server = Connection(Role.CLIENT), Connection(Role.SERVER)
-    server.receive_data(client.send(Hello(versions=[1], client="c", heartbeat_ms=0)))
+def open_pair(
+    client: Connection | None = None, server: Connection | None = None, *, frame_size: int = 1 << 20
+) -> tuple[Connection, Connection]:
+    client = client or Connection(Role.CLIENT)
+    server = server or Connection(Role.SERVER)
+    server.receive_data(client.send(Hello(versions=[2], client="c", heartbeat_ms=0)))
     assert isinstance(server.next_event(), Hello)
     client.receive_data(
         server.send(
             Welcome(
-                version=1, server="s", heartbeat_ms=0, max_frame_size=1 << 20, connection_id="c1"
+                version=2,
+                server="s",
+                heartbeat_ms=0,
+                max_frame_size=frame_size,
+                connection_id="c1",
+                max_message_size=server.max_message_size,
             )
         )
     )
@@ -245,7 +256,7 @@ def frame(payload: object) -> bytes:
             frame([40, "x", "k", b"", {"headers": {"t": cbor2.CBORTag(9999, 0)}}, False]),
             "tables cannot carry",
         ),
-        (frame([1, [1], "again", 0]), "may not send a Hello frame in state open"),
+        (frame([1, [2], "again", 0, 0]), "may not send a Hello frame in state open"),
         (frame([41, "t", 1, False, "x", "k", b"", {}]), "client may not send a Deliver frame"),
     ],
 )
@@ -259,10 +270,97 @@ def test_bad_input_names_the_problem(data: bytes, message: str) -> None:
         server.next_event()
 
 
-def test_oversized_frame_fails_on_its_length_prefix() -> None:
-    server = Connection(Role.SERVER, max_frame_size=1000)
-    server.receive_data(struct.pack(">I", 1001))
-    with pytest.raises(ProtocolError, match="exceeds the maximum frame size of 1000"):
+def test_before_the_handshake_a_frame_may_be_at_most_4_kib() -> None:
+    server = Connection(Role.SERVER, max_frame_size=1 << 20)
+    server.receive_data(struct.pack(">I", 4097))
+    with pytest.raises(ProtocolError, match="exceeds the maximum frame size of 4096"):
+        server.next_event()
+
+
+def test_after_the_handshake_the_negotiated_size_bounds_a_frame() -> None:
+    client, server = open_pair(frame_size=8192)
+    assert client.max_frame_size == server.max_frame_size == 8192
+    server.receive_data(struct.pack(">I", 8193))
+    with pytest.raises(ProtocolError, match="exceeds the maximum frame size of 8192"):
+        server.next_event()
+
+
+@pytest.mark.parametrize(
+    ("wish", "limit", "agreed"),
+    [(0, 131072, 131072), (8192, 131072, 8192), (1 << 20, 131072, 131072), (10, 131072, 4096)],
+)
+def test_frame_size_negotiation(wish: int, limit: int, agreed: int) -> None:
+    assert negotiate_frame_size(wish, limit) == agreed
+
+
+def big_publish(size: int) -> Publish:
+    return Publish(
+        exchange="x",
+        routing_key="k",
+        body=bytes(range(256)) * (size // 256),
+        properties=Properties(headers={"h": "v"}),
+        mandatory=False,
+    )
+
+
+def test_a_frame_larger_than_the_frame_size_travels_as_fragments() -> None:
+    client, server = open_pair(frame_size=4096)
+    publish = big_publish(20_000)
+    data = client.send(publish)
+    assert len(data) > 4096 + 4
+    server.receive_data(data + client.send(Heartbeat()))
+    assert drain(server) == [publish, Heartbeat()]
+
+
+@settings(max_examples=200, deadline=None)
+@given(cuts=st.lists(st.integers(min_value=0, max_value=12_000), max_size=6))
+def test_fragments_split_anywhere_join_again(cuts: list[int]) -> None:
+    client, _ = open_pair(frame_size=4096)
+    publish = big_publish(10_000)
+    data = client.send(publish) + client.send(Heartbeat())
+    _, server = open_pair(frame_size=4096)
+    got = []
+    edges = sorted({0, len(data), *(c for c in cuts if c < len(data))})
+    for start, end in itertools.pairwise(edges):
+        server.receive_data(data[start:end])
+        got += drain(server)
+    assert got == [publish, Heartbeat()]
+
+
+def test_a_too_large_publish_is_dropped_as_it_comes_and_reported() -> None:
+    client, server = Connection(Role.CLIENT), Connection(Role.SERVER, max_message_size=10_000)
+    open_pair(client, server, frame_size=4096)
+    data = client.send(big_publish(300_000))
+    server.receive_data(data[:200_000])
+    assert drain(server) == []
+    assert server._fragments_size == 0  # nothing of it is kept
+    server.receive_data(data[200_000:] + client.send(Heartbeat()))
+    [too_large, heartbeat] = drain(server)
+    assert isinstance(too_large, PublishTooLarge) and too_large.size > 299_000
+    assert heartbeat == Heartbeat()
+
+
+def test_any_other_too_large_frame_is_a_protocol_error() -> None:
+    client, server = Connection(Role.CLIENT), Connection(Role.SERVER, max_message_size=1000)
+    open_pair(client, server, frame_size=4096)
+    declare = DeclareQueue(
+        rid=1,
+        name="q",
+        durable=False,
+        exclusive=False,
+        auto_delete=False,
+        passive=False,
+        arguments={"x-big": "x" * 200_000},
+    )
+    server.receive_data(client.send(declare))
+    with pytest.raises(ProtocolError, match="exceeds the maximum"):
+        drain(server)
+
+
+def test_fragments_are_not_allowed_before_the_handshake() -> None:
+    server = Connection(Role.SERVER)
+    server.receive_data(struct.pack(">I", 0x8000_0010) + b"x" * 16)
+    with pytest.raises(ProtocolError, match="before the handshake"):
         server.next_event()
 
 

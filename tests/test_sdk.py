@@ -40,7 +40,7 @@ async def test_a_silent_broker_is_detected_by_heartbeats(
             proto.receive_data(await stream.receive_some(4096))
         assert isinstance(event, Hello)
         welcome = Welcome(
-            version=1, server="mute", heartbeat_ms=1000, max_frame_size=1 << 20, connection_id="m"
+            version=2, server="mute", heartbeat_ms=1000, max_frame_size=1 << 20, connection_id="m"
         )
         await stream.send_all(proto.send(welcome))
         await trio.sleep_forever()  # and never says another word
@@ -61,7 +61,7 @@ async def test_bodies_up_to_the_configured_maximum(nursery: trio.Nursery) -> Non
     limit = 20 * 1024 * 1024
     address = await nursery.start(
         lambda task_status: serve(
-            ServerConfig(port=0, max_message_size=limit, max_frame_size=limit + 65536),
+            ServerConfig(port=0, max_message_size=limit),  # sent as 128 KiB fragments
             task_status=task_status,
         )
     )

@@ -457,6 +457,12 @@ class Broker:
             session.settle_publish(seq, ok=True)
         return seq
 
+    def refuse_publish(self, session: Session, error: BrokerError) -> int:
+        """A publish the front end could not read whole (too large): numbered, then nacked."""
+        seq = session.begin_publish()
+        session.settle_publish(seq, ok=False, code=error.code, text=error.reason)
+        return seq
+
     def _enqueue(self, message: Message, queues: list[MessageQueue]) -> tuple[bool, str | None]:
         """Put ``message`` in each queue, honouring length limits; dispatch.
 

@@ -102,7 +102,6 @@ def server(
         port=port,
         heartbeat_ms=int(heartbeat * 1000),
         max_message_size=max_message_size,
-        max_frame_size=max_message_size + 64 * 1024,
         data_dir=data_dir,
         fault=fault,
         fault_at=fault_at,

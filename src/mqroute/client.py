@@ -39,6 +39,7 @@ from .errors import (
     MessageNacked,
     MessageReturned,
     MQRouteError,
+    PreconditionFailed,
     ProtocolError,
     PublishError,
     RequestTimeout,
@@ -350,7 +351,6 @@ class Connection:
         self.connection_id = welcome.connection_id
         self.server = welcome.server
         self._heartbeat_interval = welcome.heartbeat_ms / 1000
-        self._proto.max_frame_size = welcome.max_frame_size  # deliveries can be this large
         self._state = _State.OPEN
         self._last_received = self._last_sent = anyio.current_time()
         self._tg = anyio.create_task_group()
@@ -802,6 +802,11 @@ class Connection:
         elif not isinstance(body, bytes):
             body = bytes(body)
         self._check_open()
+        if len(body) > self._proto.max_message_size:
+            raise PreconditionFailed(  # what the broker would answer, without sending it all
+                f"message body of {len(body)} bytes exceeds the maximum of "
+                f"{self._proto.max_message_size}"
+            )
         # Encoded before it is numbered: a value the protocol cannot carry fails this call only.
         data = self._proto.send_publish(exchange, routing_key, body, properties, mandatory)
         seq = self._next_seq

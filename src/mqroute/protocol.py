@@ -2,8 +2,10 @@
 
 A frame is a 4-byte big-endian length followed by that many bytes of CBOR: an array whose
 first item is the frame type and whose other items are the event's fields in order
-(docs/protocol.md lists them all). ``Connection`` holds the parser and the state machine for
-one side; it never touches a socket and never blocks::
+(docs/protocol.md lists them all). A frame longer than the negotiated frame size travels as
+fragments: the length's top bit marks "more follows", and the receiver joins them.
+``Connection`` holds the parser and the state machine for one side; it never touches a socket
+and never blocks::
 
     conn.receive_data(data)          # b"" means the peer closed its end
     event = conn.next_event()        # an event, NEED_DATA, or PeerClosed
@@ -26,10 +28,19 @@ import cbor2
 from .errors import ProtocolError
 from .model import EMPTY_PROPERTIES, PROPERTY_NAMES, Properties, Table
 
-PROTOCOL_VERSION = 1
-SUPPORTED_VERSIONS = (1,)
-DEFAULT_MAX_FRAME_SIZE = 16 * 1024 * 1024 + 64 * 1024
+PROTOCOL_VERSION = 2
+SUPPORTED_VERSIONS = (2,)
+#: Before the handshake ends a peer may send only this much in one frame (RabbitMQ: 4 KiB
+#: before tune), so an unknown client cannot make the server buffer more.
+HANDSHAKE_FRAME_SIZE = 4096
+#: The largest fragment either side sends or accepts once open, negotiated in the handshake:
+#: the smaller of both wishes, never below HANDSHAKE_FRAME_SIZE (RabbitMQ's default frame_max).
+DEFAULT_MAX_FRAME_SIZE = 128 * 1024
+DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+#: Room beside the body for the rest of a frame (names, keys, properties and headers).
+ENVELOPE_SIZE = 128 * 1024
 MAX_NESTING = 16
+_CONTINUED = 0x8000_0000  # top bit of the length prefix: a fragment, more of the frame follows
 
 _HEADER = struct.Struct(">I")
 
@@ -295,6 +306,7 @@ class Hello(Frame):
     versions: list[int]
     client: str
     heartbeat_ms: int  # the client's wish; 0 = none
+    max_frame_size: int = 0  # the client's wish; 0 = whatever the server chooses
 
 
 @_frame(2, S)
@@ -303,8 +315,9 @@ class Welcome(Frame):
     version: int
     server: str
     heartbeat_ms: int  # what both sides use now; 0 = none
-    max_frame_size: int
+    max_frame_size: int  # the largest fragment both sides send now
     connection_id: str
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE  # the largest body the broker takes
 
 
 @_frame(3, C, S)
@@ -589,6 +602,20 @@ class PeerClosed:
     """The peer closed its end of the byte stream."""
 
 
+@attrs.frozen
+class PublishTooLarge:
+    """A Publish frame grew past the maximum payload. Its fragments were dropped as they came,
+    so the connection stays in step; the server nacks it (publishes are numbered)."""
+
+    size: int
+
+
+def negotiate_frame_size(wish: int, limit: int) -> int:
+    """The frame size both sides use: the smaller non-zero wish, at least HANDSHAKE_FRAME_SIZE."""
+    size = min(wish, limit) if wish else limit
+    return max(size, HANDSHAKE_FRAME_SIZE)
+
+
 # --- codec ----------------------------------------------------------------------------------
 
 
@@ -746,6 +773,23 @@ def encode_publish(
 
 _dumps = cbor2.dumps
 _ARRAY_OF_8 = b"\x88"
+_PUBLISH_START = bytes([0x80 | 6, 0x18, 40])  # a 6-item array whose first item is 40
+
+
+def _is_publish(payload_start: bytes) -> bool:
+    return payload_start[:3] == _PUBLISH_START
+
+
+def _fragment(frame: bytes, size: int) -> bytes:
+    """One encoded frame as fragments of at most ``size`` payload bytes each."""
+    payload = memoryview(frame)[4:]
+    parts: list[bytes | memoryview] = []
+    for start in range(0, len(payload), size):
+        chunk = payload[start : start + size]
+        more = start + size < len(payload)
+        parts.append(_HEADER.pack(len(chunk) | (_CONTINUED if more else 0)))
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 # --- connection state machine ---------------------------------------------------------------
@@ -765,22 +809,37 @@ _NEXT_STATE: dict[type[Frame], State] = {Hello: State.AWAIT_WELCOME, Welcome: St
 class Connection:
     """One side of a native-protocol connection.
 
-    ``max_frame_size`` bounds incoming frames: a longer frame is a ProtocolError as soon as its
-    length prefix arrives, before its bytes are buffered.
+    Until the handshake ends, a frame may be at most HANDSHAKE_FRAME_SIZE bytes; after it,
+    ``max_frame_size`` as Welcome set it, in both directions. A longer fragment is a
+    ProtocolError as soon as its length prefix arrives, before its bytes are buffered.
+    ``max_message_size`` (plus ENVELOPE_SIZE) bounds a whole frame once its fragments are
+    joined. The server passes its own limits; a client learns them from Welcome.
     """
 
-    def __init__(self, role: Role, *, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+    def __init__(
+        self,
+        role: Role,
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+    ) -> None:
         self.role = role
         self.peer = S if role is C else C
         self.max_frame_size = max_frame_size
+        self.max_message_size = max_message_size
         self._mine: frozenset[type[Frame]] = frozenset()
         self._theirs: frozenset[type[Frame]] = frozenset()
+        self._receive_limit = HANDSHAKE_FRAME_SIZE
+        self._send_limit = HANDSHAKE_FRAME_SIZE
         self.state = State.AWAIT_HELLO
         self.we_closed = False
         self.they_closed = False
         self._buffer = bytearray()
         self._pos = 0
         self._eof = False
+        self._fragments: list[bytes] = []  # a frame's fragments so far
+        self._fragments_size = 0
+        self._dropping: int | None = None  # bytes dropped of a too-large Publish
 
     @property
     def state(self) -> State:
@@ -802,45 +861,93 @@ class Connection:
             self._buffer += data
 
     def next_event(self) -> Any:
-        """The next event from the peer (a Frame), ``NEED_DATA``, or ``PeerClosed`` at the end.
+        """The next event from the peer (a Frame), ``NEED_DATA``, ``PublishTooLarge``, or
+        ``PeerClosed`` at the end.
 
         Typed ``Any`` so callers can dispatch on ``type(event)`` without casts.
         """
         if self.state is State.ERROR:
             raise ProtocolError("connection is in the error state")
-        buf = self._buffer
-        pos = self._pos
-        available = len(buf) - pos
-        if available < 4:
-            return self._need_data(available)
-        (length,) = _HEADER.unpack_from(buf, pos)
-        if length > self.max_frame_size:
+        while True:
+            buf = self._buffer
+            pos = self._pos
+            available = len(buf) - pos
+            if available < 4:
+                return self._need_data(available)
+            (length,) = _HEADER.unpack_from(buf, pos)
+            continued = False
+            if length > self._receive_limit:
+                continued = self._fragment_header(length)
+                length &= ~_CONTINUED
+            if available < 4 + length:
+                return self._need_data(available)
+            payload = bytes(buf[pos + 4 : pos + 4 + length])
+            pos += 4 + length
+            if pos >= 65536 and pos * 2 >= len(buf):
+                del buf[:pos]
+                pos = 0
+            self._pos = pos
+            if continued or self._fragments_size or self._dropping is not None:
+                joined = self._join(payload, continued)
+                if joined is None:
+                    continue  # more fragments to come
+                if type(joined) is PublishTooLarge:
+                    return joined
+                payload = joined
+            try:
+                event = decode_payload(payload)
+                self._check(self.peer, event)
+            except ProtocolError:
+                self._error()
+                raise
+            if type(event) is Close:
+                self.they_closed = True
+            return event
+
+    def _fragment_header(self, length: int) -> bool:
+        """A length over the limit: a fragment of a longer frame, or an error."""
+        size = length & ~_CONTINUED
+        if not length & _CONTINUED or size > self._receive_limit:
             self._error()
             raise ProtocolError(
-                f"frame of {length} bytes exceeds the maximum frame size of {self.max_frame_size}"
+                f"frame of {size} bytes exceeds the maximum frame size of {self._receive_limit}"
             )
-        if available < 4 + length:
-            return self._need_data(available)
-        payload = bytes(buf[pos + 4 : pos + 4 + length])
-        pos += 4 + length
-        if pos >= 65536 and pos * 2 >= len(buf):
-            del buf[:pos]
-            pos = 0
-        self._pos = pos
-        try:
-            event = decode_payload(payload)
-            self._check(self.peer, event)
-        except ProtocolError:
+        if self.state is not State.OPEN:
             self._error()
-            raise
-        if type(event) is Close:
-            self.they_closed = True
-        return event
+            raise ProtocolError("a fragmented frame before the handshake ended")
+        return True
+
+    def _join(self, fragment: bytes, continued: bool) -> Any:
+        """Add a fragment: None while more are to come, then the whole payload, or
+        PublishTooLarge if a Publish passed the limit (the others are a ProtocolError)."""
+        if self._dropping is not None:
+            self._dropping += len(fragment)
+        else:
+            self._fragments.append(fragment)
+            self._fragments_size += len(fragment)
+            if self._fragments_size > self.max_message_size + ENVELOPE_SIZE:
+                if self.role is S and _is_publish(self._fragments[0]):
+                    self._dropping = self._fragments_size
+                    self._fragments, self._fragments_size = [], 0
+                else:
+                    self._error()
+                    raise ProtocolError(
+                        f"frame of more than {self._fragments_size} bytes exceeds the maximum of "
+                        f"{self.max_message_size + ENVELOPE_SIZE} (message size plus envelope)"
+                    )
+        if continued:
+            return None
+        if self._dropping is not None:
+            dropped, self._dropping = self._dropping, None
+            return PublishTooLarge(size=dropped)
+        payload = b"".join(self._fragments)
+        self._fragments, self._fragments_size = [], 0
+        return payload
 
     def _need_data(self, available: int) -> Any:
         if not self._eof:
             return NEED_DATA
-        if available:
+        if available or self._fragments_size or self._dropping is not None:
             self._error()
             raise ProtocolError("connection ended in the middle of a frame")
         return PeerClosed()
@@ -855,7 +962,8 @@ class Connection:
         self._check(self.role, event)
         if type(event) is Close:
             self.we_closed = True
-        return encode(event)
+        data = encode(event)
+        return data if len(data) <= self._send_limit + 4 else _fragment(data, self._send_limit)
 
     def send_deliver(
         self, consumer_tag: str, delivery_tag: int, redelivered: bool, tail: bytes
@@ -863,7 +971,8 @@ class Connection:
         """``send(Deliver(...))`` for the hot path; ``tail`` is from encode_deliver_tail."""
         if self.role is not Role.SERVER or self.state is not State.OPEN or self.we_closed:
             raise ProtocolError(f"{self.role.value} may not send a Deliver frame now")
-        return encode_deliver(consumer_tag, delivery_tag, redelivered, tail)
+        data = encode_deliver(consumer_tag, delivery_tag, redelivered, tail)
+        return data if len(data) <= self._send_limit + 4 else _fragment(data, self._send_limit)
 
     def send_publish(
         self, exchange: str, routing_key: str, body: bytes, properties: Properties, mandatory: bool
@@ -871,7 +980,8 @@ class Connection:
         """``send(Publish(...))`` for the hot path."""
         if self.role is not Role.CLIENT or self.state is not State.OPEN or self.we_closed:
             raise ProtocolError(f"{self.role.value} may not send a Publish frame now")
-        return encode_publish(exchange, routing_key, body, properties, mandatory)
+        data = encode_publish(exchange, routing_key, body, properties, mandatory)
+        return data if len(data) <= self._send_limit + 4 else _fragment(data, self._send_limit)
 
     def send_many(self, events: Iterable[Frame]) -> bytes:
         """Bytes for several events, for one write."""
@@ -891,3 +1001,9 @@ class Connection:
         next_state = _NEXT_STATE.get(kind)
         if next_state is not None:
             self.state = next_state
+            if kind is Welcome:  # both sides now use the negotiated sizes
+                welcome: Any = event
+                self.max_frame_size = welcome.max_frame_size
+                self._receive_limit = self._send_limit = welcome.max_frame_size
+                if self.role is C:
+                    self.max_message_size = welcome.max_message_size

@@ -26,7 +26,7 @@ from . import __version__
 from .admin import Registry, inspect
 from .broker import Broker
 from .datadir import DataDirLock
-from .errors import BrokerError, ProtocolError
+from .errors import BrokerError, PreconditionFailed, ProtocolError
 from .log_limit import LogLimit
 from .model import (
     Confirm as ConfirmEvent,
@@ -43,6 +43,7 @@ from .model import (
 )
 from .protocol import (
     DEFAULT_MAX_FRAME_SIZE,
+    DEFAULT_MAX_MESSAGE_SIZE,
     NEED_DATA,
     SUPPORTED_VERSIONS,
     Ack,
@@ -71,6 +72,7 @@ from .protocol import (
     Ok,
     PeerClosed,
     Publish,
+    PublishTooLarge,
     PurgeQueue,
     Redrive,
     Return,
@@ -79,6 +81,7 @@ from .protocol import (
     Unbind,
     Welcome,
     encode_deliver_tail,
+    negotiate_frame_size,
 )
 from .session import Session
 from .store import MemoryStore, SqliteStore, Store
@@ -101,8 +104,8 @@ class ServerConfig:
     port: int = DEFAULT_PORT
     heartbeat_ms: int = 60_000  # the server's wish; the smaller non-zero of both sides wins
     handshake_timeout: float = 10.0
-    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
-    max_message_size: int = 16 * 1024 * 1024
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE  # the server's wish; the client may lower it
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
     close_timeout: float = 2.0  # how long a closing connection may take to flush
     data_dir: Path | None = None  # None: nothing is kept on disk
     fault: str | None = None  # crash tests only: see SqliteStore
@@ -263,7 +266,11 @@ class ServerConnection:
         self.stream = stream
         self.config = config
         self.id = conn_id
-        self.proto = Connection(Role.SERVER, max_frame_size=config.max_frame_size)
+        self.proto = Connection(
+            Role.SERVER,
+            max_frame_size=config.max_frame_size,
+            max_message_size=config.max_message_size,
+        )
         self.session: Session | None = None
         self.client_name = "?"
         self.peer = _peer_name(stream)
@@ -378,8 +385,11 @@ class ServerConnection:
                 version=max(common),
                 server=f"mqroute {__version__}",
                 heartbeat_ms=heartbeat_ms,
-                max_frame_size=self.config.max_frame_size,
+                max_frame_size=negotiate_frame_size(
+                    event.max_frame_size, self.config.max_frame_size
+                ),
                 connection_id=self.id,
+                max_message_size=self.config.max_message_size,
             )
             await self.stream.send_all(self.proto.send(welcome))
             return event
@@ -441,6 +451,15 @@ class ServerConnection:
                 )
             elif kind is Heartbeat:
                 pass
+            elif kind is PublishTooLarge:
+                assert self.session is not None
+                self.broker.refuse_publish(
+                    self.session,
+                    PreconditionFailed(
+                        f"message of {event.size} bytes exceeds the maximum of "
+                        f"{self.config.max_message_size} bytes"
+                    ),
+                )
             elif kind is Close:
                 if event.code is not None:
                     log.info("%s: client closed with %r %r", self.id, event.code, event.text)
