@@ -636,19 +636,43 @@ def encode(event: Frame) -> bytes:
     return _HEADER.pack(len(data)) + data
 
 
+class PayloadDecoder:
+    """Decodes frame payloads, checking that each holds exactly one CBOR item.
+
+    ``cbor2.loads`` would not say where the item ended, so this keeps one decoder and one
+    buffer and reuses them (making a decoder per frame cost more than the whole decode).
+    """
+
+    def __init__(self) -> None:
+        self._fp = io.BytesIO()
+        self._decoder = cbor2.CBORDecoder(
+            self._fp, semantic_decoders=_NO_TAGS, max_depth=MAX_NESTING + 4, allow_indefinite=False
+        )
+
+    def decode(self, data: bytes) -> Frame:
+        """One frame's CBOR payload as an event, or ProtocolError."""
+        fp = self._fp
+        fp.seek(0)
+        fp.truncate()
+        fp.write(data)
+        fp.seek(0)
+        try:
+            items = self._decoder.decode()
+        except Exception as exc:  # cbor2 raises several kinds for broken input
+            raise ProtocolError(f"undecodable CBOR: {exc}") from None
+        if fp.tell() != len(data):
+            raise ProtocolError(
+                f"{len(data) - fp.tell()} bytes after the frame's CBOR item; a frame holds one item"
+            )
+        return _event_of(items)
+
+
 def decode_payload(data: bytes) -> Frame:
     """Decode one frame's CBOR payload into an event, or raise ProtocolError."""
-    fp = io.BytesIO(data)
-    try:
-        items = cbor2.CBORDecoder(
-            fp, semantic_decoders=_NO_TAGS, max_depth=MAX_NESTING + 4, allow_indefinite=False
-        ).decode()
-    except Exception as exc:  # cbor2 raises several kinds for broken input
-        raise ProtocolError(f"undecodable CBOR: {exc}") from None
-    if fp.tell() != len(data):
-        raise ProtocolError(
-            f"{len(data) - fp.tell()} bytes after the frame's CBOR item; a frame holds one item"
-        )
+    return PayloadDecoder().decode(data)
+
+
+def _event_of(items: Any) -> Frame:
     if type(items) is not list or not items or type(items[0]) is not int:
         raise ProtocolError("a frame must be a CBOR array starting with its integer type")
     fast = _FAST_DECODERS.get(items[0])
@@ -840,6 +864,7 @@ class Connection:
         self._fragments: list[bytes] = []  # a frame's fragments so far
         self._fragments_size = 0
         self._dropping: int | None = None  # bytes dropped of a too-large Publish
+        self._decoder = PayloadDecoder()
 
     @property
     def state(self) -> State:
@@ -895,7 +920,7 @@ class Connection:
                     return joined
                 payload = joined
             try:
-                event = decode_payload(payload)
+                event = self._decoder.decode(payload)
                 self._check(self.peer, event)
             except ProtocolError:
                 self._error()
