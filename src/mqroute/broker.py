@@ -28,6 +28,7 @@ from .errors import (
     PreconditionFailed,
     ResourceLocked,
 )
+from .flow import DEFAULT_QUEUE_LIMIT, FlowControl, MemoryLedger
 from .journal import (
     Batch,
     DropBinding,
@@ -123,9 +124,20 @@ class Broker:
     reports the batch holding them committed (``batch_committed``).
     """
 
-    def __init__(self, *, max_message_size: int = 16 * 1024 * 1024, durable: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        max_message_size: int = 16 * 1024 * 1024,
+        durable: bool = False,
+        memory_limit: int | None = None,
+        queue_flow_limit: int = DEFAULT_QUEUE_LIMIT,
+    ) -> None:
         self.max_message_size = max_message_size
         self.journal: Journal | None = Journal() if durable else None
+        self.ledger = MemoryLedger()
+        self.flow = FlowControl(
+            self.ledger, memory_limit=memory_limit, queue_limit=queue_flow_limit
+        )
         self.loader: Loader | None = None  # reads paged-out bodies back; set with the store
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, MessageQueue] = {}
@@ -163,6 +175,7 @@ class Broker:
         if session.closed:
             return
         session.closed = True
+        self.flow.session_closed(session.id)
         self._reply_sessions.pop(session.id, None)
         for tag in list(session.consumers):
             self._remove_consumer(session, tag)
@@ -257,7 +270,7 @@ class Broker:
                 raise AccessRefused(f"queue name {spec.name!r} uses the reserved prefix 'amq.'")
         else:
             spec = attrs.evolve(spec, name=self._server_queue_name())
-        queue = MessageQueue(spec, owner=owner if spec.exclusive else None)
+        queue = MessageQueue(spec, owner=owner if spec.exclusive else None, ledger=self.ledger)
         if queue.keeps_messages:
             queue.loader = self.loader
         self.queues[spec.name] = queue
@@ -283,7 +296,7 @@ class Broker:
         queue = self._queue(name)
         self._check_access(owner, queue)
         removed = queue.purge()
-        self._forget_stored(queue, removed)
+        self._gone(queue, removed)
         return len(removed)
 
     def _delete_queue(self, queue: MessageQueue) -> int:
@@ -301,7 +314,8 @@ class Broker:
                 ConsumerCancelled(consumer_tag=consumer.tag, reason=f"queue {queue.name!r} deleted")
             )
         queue.consumers.clear()
-        queue.purge()
+        for entry in queue.purge():
+            queue.release(entry)
         return count
 
     # --- bindings ------------------------------------------------------------------------
@@ -448,6 +462,11 @@ class Broker:
                 )
             )
         stored, refused = self._enqueue(message, queues)
+        flow = self.flow
+        flow.published(session.id, message.properties.persistent)
+        for queue in queues:
+            if flow.over_limit(queue):
+                flow.wait_for(session.id, queue)
         if refused:
             session.settle_publish(seq, ok=False, text=f"queue {refused!r} is full (x-overflow)")
         elif stored:
@@ -504,7 +523,7 @@ class Broker:
             while queue.over_limit():  # drop-head: the oldest ready messages make room
                 head = queue.fetch()
                 assert head is not None
-                self._forget_stored(queue, (head,))
+                self._gone(queue, (head,))
                 self.dead_letter(queue, head, "maxlen")
         return stored, refused
 
@@ -805,11 +824,11 @@ class Broker:
                 continue
             limit = queue.args.delivery_limit
             if limit is not None and entry.delivery_count > limit:
-                self._forget_stored(queue, (entry,))
+                self._gone(queue, (entry,))
                 self.dead_letter(queue, entry, "delivery_limit")
                 continue
             if entry.expires_at is not None and entry.expires_at <= self.now:
-                self._forget_stored(queue, (entry,))
+                self._gone(queue, (entry,))
                 self.dead_letter(queue, entry, "expired")  # TTL runs on while it was out
                 continue
             delay = queue.args.retry_delay(entry.delivery_count) if backoff else None
@@ -904,7 +923,7 @@ class Broker:
                 message = attrs.evolve(message, exchange="", routing_key=home)
             else:
                 message = attrs.evolve(message, exchange=to_exchange)
-            self._forget_stored(source, (entry,))
+            self._gone(source, (entry,))
             self._enqueue(message, self._route(message, from_client=False))
             moved += 1
         for entry in stay:
@@ -1063,12 +1082,12 @@ class Broker:
         while queue.over_limit():
             head = queue.fetch()
             assert head is not None
-            self._forget_stored(queue, (head,))
+            self._gone(queue, (head,))
             self.dead_letter(queue, head, "maxlen")
 
     def _expire_queue(self, queue: MessageQueue) -> int:
         expired = queue.expire(self.now)
-        self._forget_stored(queue, expired)
+        self._gone(queue, expired)
         for entry in expired:
             self.dead_letter(queue, entry, "expired")
         return len(expired)
@@ -1096,18 +1115,22 @@ class Broker:
         queue = self.queues.get(binding.destination)
         return queue is not None and queue.keeps_messages
 
-    def _forget_stored(self, queue: MessageQueue, entries: Iterable[QueueEntry]) -> None:
-        seqs = tuple(e.seq for e in entries if e.persisted)
+    def _gone(self, queue: MessageQueue, entries: Iterable[QueueEntry]) -> None:
+        """``entries`` left ``queue`` for good: their memory is free, the store forgets them."""
+        seqs = []
+        for entry in entries:
+            queue.release(entry)
+            if entry.persisted:
+                seqs.append(entry.seq)
         if seqs and not queue.deleted:
-            self._record(DropMessages(queue.name, seqs))
+            self._record(DropMessages(queue.name, tuple(seqs)))
 
     def _forget_settled(self, settled: list[Unacked]) -> None:
         by_queue: dict[int, list[Unacked]] = {}
         for item in settled:
-            if item.entry.persisted:
-                by_queue.setdefault(id(item.queue), []).append(item)
+            by_queue.setdefault(id(item.queue), []).append(item)
         for items in by_queue.values():
-            self._forget_stored(items[0].queue, (i.entry for i in items))
+            self._gone(items[0].queue, (i.entry for i in items))
 
     def batch_committed(self, batch: Batch) -> None:
         """The store holds ``batch``: confirm its publishes, page out far-from-head bodies."""
@@ -1128,7 +1151,7 @@ class Broker:
             if spec.name not in self.exchanges:
                 self.exchanges[spec.name] = Exchange(spec)
         for spec in snapshot.queues:
-            self.queues[spec.name] = queue = MessageQueue(spec)
+            self.queues[spec.name] = queue = MessageQueue(spec, ledger=self.ledger)
             queue.loader = self.loader
         for binding in snapshot.bindings:
             source = self.exchanges.get(binding.source)

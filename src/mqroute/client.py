@@ -51,6 +51,7 @@ from .protocol import (
     PROTOCOL_VERSION,
     Ack,
     Bind,
+    Blocked,
     Cancel,
     Cancelled,
     Close,
@@ -79,6 +80,7 @@ from .protocol import (
     Role,
     TimedOut,
     Unbind,
+    Unblocked,
     Welcome,
 )
 from .protocol import (
@@ -323,6 +325,9 @@ class Connection:
         self._heartbeat_interval = 0.0
         self._last_received = 0.0
         self._last_sent = 0.0
+        self.blocked: str | None = None  # why the broker asked us to stop publishing, if it did
+        self._unblocked = anyio.Event()
+        self._unblocked.set()
 
     # --- lifecycle -----------------------------------------------------------------------
 
@@ -435,6 +440,7 @@ class Connection:
         self._out_ready.set()
         self._out_drained.set()
         self._closed_by_server.set()
+        self._unblocked.set()
 
     # --- sending -------------------------------------------------------------------------
 
@@ -530,6 +536,13 @@ class Connection:
                 confirmation.error = MessageReturned(
                     event.reply_code, event.reply_text, event.exchange, event.routing_key
                 )
+        elif kind is Blocked:
+            self.blocked = event.reason
+            if self._unblocked.is_set():
+                self._unblocked = anyio.Event()
+        elif kind is Unblocked:
+            self.blocked = None
+            self._unblocked.set()
         elif kind is TimedOut:
             late = self._unsettled.pop(event.delivery_tag, None)
             if late is not None:
@@ -780,7 +793,9 @@ class Connection:
         ``persistent``, ``message_id``, …) or pass ``properties=Properties(...)``. Raises
         MessageReturned if ``mandatory`` and no queue matched, NotFound for a missing exchange,
         ConnectionClosed if the connection went before the confirm arrived — then the broker
-        may or may not have the message, so retry with the same ``message_id``.
+        may or may not have the message, so retry with the same ``message_id``. While the
+        broker has blocked publishing (flow control, or a memory or disk alarm; ``blocked``
+        says why) it waits; acks and other calls go on meanwhile.
         """
         await (await self._send_publish(exchange, routing_key, body, mandatory, properties, props))
 
@@ -801,6 +816,9 @@ class Connection:
             body = body.encode()
         elif not isinstance(body, bytes):
             body = bytes(body)
+        if self.blocked is not None:
+            # Flow control or a broker alarm: publishes wait; acks and requests go on.
+            await self._unblocked.wait()
         self._check_open()
         if len(body) > self._proto.max_message_size:
             raise PreconditionFailed(  # what the broker would answer, without sending it all

@@ -597,6 +597,24 @@ class Extend(Frame):
     milliseconds: int
 
 
+@_frame(49, S)
+@attrs.frozen(kw_only=True)
+class Blocked(Frame):
+    """Stop publishing until Unblocked; ``reason`` says why (an alarm, or flow control).
+
+    Everything else (acks, requests) goes on. A client that publishes anyway is not read any
+    further until the block ends.
+    """
+
+    reason: str
+
+
+@_frame(50, S)
+@attrs.frozen(kw_only=True)
+class Unblocked(Frame):
+    """Publishing may go on."""
+
+
 @attrs.frozen
 class PeerClosed:
     """The peer closed its end of the byte stream."""

@@ -6,8 +6,10 @@ delivered left the queue before everything still in the deque. That puts a reque
 back at its original position, as RabbitMQ's classic queues do, in O(log n).
 
 A durable queue's backlog need not fit in memory: once the store holds a message and it is
-beyond the first ``RESIDENT`` ready ones, its body is dropped (``message = None``) and read
-back from the store, a page at a time, when it comes near the head.
+beyond the first ``RESIDENT`` ready ones (or ``RESIDENT_BYTES`` of them), its body is dropped
+(``message = None``) and read back from the store, a page at a time, when it comes near the
+head. That holds for messages that come back (requeued) too. Every body a queue holds in
+memory is charged to the broker's ``MemoryLedger``, which the memory alarm reads.
 
 Dispatch walks a ring of consumers that have credit, so a message costs the same whether the
 queue has one consumer or a thousand; a consumer that runs out of credit leaves the ring and
@@ -24,6 +26,7 @@ from typing import Protocol
 import attrs
 
 from .dedup import SeenIds
+from .flow import ENTRY_OVERHEAD, MemoryLedger
 from .model import Message, QueueSpec, QueueStats
 from .queue_args import QueueArguments
 
@@ -42,6 +45,7 @@ class QueueEntry:
     priority: int = 0  # its level in an x-max-priority queue
     ready_at: float | None = None  # delayed (x-delay): becomes ready then
     maybe_delivered: bool = False  # recovered after a crash: it may have gone out unrecorded
+    charged: bool = False  # its body is counted in the memory ledger
 
     @property
     def redelivered(self) -> bool:
@@ -49,6 +53,7 @@ class QueueEntry:
 
 
 RESIDENT = 1024  # ready messages whose bodies stay in memory
+RESIDENT_BYTES = 8 * 1024 * 1024  # ... and at most about this many bytes of them
 PAGE = 256  # bodies read back from the store at once
 
 #: Reads stored bodies back: (queue name, seqs) → {seq: message}.
@@ -67,8 +72,11 @@ class Consumer(Protocol):
 
 
 class MessageQueue:
-    def __init__(self, spec: QueueSpec, owner: str | None = None) -> None:
+    def __init__(
+        self, spec: QueueSpec, owner: str | None = None, ledger: MemoryLedger | None = None
+    ) -> None:
         self.spec = spec
+        self.ledger = ledger or MemoryLedger()
         self.args = QueueArguments.from_table(spec.name, spec.arguments)  # raises if invalid
         self.ready_bytes = 0  # bodies of ready messages, for x-max-length-bytes
         self.seen = SeenIds(self.args.dedup_window) if self.args.dedup_window else None
@@ -123,8 +131,30 @@ class MessageQueue:
             ready_at=ready_at,
         )
         self._next_seq += 1
+        self._charge(entry)
         self._place(entry)
         return entry
+
+    def _charge(self, entry: QueueEntry) -> None:
+        if not entry.charged:
+            entry.charged = True
+            self.ledger.used += entry.size + ENTRY_OVERHEAD
+
+    def _uncharge(self, entry: QueueEntry) -> None:
+        if entry.charged:
+            entry.charged = False
+            self.ledger.used -= entry.size + ENTRY_OVERHEAD
+
+    def release(self, entry: QueueEntry) -> None:
+        """``entry`` left this queue for good (acked, dropped, dead-lettered, purged)."""
+        self._uncharge(entry)
+
+    def flow_bytes(self) -> int:
+        """What flow control weighs: the ready messages, with their overhead."""
+        return self.ready_bytes + self._count * ENTRY_OVERHEAD
+
+    def has_consumers(self) -> bool:
+        return bool(self.consumers)
 
     def _place(self, entry: QueueEntry) -> None:
         if entry.ready_at is not None:
@@ -200,11 +230,13 @@ class MessageQueue:
         self.ready_bytes -= entry.size
 
     def page_out(self, entry: QueueEntry) -> None:
-        """The store now holds ``entry``: drop its body if it is far from the head."""
-        if self.loader is None or entry.delivery_count:
+        """The store holds ``entry``: drop its body if it waits far from the head."""
+        if self.loader is None or not entry.persisted or entry.message is None:
             return
-        if entry.ready_at is not None or self._count > RESIDENT:  # delayed, or far back
+        far = self._count > RESIDENT or self.ready_bytes > RESIDENT_BYTES
+        if entry.ready_at is not None or (far and entry.ready):  # delayed, or far back
             entry.message = None
+            self._uncharge(entry)
 
     def fetch(self) -> QueueEntry | None:
         """Take the next ready message: highest priority first; within one, requeued ones
@@ -216,6 +248,8 @@ class MessageQueue:
         while True:
             level = self._top_level()
             if requeued and -requeued[0][0] >= level:
+                if requeued[0][2].message is None and requeued[0][2].ready:
+                    self._page_in_requeued()
                 entry = heapq.heappop(requeued)[2]
             elif level >= 0:
                 waiting = self._levels[level]
@@ -244,14 +278,32 @@ class MessageQueue:
                 break
             if entry.message is None and entry.ready:
                 wanted.append(entry)
+        self._load(wanted)
+
+    def _page_in_requeued(self) -> None:
+        """Read the bodies of the next requeued messages that were paged out again."""
+        wanted = [
+            item[2]
+            for item in heapq.nsmallest(PAGE, self._requeued)
+            if item[2].message is None and item[2].ready
+        ]
+        self._load(wanted)
+
+    def _load(self, wanted: list[QueueEntry]) -> None:
+        assert self.loader is not None
         bodies = self.loader(self.name, [e.seq for e in wanted])
         for entry in wanted:
             entry.message = bodies[entry.seq]
+            self._charge(entry)
 
     def requeue(self, entry: QueueEntry) -> None:
-        """Put a delivered message back at its original position."""
+        """Put a delivered message back at its original position (paged out again if the
+        store has it and the queue is long: a consumer that came and went pulls no backlog
+        into memory for good)."""
         heapq.heappush(self._requeued, (-entry.priority, entry.seq, entry))
         self._now_ready(entry)
+        if len(self._requeued) > RESIDENT:
+            self.page_out(entry)
 
     def ready_entries(self) -> list[QueueEntry]:
         """Ready messages in the order they would be delivered (for inspection and tests)."""

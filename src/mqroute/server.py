@@ -14,6 +14,7 @@ import itertools
 import logging
 import math
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -48,6 +49,7 @@ from .protocol import (
     SUPPORTED_VERSIONS,
     Ack,
     Bind,
+    Blocked,
     Cancel,
     Cancelled,
     Close,
@@ -79,6 +81,7 @@ from .protocol import (
     Role,
     TimedOut,
     Unbind,
+    Unblocked,
     Welcome,
     encode_deliver_tail,
     negotiate_frame_size,
@@ -96,6 +99,7 @@ TURN_SECONDS = 0.005  # ... or seconds it spends, whichever comes first
 RATE_INTERVAL = 5.0  # seconds between rate samples
 TIMER_FAILURE_BACKOFF = 1.0  # seconds the timer waits after an unexpected failure
 PENDING_OUTPUT_LIMIT = 1024  # the reader stops reading while more frames than this are unsent
+BLOCKED_GRACE_BYTES = 8 * 1024 * 1024  # publishes taken after a Blocked before reading stops
 
 
 @attrs.frozen(kw_only=True)
@@ -188,25 +192,48 @@ async def _serve(
     def clock() -> float:
         return epoch + trio.current_time()
 
-    bad_log = LogLimit()
+    shell = Shell(broker=broker, config=config, clock=clock, registry=registry)
 
     async def handle(stream: trio.SocketStream) -> None:
-        conn_id = f"conn-{next(ids)}"
-        await ServerConnection(broker, stream, config, conn_id, clock, registry, bad_log).run()
+        await ServerConnection(shell, stream, f"conn-{next(ids)}").run()
 
     broker.now = clock()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_timer, broker, clock, epoch)
+        nursery.start_soon(_timer, shell, epoch)
         nursery.start_soon(_sample_rates, broker, registry)
         if broker.journal is not None:
-            nursery.start_soon(_committer, broker, store)
+            nursery.start_soon(_committer, shell, store)
         await nursery.start(trio.serve_listeners, handle, listeners)
         log.info("mqroute %s listening on %s", __version__, address.url)
         task_status.started(address)
 
 
-async def _timer(broker: Broker, clock: Callable[[], float], epoch: float) -> None:
+@attrs.define(eq=False)
+class Shell:
+    """What every connection of one server shares, and the carrying out of the core's
+    flow-control decisions."""
+
+    broker: Broker
+    config: ServerConfig
+    clock: Callable[[], float]
+    registry: Registry
+    bad_log: LogLimit = attrs.Factory(LogLimit)
+    by_session: dict[int, ServerConnection] = attrs.Factory(dict)
+
+    def apply_flow(self) -> None:
+        """Tell each connection the core blocked or unblocked whether it may publish. Cheap
+        when nothing changed: callers run it after every round of work."""
+        flow = self.broker.flow
+        flow.check()
+        for session, reason in flow.take_changes().items():
+            conn = self.by_session.get(session)
+            if conn is not None:
+                conn.set_blocked(reason)
+
+
+async def _timer(shell: Shell, epoch: float) -> None:
     """Sleep until the broker's next deadline (or until an earlier one appears), then act."""
+    broker, clock = shell.broker, shell.clock
     while True:
         wake = trio.Event()
         broker.timer_wakeup = wake.set
@@ -220,6 +247,7 @@ async def _timer(broker: Broker, clock: Callable[[], float], epoch: float) -> No
             # The core fails single messages, not the timer; this is the last line of defence.
             log.exception("timer: internal error while expiring; the broker goes on")
             await trio.sleep(TIMER_FAILURE_BACKOFF)  # never a hot loop on a failing deadline
+        shell.apply_flow()
 
 
 async def _sample_rates(broker: Broker, registry: Registry) -> None:
@@ -229,8 +257,9 @@ async def _sample_rates(broker: Broker, registry: Registry) -> None:
         await trio.sleep(RATE_INTERVAL)
 
 
-async def _committer(broker: Broker, store: Store) -> None:
+async def _committer(shell: Shell, store: Store) -> None:
     """Group commit: each batch is everything journaled while the previous one was written."""
+    broker = shell.broker
     journal = broker.journal
     assert journal is not None
     while True:
@@ -243,28 +272,21 @@ async def _committer(broker: Broker, store: Store) -> None:
         broker.batch_committed(batch)
         for release in batch.after_commit:
             release()
+        shell.apply_flow()
 
 
 class ServerConnection:
     """One client connection: handshake, then reader, writer and heartbeat tasks."""
 
-    def __init__(
-        self,
-        broker: Broker,
-        stream: trio.SocketStream,
-        config: ServerConfig,
-        conn_id: str,
-        clock: Callable[[], float],
-        registry: Registry | None = None,
-        bad_log: LogLimit | None = None,
-    ) -> None:
-        self.broker = broker
-        self._bad_log = bad_log or LogLimit()
-        self.registry = registry or Registry()
+    def __init__(self, shell: Shell, stream: trio.SocketStream, conn_id: str) -> None:
+        self.shell = shell
+        self.broker = shell.broker
+        self._bad_log = shell.bad_log
+        self.registry = shell.registry
         self.opened_at = time.time()
-        self._clock = clock
+        self._clock = shell.clock
         self.stream = stream
-        self.config = config
+        config = self.config = shell.config
         self.id = conn_id
         self.proto = Connection(
             Role.SERVER,
@@ -283,6 +305,10 @@ class ServerConnection:
         self._last_received = trio.current_time()
         self._last_sent = trio.current_time()
         self._heartbeat = 0.0
+        self._blocked: str | None = None  # why this connection may not publish now
+        self._unblocked = trio.Event()
+        self._unblocked.set()
+        self._published_while_blocked = 0  # bytes: publishes already on their way are taken
 
     async def run(self) -> None:
         try:
@@ -302,6 +328,7 @@ class ServerConnection:
             self.session = self.broker.open_session(self.id)
             self.session.wakeup = self._wake
             self.registry.connections[self.id] = self
+            self.shell.by_session[self.session.id] = self
             log.info("%s opened from %s (client %r)", self.id, self.peer, self.client_name)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer)
@@ -335,6 +362,8 @@ class ServerConnection:
         assert self.session is not None
         self.session.wakeup = None  # no cycle keeps a closed connection alive
         self.registry.connections.pop(self.id, None)
+        self.shell.by_session.pop(self.session.id, None)
+        self._unblocked.set()
         self.broker.close_session(self.session)
         self.broker.release_owner(self.id)
 
@@ -425,6 +454,7 @@ class ServerConnection:
                 return
             if event is NEED_DATA:
                 assert self.session is not None
+                self.shell.apply_flow()
                 if len(self._replies) + self.session.outbox_size() > PENDING_OUTPUT_LIMIT:
                     self._drained = trio.Event()  # a client not reading: stop reading it
                     await self._drained.wait()
@@ -435,6 +465,8 @@ class ServerConnection:
                 continue
             kind = type(event)
             if kind is Publish:
+                if self._blocked is not None:
+                    await self._publish_while_blocked(len(event.body))
                 self._publish(event)
             elif kind is Ack:
                 self._settle(self.broker.ack, event.delivery_tag, multiple=event.multiple)
@@ -470,6 +502,30 @@ class ServerConnection:
                 return
             else:
                 self._request(event)
+
+    def set_blocked(self, reason: str | None) -> None:
+        """The core decided whether this connection may publish: tell the client."""
+        if reason == self._blocked:
+            return
+        self._blocked = reason
+        if reason is None:
+            self._unblocked.set()
+            self._published_while_blocked = 0
+            self._replies.append([Unblocked(), True])
+            log.info("%s: publishing unblocked", self.id)
+        else:
+            if self._unblocked.is_set():
+                self._unblocked = trio.Event()
+            self._replies.append([Blocked(reason=reason), True])
+            log.info("%s: publishing blocked: %s", self.id, reason)
+        self._wake()
+
+    async def _publish_while_blocked(self, size: int) -> None:
+        """Publishes sent before the client heard of the block are taken (a bounded amount);
+        past that, a client that goes on publishing is not read until the block ends."""
+        self._published_while_blocked += size + 1024
+        if self._published_while_blocked > BLOCKED_GRACE_BYTES:
+            await self._unblocked.wait()
 
     def _closing(self, code: str | None, text: str) -> None:
         self._close = Close(code=code, text=text)
@@ -640,7 +696,6 @@ class ServerConnection:
     async def _writer(self) -> None:
         assert self.session is not None
         send = self.proto.send
-        send_deliver = self.proto.send_deliver
         while True:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
@@ -648,15 +703,7 @@ class ServerConnection:
             chunks = []
             while replies and replies[0][1]:
                 chunks.append(send(replies.popleft()[0]))
-            for e in self.broker.take_events(self.session):
-                if type(e) is Delivery:
-                    chunks.append(
-                        send_deliver(
-                            e.consumer_tag, e.delivery_tag, e.redelivered, _deliver_tail(e)
-                        )
-                    )
-                else:
-                    chunks.append(send(_to_frame(e)))
+            self._encode_events(chunks)
             if self._close is not None:
                 chunks.append(send(self._close))
                 self._close_sent = True
@@ -670,6 +717,21 @@ class ServerConnection:
                 return
             if not self._replies and not self.session.outbox_size():
                 self._drained.set()
+
+    def _encode_events(self, chunks: list[bytes]) -> None:
+        """The session's output as frames. A function of its own so that no local keeps the
+        last message alive after it is written."""
+        assert self.session is not None
+        events = self.broker.take_events(self.session)
+        self.shell.apply_flow()  # dispatch may have drained a queue publishers wait for
+        send, send_deliver = self.proto.send, self.proto.send_deliver
+        for e in events:
+            if type(e) is Delivery:
+                chunks.append(
+                    send_deliver(e.consumer_tag, e.delivery_tag, e.redelivered, _deliver_tail(e))
+                )
+            else:
+                chunks.append(send(_to_frame(e)))
 
     async def _heartbeats(self, cancel_scope: trio.CancelScope) -> None:
         """Send a heartbeat after half an interval of silence; give up after two intervals."""
@@ -714,21 +776,35 @@ _REQUEST_HANDLERS: dict[type[Frame], Callable[[ServerConnection, Any], Any]] = {
 }
 
 # Encoded Deliver tails by id(message): the copies of a fanned-out message share one encoding.
-# Entries hold their message, so an id cannot be reused while it is here.
-_TAILS: dict[int, tuple[Message, str, str, bytes]] = {}
+# An entry lives only as long as its message: a weak reference's callback drops it when the
+# message is gone (settled everywhere), so settled messages hold no memory here.
+_TAILS: dict[int, tuple[weakref.ref[Message], str, str, bytes]] = {}
 _TAILS_SIZE = 4096
 
 
 def _deliver_tail(event: Delivery) -> bytes:
     m = event.message
-    hit = _TAILS.get(id(m))
-    if hit is not None and hit[0] is m and hit[1] == event.exchange and hit[2] == event.routing_key:
+    key = id(m)
+    hit = _TAILS.get(key)
+    if (
+        hit is not None
+        and hit[0]() is m
+        and hit[1] == event.exchange
+        and hit[2] == event.routing_key
+    ):
         return hit[3]
     tail = encode_deliver_tail(event.exchange, event.routing_key, m.body, m.properties)
     if len(_TAILS) >= _TAILS_SIZE:
         _TAILS.clear()
-    _TAILS[id(m)] = (m, event.exchange, event.routing_key, tail)
+    _TAILS[key] = (weakref.ref(m, _forget_tail(key)), event.exchange, event.routing_key, tail)
     return tail
+
+
+def _forget_tail(key: int) -> Callable[[weakref.ref[Message]], None]:
+    def forget(_: weakref.ref[Message]) -> None:
+        _TAILS.pop(key, None)
+
+    return forget
 
 
 def _to_frame(event: Event) -> Frame:

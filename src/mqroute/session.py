@@ -17,6 +17,10 @@ from .journal import DropMessages, Journal, MarkDelivered
 from .model import Confirm, Delivery, Event, Message, Table
 from .queue import MessageQueue, QueueEntry
 
+#: Dispatch to a session stops while this many bytes of deliveries wait to be written (a
+#: consumer that does not read its socket holds at most about this much, whatever the sizes).
+OUTBOX_BYTES = 4 * 1024 * 1024
+
 
 @attrs.define(eq=False, slots=True)
 class Unacked:
@@ -48,7 +52,7 @@ class ConsumerState:
         session = self.session
         if session.closed:
             return False
-        if len(session._outbox) >= session.outbox_limit:
+        if len(session._outbox) >= session.outbox_limit or session._outbox_bytes >= OUTBOX_BYTES:
             session.starved = True
             return False
         return self.auto_ack or self.prefetch == 0 or self.unacked < self.prefetch
@@ -68,6 +72,7 @@ class Session:
         # Dispatch stops while this many events wait to be written (slow reader), and resumes
         # when the front end takes them; so a session's buffered output stays bounded.
         self.outbox_limit = 1024
+        self._outbox_bytes = 0  # bodies of the deliveries waiting in the outbox
         self.starved = False
         self.consumers: dict[str, ConsumerState] = {}
         self.unacked: dict[int, Unacked] = {}
@@ -90,6 +95,8 @@ class Session:
     def emit(self, event: Event) -> None:
         was_idle = not self._outbox
         self._outbox.append(event)
+        if type(event) is Delivery:
+            self._outbox_bytes += len(event.message.body)
         if was_idle and self.wakeup is not None:
             self.wakeup()
 
@@ -97,6 +104,7 @@ class Session:
         """Everything to send, in order, with settled confirms coalesced at the end."""
         self._flush_confirms()
         events, self._outbox = self._outbox, []
+        self._outbox_bytes = 0
         return events
 
     def outbox_size(self) -> int:
@@ -118,6 +126,8 @@ class Session:
                 self.journal.add(MarkDelivered(queue.name, entry.seq, entry.delivery_count))
             else:  # auto-ack: delivered is done
                 self.journal.add(DropMessages(queue.name, (entry.seq,)))
+        if not track:
+            queue.release(entry)
         if track:
             self.unacked[tag] = item = Unacked(tag, queue, entry, consumer)
             timeout = consumer.timeout if consumer is not None else queue.args.consumer_timeout

@@ -1,0 +1,183 @@
+"""Publisher flow control: the core decides which publishing sessions must pause; the shell
+carries it out (it tells the client, and stops reading a client that publishes anyway).
+
+A session is blocked for one of three reasons, checked in this order:
+
+- **memory alarm**: the memory that queued messages take (``MemoryLedger``) is over the high
+  watermark. Every session that publishes is blocked until it is back under 90 % of it;
+  consumers go on, and their acks are what frees the memory.
+- **disk alarm**: the disk holding the store has less free space than its limit. Sessions that
+  publish persistent messages are blocked until there is room again.
+- **credit**: a queue it published to holds more than ``queue_limit`` bytes of ready messages
+  while consumers are taking from it. The publisher then runs no further ahead of them than
+  that (this is what bounds end-to-end latency); it resumes when the queue is under half the
+  limit, or has no consumers left. A queue nobody consumes is a buffer and blocks nobody by
+  itself: the memory alarm bounds it.
+
+State in, state out: the broker reports publishes and the shell reports alarms and asks for a
+``check`` each round; ``take_changes`` then says which sessions to block (with why) or unblock.
+Nothing here calls back into the shell.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import attrs
+
+#: What one queued message costs beyond its body (entry, message and property objects).
+ENTRY_OVERHEAD = 320
+
+DEFAULT_QUEUE_LIMIT = 1024 * 1024
+
+
+@attrs.define
+class MemoryLedger:
+    """Bytes held in memory by queued messages (bodies plus ENTRY_OVERHEAD each)."""
+
+    used: int = 0
+
+
+class FlowQueue(Protocol):
+    """What flow control reads of a queue."""
+
+    deleted: bool
+
+    @property
+    def name(self) -> str: ...
+
+    def flow_bytes(self) -> int: ...
+
+    def has_consumers(self) -> bool: ...
+
+
+class FlowControl:
+    def __init__(
+        self,
+        ledger: MemoryLedger,
+        *,
+        memory_limit: int | None = None,
+        queue_limit: int = DEFAULT_QUEUE_LIMIT,
+    ) -> None:
+        self.ledger = ledger
+        self.memory_limit = memory_limit
+        self.queue_limit = queue_limit
+        self.memory_alarm: str | None = None
+        self.disk_alarm: str | None = None
+        self._publishers: set[int] = set()
+        self._persistent_publishers: set[int] = set()
+        self._waiting: dict[int, tuple[FlowQueue, set[int]]] = {}  # queue id -> sessions
+        self._waits_on: dict[int, set[int]] = {}  # session -> queue ids
+        self._blocked: dict[int, str] = {}  # session -> why, as last reported
+        self._changes: dict[int, str | None] = {}
+
+    # --- what the broker reports ----------------------------------------------------------
+
+    def published(self, session: int, persistent: bool) -> None:
+        """A session published; the first publish makes it a publisher (alarms apply)."""
+        if persistent:
+            if session not in self._persistent_publishers:
+                self._persistent_publishers.add(session)
+                self._publishers.add(session)
+                self._update(session)
+        elif session not in self._publishers:
+            self._publishers.add(session)
+            self._update(session)
+
+    def over_limit(self, queue: FlowQueue) -> bool:
+        """Whether ``queue`` is past the credit limit (the broker asks after enqueueing)."""
+        return queue.flow_bytes() > self.queue_limit and queue.has_consumers()
+
+    def wait_for(self, session: int, queue: FlowQueue) -> None:
+        """``session`` published into ``queue``, which is over its limit: it waits for it."""
+        entry = self._waiting.get(id(queue))
+        if entry is None:
+            entry = self._waiting[id(queue)] = (queue, set())
+        entry[1].add(session)
+        self._waits_on.setdefault(session, set()).add(id(queue))
+        self._update(session)
+
+    def session_closed(self, session: int) -> None:
+        self._publishers.discard(session)
+        self._persistent_publishers.discard(session)
+        for key in self._waits_on.pop(session, ()):
+            entry = self._waiting.get(key)
+            if entry is not None:
+                entry[1].discard(session)
+                if not entry[1]:
+                    del self._waiting[key]
+        self._blocked.pop(session, None)
+        self._changes.pop(session, None)
+
+    # --- what the shell reports and asks --------------------------------------------------
+
+    def set_disk_alarm(self, reason: str | None) -> None:
+        if reason == self.disk_alarm:
+            return
+        self.disk_alarm = reason
+        for session in self._persistent_publishers:
+            self._update(session)
+
+    def check(self) -> None:
+        """Release sessions whose queues drained, and raise or clear the memory alarm."""
+        for key, (queue, sessions) in list(self._waiting.items()):
+            if (
+                queue.deleted
+                or not queue.has_consumers()
+                or queue.flow_bytes() <= self.queue_limit // 2
+            ):
+                del self._waiting[key]
+                for session in sessions:
+                    waits = self._waits_on.get(session)
+                    if waits is not None:
+                        waits.discard(key)
+                        if not waits:
+                            del self._waits_on[session]
+                    self._update(session)
+        if self.memory_limit is None:
+            return
+        used = self.ledger.used
+        if self.memory_alarm is None and used > self.memory_limit:
+            self.memory_alarm = (
+                f"memory alarm: queued messages use {used} bytes, over the high watermark of "
+                f"{self.memory_limit}"
+            )
+        elif self.memory_alarm is not None and used < self.memory_limit * 0.9:
+            self.memory_alarm = None
+        else:
+            return
+        for session in self._publishers:
+            self._update(session)
+
+    def take_changes(self) -> dict[int, str | None]:
+        """Sessions to block (with the reason) or unblock (None) since the last call."""
+        changes, self._changes = self._changes, {}
+        return changes
+
+    def blocked(self, session: int) -> str | None:
+        return self._blocked.get(session)
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _reason(self, session: int) -> str | None:
+        if self.memory_alarm is not None and session in self._publishers:
+            return self.memory_alarm
+        if self.disk_alarm is not None and session in self._persistent_publishers:
+            return self.disk_alarm
+        waits = self._waits_on.get(session)
+        if waits:
+            queue = self._waiting[next(iter(waits))][0]
+            return (
+                f"flow control: queue {queue.name!r} holds more than {self.queue_limit} bytes "
+                "of ready messages; publishing resumes as its consumers catch up"
+            )
+        return None
+
+    def _update(self, session: int) -> None:
+        reason = self._reason(session)
+        if reason != self._blocked.get(session):
+            if reason is None:
+                del self._blocked[session]
+            else:
+                self._blocked[session] = reason
+            self._changes[session] = reason

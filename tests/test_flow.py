@@ -1,0 +1,287 @@
+"""Flow control: the core's decisions (plain calls), and the server and SDK carrying them out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import attrs
+import pytest
+import trio
+import trio.testing
+
+import mqroute
+from mqroute.broker import Broker
+from mqroute.flow import ENTRY_OVERHEAD, FlowControl, MemoryLedger
+from mqroute.server import ServerAddress, ServerConfig, serve
+
+
+@attrs.define
+class FakeQueue:
+    name: str = "q"
+    deleted: bool = False
+    size: int = 0
+    consumers: int = 1
+
+    def flow_bytes(self) -> int:
+        return self.size
+
+    def has_consumers(self) -> bool:
+        return self.consumers > 0
+
+
+def test_a_publisher_into_a_consumed_queue_over_its_limit_waits_until_it_drains() -> None:
+    flow = FlowControl(MemoryLedger(), queue_limit=1000)
+    queue = FakeQueue(size=1001)
+    flow.published(1, persistent=False)
+    assert flow.over_limit(queue)
+    flow.wait_for(1, queue)
+    [(session, reason)] = flow.take_changes().items()
+    assert session == 1 and reason is not None and "queue 'q'" in reason
+    queue.size = 600  # not yet under half
+    flow.check()
+    assert flow.take_changes() == {}
+    queue.size = 500
+    flow.check()
+    assert flow.take_changes() == {1: None}
+
+
+def test_a_queue_nobody_consumes_blocks_nobody_by_itself() -> None:
+    flow = FlowControl(MemoryLedger(), queue_limit=1000)
+    assert not flow.over_limit(FakeQueue(size=10**9, consumers=0))
+
+
+def test_a_waiting_publisher_resumes_when_the_consumers_leave() -> None:
+    flow = FlowControl(MemoryLedger(), queue_limit=1000)
+    queue = FakeQueue(size=5000)
+    flow.wait_for(7, queue)
+    flow.take_changes()
+    queue.consumers = 0
+    flow.check()
+    assert flow.take_changes() == {7: None}
+
+
+def test_the_memory_alarm_blocks_every_publisher_and_no_consumer() -> None:
+    ledger = MemoryLedger()
+    flow = FlowControl(ledger, memory_limit=10_000)
+    flow.published(1, persistent=False)
+    flow.published(2, persistent=True)
+    ledger.used = 10_001
+    flow.check()
+    changes = flow.take_changes()
+    assert set(changes) == {1, 2} and all("memory alarm" in (r or "") for r in changes.values())
+    flow.published(3, persistent=False)  # a new publisher is blocked at once
+    assert "memory alarm" in (flow.take_changes()[3] or "")
+    ledger.used = 9_500  # under the watermark, not yet under 90 % of it
+    flow.check()
+    assert flow.take_changes() == {}
+    ledger.used = 8_999
+    flow.check()
+    assert flow.take_changes() == {1: None, 2: None, 3: None}
+
+
+def test_the_disk_alarm_blocks_only_publishers_of_persistent_messages() -> None:
+    flow = FlowControl(MemoryLedger())
+    flow.published(1, persistent=False)
+    flow.published(2, persistent=True)
+    flow.set_disk_alarm("disk alarm: 10 MB free, under the limit of 50 MB")
+    assert flow.take_changes() == {2: "disk alarm: 10 MB free, under the limit of 50 MB"}
+    flow.set_disk_alarm(None)
+    assert flow.take_changes() == {2: None}
+
+
+def test_a_closed_session_is_forgotten() -> None:
+    flow = FlowControl(MemoryLedger(), queue_limit=10)
+    queue = FakeQueue(size=100)
+    flow.wait_for(1, queue)
+    flow.session_closed(1)
+    assert flow.take_changes() == {}
+    queue.size = 0
+    flow.check()
+    assert flow.take_changes() == {}
+
+
+def test_the_ledger_counts_what_queues_hold_in_memory() -> None:
+    from mqroute.model import Message, QueueSpec
+
+    broker = Broker()
+    session = broker.open_session("o")
+    broker.declare_queue("o", QueueSpec(name="q"))
+    for _ in range(3):
+        broker.publish(session, Message(exchange="", routing_key="q", body=b"x" * 100))
+    assert broker.ledger.used == 3 * (100 + ENTRY_OVERHEAD)
+    first = broker.get(session, "q")
+    assert first is not None and broker.ledger.used == 3 * (100 + ENTRY_OVERHEAD)
+    broker.ack(session, first.delivery_tag)
+    assert broker.ledger.used == 2 * (100 + ENTRY_OVERHEAD)
+    broker.get(session, "q", auto_ack=True)
+    broker.purge_queue("o", "q")
+    assert broker.ledger.used == 0
+
+
+# --- end to end ------------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def broker_with(**kw: object) -> AsyncIterator[tuple[Broker, ServerAddress]]:
+    broker = Broker(**kw)  # type: ignore[arg-type]
+    async with trio.open_nursery() as nursery:
+        address = await nursery.start(
+            lambda task_status: serve(ServerConfig(port=0), broker=broker, task_status=task_status)
+        )
+        yield broker, address
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_slow_consumer_paces_its_publisher(autojump_clock: trio.testing.MockClock) -> None:
+    limit = 20 * (1000 + ENTRY_OVERHEAD)
+    async with (
+        broker_with(queue_flow_limit=limit) as (broker, address),
+        mqroute.connect(address.url) as producer,
+        mqroute.connect(address.url) as consumer,
+    ):
+        await producer.declare_queue("q")
+        deepest = 0
+        async with consumer.consume("q", prefetch=5) as messages:
+
+            async def produce() -> None:
+                nonlocal deepest
+                async with producer.publisher(max_in_flight=50) as pub:
+                    for _ in range(500):
+                        await pub.publish("", "q", b"x" * 1000)
+                        deepest = max(deepest, len(broker.queues["q"]))
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(produce)
+                got = 0
+                async for msg in messages:
+                    if got % 50 == 0:
+                        await trio.sleep(1)  # a slow consumer now and then
+                    await msg.ack()
+                    got += 1
+                    if got == 500:
+                        break
+        assert producer.blocked is None
+    # The publisher ran at most the limit (plus what was in flight) ahead of the consumer.
+    assert deepest <= 20 + 50 + 5
+
+
+async def test_the_memory_alarm_blocks_publishers_until_consumers_free_memory(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limit = 100 * (1000 + ENTRY_OVERHEAD)
+    async with (
+        broker_with(memory_limit=limit) as (broker, address),
+        mqroute.connect(address.url) as producer,
+        mqroute.connect(address.url) as consumer,
+    ):
+        await producer.declare_queue("q")
+        sent = 0
+        with trio.move_on_after(10):
+            async with producer.publisher(max_in_flight=10) as pub:
+                for _ in range(1000):
+                    await pub.publish("", "q", b"x" * 1000)
+                    sent += 1
+        assert 100 <= sent < 200 and producer.blocked is not None
+        assert "memory alarm" in producer.blocked
+        assert broker.ledger.used <= limit + 20 * (1000 + ENTRY_OVERHEAD)
+        # The consumer is not blocked: it drains, and the alarm clears.
+        drained = 0
+        while (msg := await consumer.get("q")) is not None:
+            await msg.ack()
+            drained += 1
+        await producer.declare_queue("q", passive=True)  # a round trip
+        assert producer.blocked is None
+        await producer.publish("", "q", b"after the alarm")
+        assert drained >= 100
+
+
+async def test_a_client_ignoring_blocked_is_not_read_past_a_bound(
+    autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mqroute import server as server_module
+    from mqroute.model import Properties
+    from mqroute.protocol import Blocked, Publish
+
+    from .helpers import RawClient
+
+    monkeypatch.setattr(server_module, "BLOCKED_GRACE_BYTES", 50 * 2048)
+    limit = 10 * (1000 + ENTRY_OVERHEAD)
+    async with broker_with(memory_limit=limit) as (broker, address):
+        raw = await RawClient.connect(address)
+        publish = Publish(
+            exchange="", routing_key="q", body=b"x" * 1000, properties=Properties(), mandatory=False
+        )
+        async with mqroute.connect(address.url) as conn:
+            await conn.declare_queue("q")
+        with trio.move_on_after(5):
+            for _ in range(2000):
+                await raw.send(publish)
+        await trio.testing.wait_all_tasks_blocked()
+        held = len(broker.queues["q"])
+        assert 10 <= held <= 10 + 60 + 200  # the limit, the grace, and what was being read
+        events = []
+        with trio.move_on_after(1):
+            while True:
+                events.append(await raw.next())
+        assert any(isinstance(e, Blocked) for e in events)
+
+
+async def test_the_outbox_of_a_consumer_that_never_reads_is_bounded_in_bytes() -> None:
+    from mqroute.protocol import Consume
+    from mqroute.session import OUTBOX_BYTES
+
+    from .helpers import RawClient
+
+    # No credit flow here: the publisher must be able to fill the queue past the stuck one.
+    async with (
+        broker_with(queue_flow_limit=2**40) as (broker, server),
+        mqroute.connect(server.url) as conn,
+    ):
+        await conn.declare_queue("q")
+        stuck = await RawClient.connect(server)
+        await stuck.send(
+            Consume(
+                rid=1,
+                queue="q",
+                consumer_tag="stuck",
+                prefetch=0,
+                auto_ack=False,
+                exclusive=False,
+                arguments={},
+            )
+        )
+        async with conn.publisher() as pub:
+            for _ in range(400):
+                await pub.publish("", "q", b"x" * 128 * 1024)  # 50 MiB in all
+        await trio.testing.wait_all_tasks_blocked()
+        session = next(s for s in broker.sessions.values() if s.consumers)
+        assert session._outbox_bytes <= OUTBOX_BYTES + 128 * 1024
+        unacked = broker.queues["q"].unacked
+        # What left the queue is the outbox, the writer's one write and the socket buffers.
+        assert unacked * 128 * 1024 <= OUTBOX_BYTES + 16 * 1024 * 1024
+        assert len(broker.queues["q"]) == 400 - unacked
+
+
+async def test_settled_messages_leave_nothing_in_the_deliver_tail_cache(
+    conn: mqroute.Connection,
+) -> None:
+    import gc
+
+    from mqroute import server as server_module
+
+    await conn.declare_queue("q")
+    async with conn.publisher() as pub:
+        for _ in range(50):
+            await pub.publish("", "q", b"x" * 256 * 1024)
+    async with conn.consume("q", prefetch=10) as messages:
+        got = 0
+        async for msg in messages:
+            await msg.ack()
+            got += 1
+            if got == 50:
+                break
+    await conn.declare_queue("q", passive=True)  # the last acks are handled
+    del msg
+    gc.collect()
+    assert sum(len(t[3]) for t in server_module._TAILS.values()) < 256 * 1024
