@@ -1141,6 +1141,18 @@ class Broker:
             if not queue.deleted:
                 queue.page_out(entry)
 
+    def batch_failed(self, batch: Batch, reason: str) -> None:
+        """The store could not write ``batch`` (a full disk): its publishes are nacked, and
+        their messages stay queued in memory only; everything else is written again with the
+        next batch (declarations are answered once they are on disk)."""
+        for session, seq in batch.confirms:
+            if not session.closed:
+                session.settle_publish(seq, ok=False, code="RESOURCE_ERROR", text=reason)
+        for _, entry in batch.stored:
+            entry.persisted = False
+        assert self.journal is not None
+        self.journal.retry(batch)
+
     def restore(self, snapshot: Any) -> int:
         """Rebuild durable state from a store snapshot (at start). Returns the message count.
 

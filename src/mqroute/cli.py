@@ -17,7 +17,7 @@ import attrs
 import click
 import trio
 
-from . import __version__
+from . import __version__, resources
 from .client import Connection, connect
 from .datadir import DataDirError, default_data_dir
 from .errors import MQRouteError
@@ -78,6 +78,31 @@ def main() -> None:
     "(PRECONDITION_FAILED).",
 )
 @click.option(
+    "--memory-high-watermark",
+    default="0.4",
+    show_default=True,
+    metavar="FRACTION|SIZE",
+    help="Block publishers while queued messages use more memory than this: a fraction of "
+    "the machine's memory (0.4, 40%) or a size (2GiB). Consumers go on, and publishing "
+    "resumes under 90% of it.",
+)
+@click.option(
+    "--disk-free-limit",
+    default="200MiB",
+    show_default=True,
+    metavar="SIZE",
+    help="Block publishers of persistent messages while the data directory's disk has less "
+    "free space than this.",
+)
+@click.option(
+    "--queue-flow-limit",
+    default="1MiB",
+    show_default=True,
+    metavar="SIZE",
+    help="A publisher into a queue with consumers waits while that queue holds more ready "
+    "messages than this, so it runs no further ahead of them (bounds latency).",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -90,9 +115,18 @@ def server(
     data_dir: Path | None,
     heartbeat: float,
     max_message_size: int,
+    memory_high_watermark: str,
+    disk_free_limit: str,
+    queue_flow_limit: str,
     log_level: str,
 ) -> None:
     """Run the broker in the foreground until Ctrl-C or SIGTERM."""
+    try:
+        watermark = resources.parse_watermark(memory_high_watermark)
+        disk_limit = resources.parse_size(disk_free_limit)
+        flow_limit = resources.parse_size(queue_flow_limit)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
     log = logging.getLogger("mqroute")
     data_dir = data_dir or default_data_dir()
@@ -102,11 +136,23 @@ def server(
         port=port,
         heartbeat_ms=int(heartbeat * 1000),
         max_message_size=max_message_size,
+        memory_high_watermark=watermark,
+        disk_free_limit=disk_limit,
+        queue_flow_limit=flow_limit,
         data_dir=data_dir,
         fault=fault,
         fault_at=fault_at,
     )
     log.info("data directory %s", data_dir)
+    log.info(
+        "memory high watermark %s (%s), disk free limit %s, queue flow limit %s",
+        resources.human(resources.memory_limit(watermark)),
+        f"{watermark:.0%} of {resources.human(resources.total_memory())}"
+        if isinstance(watermark, float)
+        else "set in bytes",
+        resources.human(disk_limit),
+        resources.human(flow_limit),
+    )
     # A broker holds many small long-lived objects (queued messages) and makes few cycles: with
     # the default threshold of 700 the collector ran every few hundred publishes and cost more
     # than 10 % of throughput with a large backlog (docs/performance.md).

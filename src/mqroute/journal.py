@@ -142,3 +142,18 @@ class Journal:
     def take(self) -> Batch:
         batch, self.batch = self.batch, Batch()
         return batch
+
+    def retry(self, batch: Batch) -> None:
+        """A batch the store could not write goes in front of the one being filled. Its
+        messages are left out: the caller nacked them (they stay queued, in memory only)."""
+        kept = [r for r in batch.records if type(r) is not PutMessage]
+        if kept or batch.after_commit:
+            current = self.batch
+            self.batch = Batch(
+                records=kept + current.records,
+                confirms=current.confirms,
+                stored=current.stored,
+                after_commit=batch.after_commit + current.after_commit,
+            )
+            if not current.records and self.wakeup is not None:
+                self.wakeup()

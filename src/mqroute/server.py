@@ -23,11 +23,12 @@ from typing import Any
 import attrs
 import trio
 
-from . import __version__
+from . import __version__, resources
 from .admin import Registry, inspect
 from .broker import Broker
 from .datadir import DataDirLock
 from .errors import BrokerError, PreconditionFailed, ProtocolError
+from .flow import DEFAULT_QUEUE_LIMIT
 from .log_limit import LogLimit
 from .model import (
     Confirm as ConfirmEvent,
@@ -98,6 +99,8 @@ FRAMES_PER_TURN = 128  # frames one connection's reader handles before it yields
 TURN_SECONDS = 0.005  # ... or seconds it spends, whichever comes first
 RATE_INTERVAL = 5.0  # seconds between rate samples
 TIMER_FAILURE_BACKOFF = 1.0  # seconds the timer waits after an unexpected failure
+DISK_CHECK_INTERVAL = 1.0  # seconds between two looks at the free disk space
+WRITE_RETRY_SECONDS = 1.0  # seconds before a batch the store could not write is tried again
 PENDING_OUTPUT_LIMIT = 1024  # the reader stops reading while more frames than this are unsent
 BLOCKED_GRACE_BYTES = 8 * 1024 * 1024  # publishes taken after a Blocked before reading stops
 
@@ -110,6 +113,14 @@ class ServerConfig:
     handshake_timeout: float = 10.0
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE  # the server's wish; the client may lower it
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    # Publishers are blocked while queued messages take more memory than this: a fraction of
+    # the machine's memory (float) or bytes (int). RabbitMQ's vm_memory_high_watermark.
+    memory_high_watermark: float | int = 0.4
+    # Publishers into a consumed queue wait while it holds more ready bytes than this.
+    queue_flow_limit: int = DEFAULT_QUEUE_LIMIT
+    # Publishers of persistent messages are blocked while the data directory's disk has less
+    # free space than this. RabbitMQ's disk_free_limit (default 50 MB there).
+    disk_free_limit: int = 200 * 1024 * 1024
     close_timeout: float = 2.0  # how long a closing connection may take to flush
     data_dir: Path | None = None  # None: nothing is kept on disk
     fault: str | None = None  # crash tests only: see SqliteStore
@@ -149,7 +160,12 @@ async def serve(
             stack.enter_context(DataDirLock(config.data_dir))
             store = SqliteStore(config.data_dir, fault=config.fault, fault_at=config.fault_at)
         if broker is None:
-            broker = Broker(max_message_size=config.max_message_size, durable=store is not None)
+            broker = Broker(
+                max_message_size=config.max_message_size,
+                durable=store is not None,
+                memory_limit=resources.memory_limit(config.memory_high_watermark),
+                queue_flow_limit=config.queue_flow_limit,
+            )
         store = store or MemoryStore()
         broker.loader = store.read_messages
         broker.now = time.time()  # recovery compares remembered deadlines with it
@@ -202,7 +218,10 @@ async def _serve(
         nursery.start_soon(_timer, shell, epoch)
         nursery.start_soon(_sample_rates, broker, registry)
         if broker.journal is not None:
-            nursery.start_soon(_committer, shell, store)
+            disk = DiskWatch(shell, config.data_dir, config.disk_free_limit)
+            nursery.start_soon(_committer, shell, store, disk)
+            if config.data_dir is not None:
+                nursery.start_soon(disk.run)
         await nursery.start(trio.serve_listeners, handle, listeners)
         log.info("mqroute %s listening on %s", __version__, address.url)
         task_status.started(address)
@@ -257,8 +276,62 @@ async def _sample_rates(broker: Broker, registry: Registry) -> None:
         await trio.sleep(RATE_INTERVAL)
 
 
-async def _committer(shell: Shell, store: Store) -> None:
-    """Group commit: each batch is everything journaled while the previous one was written."""
+class DiskWatch:
+    """The disk alarm: free space under the limit, or a write the store could not make."""
+
+    def __init__(self, shell: Shell, data_dir: Path | None, limit: int) -> None:
+        self.shell = shell
+        self.data_dir = data_dir
+        self.limit = limit
+        self.low_space: str | None = None
+        self.write_error: str | None = None
+
+    async def run(self) -> None:
+        assert self.data_dir is not None
+        while True:
+            try:
+                free = resources.disk_free(self.data_dir)  # one statvfs: microseconds
+            except OSError as exc:
+                log.warning("cannot measure free disk space of %s: %s", self.data_dir, exc)
+            else:
+                low = None
+                if free < self.limit:
+                    low = (
+                        f"disk alarm: {resources.human(free)} free for {self.data_dir}, under "
+                        f"the limit of {resources.human(self.limit)}"
+                    )
+                if low != self.low_space:
+                    self.low_space = low
+                    self._update()
+            await trio.sleep(DISK_CHECK_INTERVAL)
+
+    def write_failed(self, reason: str) -> None:
+        self.write_error = f"disk alarm: {reason}"
+        self._update()
+
+    def write_succeeded(self) -> None:
+        if self.write_error is not None:
+            self.write_error = None
+            self._update()
+
+    def _update(self) -> None:
+        reason = self.write_error or self.low_space
+        flow = self.shell.broker.flow
+        if reason != flow.disk_alarm:
+            if reason is None:
+                log.info("disk alarm cleared: publishers of persistent messages may go on")
+            else:
+                log.warning("%s; publishers of persistent messages are blocked", reason)
+        flow.set_disk_alarm(reason)
+        self.shell.apply_flow()
+
+
+async def _committer(shell: Shell, store: Store, disk: DiskWatch) -> None:
+    """Group commit: each batch is everything journaled while the previous one was written.
+
+    A batch the store cannot write (a full disk) nacks its publishes and is written again
+    with the next one; the broker goes on, and the disk alarm blocks persistent publishers.
+    """
     broker = shell.broker
     journal = broker.journal
     assert journal is not None
@@ -268,7 +341,16 @@ async def _committer(shell: Shell, store: Store) -> None:
         if not len(journal):
             await pending.wait()
         batch = journal.take()
-        await trio.to_thread.run_sync(store.write, batch.records)
+        try:
+            await trio.to_thread.run_sync(store.write, batch.records)
+        except Exception as exc:
+            reason = f"the store could not write ({exc})"
+            log.error("%s: nacked %d publishes; retrying the rest", reason, len(batch.confirms))
+            broker.batch_failed(batch, reason)
+            disk.write_failed(reason)
+            await trio.sleep(WRITE_RETRY_SECONDS)
+            continue
+        disk.write_succeeded()
         broker.batch_committed(batch)
         for release in batch.after_commit:
             release()

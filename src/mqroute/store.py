@@ -12,6 +12,7 @@ time (the server's committer).
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -37,6 +38,8 @@ from .journal import (
     Record,
 )
 from .model import Binding, ExchangeSpec, Message, Properties, QueueSpec
+
+log = logging.getLogger("mqroute.store")
 
 DB_NAME = "mqroute.db"
 APPLICATION_ID = 0x6D717274  # "mqrt": marks the file as ours
@@ -141,7 +144,8 @@ class SqliteStore:
         self._fault = fault
         self._fault_at = fault_at
         self._message_batches = 0
-        self._failed = False
+        self._failed = False  # the last write failed: what is on disk may lack something
+        self._marked_in_use = False  # clean_shutdown=0 is on disk (written with the first batch)
         existed = self.path.exists()
         try:
             # Owner only; SQLite gives its -wal and -shm files the database file's mode.
@@ -177,7 +181,11 @@ class SqliteStore:
     def load(self) -> Snapshot:
         db = self._db
         clean = db.execute("SELECT value FROM meta WHERE key='clean_shutdown'").fetchone()
-        db.execute("INSERT OR REPLACE INTO meta VALUES ('clean_shutdown', '0')")
+        try:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('clean_shutdown', '0')")
+            self._marked_in_use = True
+        except sqlite3.OperationalError as exc:  # a full disk must not stop a start
+            log.warning("cannot write to the store at start (%s); will retry with each write", exc)
         exchanges = [
             ExchangeSpec(**_load(spec)) for (spec,) in db.execute("SELECT spec FROM exchanges")
         ]
@@ -232,6 +240,8 @@ class SqliteStore:
             self._message_batches += 1
         db.execute("BEGIN")
         try:
+            if not self._marked_in_use:
+                db.execute("INSERT OR REPLACE INTO meta VALUES ('clean_shutdown', '0')")
             for record in records:
                 _APPLY[type(record)](db, record)
             if self._fault == "before-commit" and self._at_fault(has_message):
@@ -239,8 +249,11 @@ class SqliteStore:
             db.execute("COMMIT")
         except BaseException:
             self._failed = True
-            db.execute("ROLLBACK")
+            if db.in_transaction:  # SQLite may have rolled back already (a full disk)
+                db.execute("ROLLBACK")
             raise
+        self._failed = False
+        self._marked_in_use = True
         if self._fault == "after-commit" and self._at_fault(has_message):
             _die()
 
@@ -267,8 +280,15 @@ class SqliteStore:
 
     def close(self) -> None:
         if not self._failed:
-            self._db.execute("INSERT OR REPLACE INTO meta VALUES ('clean_shutdown', '1')")
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            try:
+                self._db.execute("INSERT OR REPLACE INTO meta VALUES ('clean_shutdown', '1')")
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.OperationalError as exc:
+                log.warning(
+                    "could not record a clean shutdown (%s): the next start recovers as after "
+                    "a crash, marking messages redelivered; nothing is lost",
+                    exc,
+                )
         self._reader.close()
         self._db.close()
 
