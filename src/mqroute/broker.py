@@ -95,6 +95,17 @@ class Exchange:
 
 
 @attrs.frozen(kw_only=True)
+class Limits:
+    """How many of each thing one virtual host may hold; past a limit a declare, bind or
+    consume fails with PRECONDITION_FAILED naming it (RabbitMQ's max-queues wording)."""
+
+    queues: int = 100_000
+    exchanges: int = 10_000
+    bindings: int = 1_000_000
+    consumers_per_session: int = 10_000
+
+
+@attrs.frozen(kw_only=True)
 class DeclareOk:
     queue: str
     message_count: int
@@ -131,8 +142,11 @@ class Broker:
         durable: bool = False,
         memory_limit: int | None = None,
         queue_flow_limit: int = DEFAULT_QUEUE_LIMIT,
+        limits: Limits = Limits(),
     ) -> None:
         self.max_message_size = max_message_size
+        self.limits = limits
+        self._binding_count = 0
         self.journal: Journal | None = Journal() if durable else None
         self.ledger = MemoryLedger()
         self.flow = FlowControl(
@@ -221,6 +235,11 @@ class Broker:
         _check_name("exchange", spec.name)
         if spec.name.startswith("amq."):
             raise AccessRefused(f"exchange name {spec.name!r} uses the reserved prefix 'amq.'")
+        if len(self.exchanges) - len(PREDECLARED) >= self.limits.exchanges:
+            raise PreconditionFailed(
+                f"cannot declare exchange {spec.name!r}: exchange limit "
+                f"({self.limits.exchanges}) is reached"
+            )
         if spec.type not in EXCHANGE_TYPES:
             raise InvalidArgument(
                 f"unknown exchange type {spec.type!r}; expected one of {', '.join(EXCHANGE_TYPES)}"
@@ -270,6 +289,10 @@ class Broker:
                 raise AccessRefused(f"queue name {spec.name!r} uses the reserved prefix 'amq.'")
         else:
             spec = attrs.evolve(spec, name=self._server_queue_name())
+        if len(self.queues) >= self.limits.queues:
+            raise PreconditionFailed(
+                f"cannot declare queue {spec.name!r}: queue limit ({self.limits.queues}) is reached"
+            )
         queue = MessageQueue(spec, owner=owner if spec.exclusive else None, ledger=self.ledger)
         if queue.keeps_messages:
             queue.loader = self.loader
@@ -382,6 +405,12 @@ class Broker:
         index = self._bindings_to.setdefault((binding.destination_kind, binding.destination), {})
         if binding.key in index:
             return  # binding again is a no-op, as in AMQP
+        if self._binding_count >= self.limits.bindings:
+            raise PreconditionFailed(
+                f"cannot bind {binding.destination!r} to {binding.source!r}: binding limit "
+                f"({self.limits.bindings}) is reached"
+            )
+        self._binding_count += 1
         index[binding.key] = binding
         if self._is_durable_binding(binding):
             self._record(PutBinding(binding))
@@ -411,8 +440,8 @@ class Broker:
         source.router.remove_binding(binding)
         source.binding_count -= 1
         index = self._bindings_to.get((binding.destination_kind, binding.destination))
-        if index is not None:
-            index.pop(binding.key, None)
+        if index is not None and index.pop(binding.key, None) is not None:
+            self._binding_count -= 1
             if not index:
                 del self._bindings_to[(binding.destination_kind, binding.destination)]
 
@@ -638,6 +667,11 @@ class Broker:
         self._check_access(session.owner, q)
         if prefetch < 0 or prefetch > 65535:
             raise InvalidArgument(f"prefetch must be from 0 to 65535, not {prefetch}")
+        if len(session.consumers) >= self.limits.consumers_per_session:
+            raise PreconditionFailed(
+                f"cannot consume from {queue!r}: consumer limit per connection "
+                f"({self.limits.consumers_per_session}) is reached"
+            )
         if consumer_tag and consumer_tag in session.consumers:
             raise PreconditionFailed(f"consumer tag {consumer_tag!r} is already in use")
         if any(c.exclusive for c in q.consumers.values() if isinstance(c, ConsumerState)):
@@ -1173,6 +1207,7 @@ class Broker:
             if source is None or binding.key in index:
                 continue
             index[binding.key] = binding
+            self._binding_count += 1
             source.router.add_binding(binding)
             source.binding_count += 1
             source.ever_bound = True

@@ -987,6 +987,10 @@ class Connection:
         self._fragments, self._fragments_size = [], 0
         return payload
 
+    def pending_bytes(self) -> int:
+        """Bytes of a frame begun but not yet whole (the server times slow ones out)."""
+        return len(self._buffer) - self._pos + self._fragments_size + (self._dropping or 0)
+
     def _need_data(self, available: int) -> Any:
         if not self._eof:
             return NEED_DATA

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import resource
 from pathlib import Path
 
 _UNITS = {
@@ -61,6 +62,18 @@ def memory_limit(watermark: float | int) -> int:
     if isinstance(watermark, float):
         return int(total_memory() * watermark)
     return watermark
+
+
+#: File descriptors kept back from clients: the store, its WAL, listeners, logs.
+FD_RESERVE = 64
+
+
+def connection_limit() -> int:
+    """The most clients the open-file limit allows, keeping FD_RESERVE for the rest."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 100_000
+    return max(soft - FD_RESERVE, 1)
 
 
 def disk_free(path: Path) -> int:

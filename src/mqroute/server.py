@@ -10,13 +10,14 @@ by the reader waiting while its output is unsent.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import logging
 import math
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ import trio
 
 from . import __version__, resources
 from .admin import Registry, inspect
-from .broker import Broker
+from .broker import Broker, Limits
 from .datadir import DataDirLock
 from .errors import BrokerError, PreconditionFailed, ProtocolError
 from .flow import DEFAULT_QUEUE_LIMIT
@@ -99,6 +100,7 @@ FRAMES_PER_TURN = 128  # frames one connection's reader handles before it yields
 TURN_SECONDS = 0.005  # ... or seconds it spends, whichever comes first
 RATE_INTERVAL = 5.0  # seconds between rate samples
 TIMER_FAILURE_BACKOFF = 1.0  # seconds the timer waits after an unexpected failure
+ACCEPT_BACKOFF = 0.1  # seconds before accepting again when out of file descriptors
 DISK_CHECK_INTERVAL = 1.0  # seconds between two looks at the free disk space
 WRITE_RETRY_SECONDS = 1.0  # seconds before a batch the store could not write is tried again
 PENDING_OUTPUT_LIMIT = 1024  # the reader stops reading while more frames than this are unsent
@@ -122,6 +124,13 @@ class ServerConfig:
     # free space than this. RabbitMQ's disk_free_limit (default 50 MB there).
     disk_free_limit: int = 200 * 1024 * 1024
     close_timeout: float = 2.0  # how long a closing connection may take to flush
+    # None: the open-file limit less a reserve for the store and the listeners.
+    max_connections: int | None = None
+    max_connections_per_host: int = 1000
+    # A frame begun must go on arriving at this rate (bytes/s) once its grace has passed.
+    min_frame_rate: int = 1024
+    frame_grace: float = 10.0
+    limits: Limits = attrs.Factory(Limits)
     data_dir: Path | None = None  # None: nothing is kept on disk
     fault: str | None = None  # crash tests only: see SqliteStore
     fault_at: int = 1
@@ -165,6 +174,7 @@ async def serve(
                 durable=store is not None,
                 memory_limit=resources.memory_limit(config.memory_high_watermark),
                 queue_flow_limit=config.queue_flow_limit,
+                limits=config.limits,
             )
         store = store or MemoryStore()
         broker.loader = store.read_messages
@@ -208,10 +218,24 @@ async def _serve(
     def clock() -> float:
         return epoch + trio.current_time()
 
-    shell = Shell(broker=broker, config=config, clock=clock, registry=registry)
+    shell = Shell(
+        broker=broker,
+        config=config,
+        clock=clock,
+        registry=registry,
+        max_connections=config.max_connections or resources.connection_limit(),
+    )
 
     async def handle(stream: trio.SocketStream) -> None:
-        await ServerConnection(shell, stream, f"conn-{next(ids)}").run()
+        host = _peer_host(stream)
+        refusal = shell.admit(host)
+        try:
+            if refusal is not None:
+                await _refuse(stream, refusal)
+            else:
+                await ServerConnection(shell, stream, f"conn-{next(ids)}").run()
+        finally:
+            shell.leave(host)
 
     broker.now = clock()
     async with trio.open_nursery() as nursery:
@@ -222,7 +246,8 @@ async def _serve(
             nursery.start_soon(_committer, shell, store, disk)
             if config.data_dir is not None:
                 nursery.start_soon(disk.run)
-        await nursery.start(trio.serve_listeners, handle, listeners)
+        for listener in listeners:
+            nursery.start_soon(_accept, shell, listener, nursery, handle)
         log.info("mqroute %s listening on %s", __version__, address.url)
         task_status.started(address)
 
@@ -236,8 +261,40 @@ class Shell:
     config: ServerConfig
     clock: Callable[[], float]
     registry: Registry
+    max_connections: int = 10_000
     bad_log: LogLimit = attrs.Factory(LogLimit)
     by_session: dict[int, ServerConnection] = attrs.Factory(dict)
+    open_connections: int = 0
+    by_host: dict[str, int] = attrs.Factory(dict)
+
+    def admit(self, host: str) -> str | None:
+        """Count a new client in; the reason to refuse it, if over a connection limit."""
+        self.open_connections += 1
+        self.by_host[host] = self.by_host.get(host, 0) + 1
+        if self.open_connections > self.max_connections:
+            return f"too many connections: the broker takes at most {self.max_connections}"
+        if self.by_host[host] > self.config.max_connections_per_host:
+            return (
+                f"too many connections from {host}: at most "
+                f"{self.config.max_connections_per_host} per address"
+            )
+        return None
+
+    def leave(self, host: str) -> None:
+        self.open_connections -= 1
+        left = self.by_host[host] - 1
+        if left:
+            self.by_host[host] = left
+        else:
+            del self.by_host[host]
+
+    def log_limited(self, message: str, *args: object) -> None:
+        """A warning clients can cause: at most a few a minute, with a count of the rest."""
+        allowed, suppressed = self.bad_log.allow(trio.current_time())
+        if allowed:
+            if suppressed:
+                message += f" ({suppressed} similar lines suppressed)"
+            log.warning(message, *args)
 
     def apply_flow(self) -> None:
         """Tell each connection the core blocked or unblocked whether it may publish. Cheap
@@ -363,7 +420,6 @@ class ServerConnection:
     def __init__(self, shell: Shell, stream: trio.SocketStream, conn_id: str) -> None:
         self.shell = shell
         self.broker = shell.broker
-        self._bad_log = shell.bad_log
         self.registry = shell.registry
         self.opened_at = time.time()
         self._clock = shell.clock
@@ -391,6 +447,8 @@ class ServerConnection:
         self._unblocked = trio.Event()
         self._unblocked.set()
         self._published_while_blocked = 0  # bytes: publishes already on their way are taken
+        self._partial_since: float | None = None  # when the frame being received began
+        self._partial_received = 0
 
     async def run(self) -> None:
         try:
@@ -455,12 +513,7 @@ class ServerConnection:
         return f": {self._close.code} {self._close.text!r}"
 
     def _log_bad(self, message: str, *args: object) -> None:
-        """A warning a client can cause: rate limited across all connections."""
-        allowed, suppressed = self._bad_log.allow(trio.current_time())
-        if allowed:
-            if suppressed:
-                message += f" ({suppressed} similar lines suppressed)"
-            log.warning(message, *args)
+        self.shell.log_limited(message, *args)
 
     # --- handshake -----------------------------------------------------------------------
 
@@ -540,11 +593,21 @@ class ServerConnection:
                 if len(self._replies) + self.session.outbox_size() > PENDING_OUTPUT_LIMIT:
                     self._drained = trio.Event()  # a client not reading: stop reading it
                     await self._drained.wait()
-                data = await self.stream.receive_some(RECEIVE_SIZE)
+                    self._partial_since = None  # our pause is not the client's slowness
+                data = await self._receive()
+                if data is None:
+                    self._log_bad("%s: a frame arrived too slowly; closing", self.id)
+                    self._closing(
+                        "FRAME_ERROR",
+                        f"a frame arrived too slowly: less than {self.config.min_frame_rate} "
+                        f"bytes a second after {self.config.frame_grace}s",
+                    )
+                    return
                 self._last_received = trio.current_time()
                 self.broker.now = self._clock()  # the core reads no clock
                 proto.receive_data(data)
                 continue
+            self._partial_since = None  # a whole frame came: any slow one starts again
             kind = type(event)
             if kind is Publish:
                 if self._blocked is not None:
@@ -608,6 +671,33 @@ class ServerConnection:
         self._published_while_blocked += size + 1024
         if self._published_while_blocked > BLOCKED_GRACE_BYTES:
             await self._unblocked.wait()
+            self._partial_since = None  # our pause is not the client's slowness
+
+    async def _receive(self) -> bytes | None:
+        """The next bytes from the client; None if a frame it began stalls.
+
+        A frame begun must keep arriving at ``min_frame_rate`` on average once
+        ``frame_grace`` has passed, so a client cannot hold a connection (and its buffer)
+        open by trickling a byte now and then (slowloris). An idle client, between frames,
+        is the heartbeat's business.
+        """
+        if not self.proto.pending_bytes():
+            self._partial_since = None
+            return await self.stream.receive_some(RECEIVE_SIZE)
+        now = trio.current_time()
+        if self._partial_since is None:
+            self._partial_since, self._partial_received = now, 0
+        config = self.config
+        deadline = (
+            self._partial_since
+            + config.frame_grace
+            + self._partial_received / config.min_frame_rate
+        )
+        with trio.move_on_at(deadline):
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+            self._partial_received += len(data)
+            return data
+        return None
 
     def _closing(self, code: str | None, text: str) -> None:
         self._close = Close(code=code, text=text)
@@ -923,6 +1013,46 @@ def _to_frame(event: Event) -> Frame:
     if isinstance(event, DeliveryTimedOut):
         return TimedOut(consumer_tag=event.consumer_tag, delivery_tag=event.delivery_tag)
     return Cancelled(consumer_tag=event.consumer_tag, reason=event.reason)
+
+
+_DESCRIPTOR_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+
+
+async def _accept(
+    shell: Shell,
+    listener: trio.SocketListener,
+    nursery: trio.Nursery,
+    handle: Callable[[trio.SocketStream], Awaitable[None]],
+) -> None:
+    """Accept clients for ever. Out of file descriptors, it logs (a few times a minute, not
+    per attempt) and waits a moment; the connection limit keeps that rare."""
+    while True:
+        try:
+            stream = await listener.accept()
+        except OSError as exc:
+            if exc.errno not in _DESCRIPTOR_ERRORS:
+                raise
+            shell.log_limited("cannot accept a client: %s; new clients wait", exc.strerror)
+            await trio.sleep(ACCEPT_BACKOFF)
+            continue
+        nursery.start_soon(handle, stream)
+
+
+async def _refuse(stream: trio.SocketStream, reason: str) -> None:
+    """Tell a client over a limit why, then close: it never gets a session."""
+    close = Connection(Role.SERVER).send(Close(code="RESOURCE_ERROR", text=reason))
+    with trio.move_on_after(1):
+        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+            await stream.send_all(close)
+    await trio.aclose_forcefully(stream)
+
+
+def _peer_host(stream: trio.SocketStream) -> str:
+    try:
+        addr = stream.socket.getpeername()
+    except OSError:
+        return "?"
+    return str(addr[0]) if isinstance(addr, tuple) else str(addr)
 
 
 def _peer_name(stream: trio.SocketStream) -> str:
