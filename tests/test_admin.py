@@ -184,5 +184,25 @@ def test_rates_come_from_counts_between_samples() -> None:
     for _ in range(10):
         broker.get(session, "q", auto_ack=True)
     registry.sample(broker, 105.0)
-    [row] = inspect(broker, registry, "queues")
+    [row], total = inspect(broker, registry, "queues")
+    assert total == 1
     assert (row["publish_rate"], row["deliver_rate"]) == (10.0, 2.0)
+
+
+async def test_listings_of_any_length_come_in_pages_of_bounded_size(nursery: trio.Nursery) -> None:
+    from mqroute.server import ServerConfig, serve
+
+    # A small maximum message size makes a listing of 3,000 queues larger than one frame.
+    address = await nursery.start(
+        lambda task_status: serve(
+            ServerConfig(port=0, max_message_size=16 * 1024), task_status=task_status
+        )
+    )
+    async with mqroute.connect(address.url) as conn:
+        for i in range(3000):
+            await conn.declare_queue(f"queue-with-a-long-name-{i:05}", arguments={"x-n": i})
+        rows = await conn.inspect("queues")
+        assert [r["name"] for r in rows] == sorted(
+            f"queue-with-a-long-name-{i:05}" for i in range(3000)
+        )
+        assert (await conn.inspect("status"))["queues"] == 3000

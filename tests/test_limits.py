@@ -50,7 +50,7 @@ async def test_connections_over_the_limit_are_refused_with_a_reason() -> None:
 async def test_connections_per_address_are_limited() -> None:
     async with server_with(max_connections_per_host=1) as address:
         async with mqroute.connect(address.url) as first:
-            with pytest.raises(ConnectionClosed, match="from 127.0.0.1"):
+            with pytest.raises(ConnectionClosed, match=r"from 127\.0\.0\.1"):
                 async with mqroute.connect(address.url):
                     pass
             await first.declare_queue("q")

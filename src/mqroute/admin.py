@@ -1,6 +1,8 @@
 """What the admin requests answer: listings of the broker's state, and its status.
 
-Rows are plain tables (CBOR-friendly) so the CLI can print them or emit them as JSON.
+Rows are plain tables (CBOR-friendly) so the CLI can print them or emit them as JSON. Every
+listing is paged: a request names an offset and at most PAGE_ROWS rows, and only the rows of
+that page are built, so a broker with 100,000 queues answers in frames of a bounded size.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from .errors import InvalidArgument
 from .session import ConsumerState
 
 WHAT = ("queues", "exchanges", "bindings", "consumers", "connections", "status")
+PAGE_ROWS = 500  # the most rows one answer holds
 
 
 class ConnectionInfo(Protocol):
@@ -49,14 +52,22 @@ class Registry:
         self._last = (now, counts)
 
 
-def inspect(broker: Broker, registry: Registry, what: str) -> Any:
+def inspect(
+    broker: Broker, registry: Registry, what: str, offset: int = 0, limit: int = PAGE_ROWS
+) -> tuple[Any, int]:
+    """One page of a listing (or the status table) and how many rows the listing has."""
     if what not in WHAT:
         raise InvalidArgument(f"cannot list {what!r}; choose one of {', '.join(WHAT)}")
-    return _LISTERS[what](broker, registry)
+    if what == "status":
+        return _status(broker, registry), 1
+    page = slice(offset, offset + max(0, min(limit, PAGE_ROWS)))
+    rows, total = _LISTERS[what](broker, registry, page)
+    return rows, total
 
 
-def _queues(broker: Broker, registry: Registry) -> list[dict[str, Any]]:
-    return [
+def _queues(broker: Broker, registry: Registry, page: slice) -> tuple[list[Any], int]:
+    queues = sorted(broker.queues.values(), key=lambda q: q.name)
+    rows = [
         {
             "name": q.name,
             "durable": q.spec.durable,
@@ -70,12 +81,14 @@ def _queues(broker: Broker, registry: Registry) -> list[dict[str, Any]]:
             "deliver_rate": round(registry.rates.get(q.name, (0.0, 0.0))[1], 1),
             "arguments": q.spec.arguments,
         }
-        for q in sorted(broker.queues.values(), key=lambda q: q.name)
+        for q in queues[page]
     ]
+    return rows, len(queues)
 
 
-def _exchanges(broker: Broker, registry: Registry) -> list[dict[str, Any]]:
-    return [
+def _exchanges(broker: Broker, registry: Registry, page: slice) -> tuple[list[Any], int]:
+    exchanges = sorted(broker.exchanges.values(), key=lambda x: x.name)
+    rows = [
         {
             "name": x.name,
             "type": x.spec.type,
@@ -85,11 +98,16 @@ def _exchanges(broker: Broker, registry: Registry) -> list[dict[str, Any]]:
             "bindings": x.binding_count,
             "arguments": x.spec.arguments,
         }
-        for x in sorted(broker.exchanges.values(), key=lambda x: x.name)
+        for x in exchanges[page]
     ]
+    return rows, len(exchanges)
 
 
-def _bindings(broker: Broker, registry: Registry) -> list[dict[str, Any]]:
+def _bindings(broker: Broker, registry: Registry, page: slice) -> tuple[list[Any], int]:
+    bindings = sorted(
+        broker.bindings(),
+        key=lambda b: (b.source, b.destination_kind, b.destination, b.routing_key),
+    )
     rows = [
         {
             "source": b.source,
@@ -98,37 +116,42 @@ def _bindings(broker: Broker, registry: Registry) -> list[dict[str, Any]]:
             "routing_key": b.routing_key,
             "arguments": b.arguments,
         }
-        for b in broker.bindings()
+        for b in bindings[page]
     ]
-    return sorted(rows, key=lambda r: (r["source"], r["kind"], r["destination"], r["routing_key"]))
+    return rows, len(bindings)
 
 
-def _consumers(broker: Broker, registry: Registry) -> list[dict[str, Any]]:
+def _consumers(broker: Broker, registry: Registry, page: slice) -> tuple[list[Any], int]:
+    consumers = [
+        (queue, consumer)
+        for queue in sorted(broker.queues.values(), key=lambda q: q.name)
+        for consumer in queue.consumers.values()
+    ]
     rows = []
-    for queue in sorted(broker.queues.values(), key=lambda q: q.name):
-        for consumer in queue.consumers.values():
-            assert isinstance(consumer, ConsumerState)
-            rows.append(
-                {
-                    "queue": queue.name,
-                    "consumer_tag": consumer.tag,
-                    "connection": consumer.session.owner,
-                    "prefetch": consumer.prefetch,
-                    "unacked": consumer.unacked,
-                    "auto_ack": consumer.auto_ack,
-                    "priority": consumer.priority,
-                    "active": queue.active_tag in (None, consumer.tag),
-                }
-            )
-    return rows
+    for queue, consumer in consumers[page]:
+        assert isinstance(consumer, ConsumerState)
+        rows.append(
+            {
+                "queue": queue.name,
+                "consumer_tag": consumer.tag,
+                "connection": consumer.session.owner,
+                "prefetch": consumer.prefetch,
+                "unacked": consumer.unacked,
+                "auto_ack": consumer.auto_ack,
+                "priority": consumer.priority,
+                "active": queue.active_tag in (None, consumer.tag),
+            }
+        )
+    return rows, len(consumers)
 
 
-def _connections(broker: Broker, registry: Registry) -> list[dict[str, Any]]:
+def _connections(broker: Broker, registry: Registry, page: slice) -> tuple[list[Any], int]:
     owners: dict[str, list[Any]] = {}
     for session in broker.sessions.values():
         owners.setdefault(session.owner, []).append(session)
+    connections = sorted(registry.connections.values(), key=lambda c: c.opened_at)
     rows = []
-    for conn in sorted(registry.connections.values(), key=lambda c: c.opened_at):
+    for conn in connections[page]:
         sessions = owners.get(conn.id, [])
         rows.append(
             {
@@ -140,7 +163,7 @@ def _connections(broker: Broker, registry: Registry) -> list[dict[str, Any]]:
                 "unacked": sum(len(s.unacked) for s in sessions),
             }
         )
-    return rows
+    return rows, len(connections)
 
 
 def _status(broker: Broker, registry: Registry) -> dict[str, Any]:
@@ -173,11 +196,10 @@ def _rss_mb() -> float | None:
     return None
 
 
-_LISTERS = {
+_LISTERS: dict[str, Any] = {
     "queues": _queues,
     "exchanges": _exchanges,
     "bindings": _bindings,
     "consumers": _consumers,
     "connections": _connections,
-    "status": _status,
 }

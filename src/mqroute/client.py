@@ -93,6 +93,7 @@ WRITE_BUFFER_LIMIT = 1024 * 1024  # senders wait while more than this is unsent
 RECEIVE_SIZE = 256 * 1024
 CANCEL_TIMEOUT = 10.0  # leaving a consume block waits at most this long for the broker
 CHECKPOINT_EVERY = 64  # buffered messages handed out between two scheduler checkpoints
+PAGE_ROWS = 500  # rows asked for per page of an admin listing
 
 Body = bytes | bytearray | memoryview | str
 
@@ -733,7 +734,14 @@ class Connection:
     async def inspect(self, what: str) -> Any:
         """Admin listing: queues, exchanges, bindings, consumers, connections (rows), or
         status (a table)."""
-        return (await self._request(Inspect, what=what))["result"]
+        if what == "status":
+            return (await self._request(Inspect, what=what, offset=0, limit=1))["result"]
+        rows: list[Any] = []
+        while True:  # the broker answers a page at a time
+            page = await self._request(Inspect, what=what, offset=len(rows), limit=PAGE_ROWS)
+            rows.extend(page["result"])
+            if not page["result"] or len(rows) >= page["total"]:
+                return rows
 
     async def bind_queue(
         self, queue: str, exchange: str, routing_key: str = "", arguments: Table | None = None

@@ -464,10 +464,15 @@ class ExplainRoute(Frame):
 @_frame(22, C)
 @attrs.frozen(kw_only=True)
 class Inspect(Frame):
-    """Admin listing: ``what`` is queues, exchanges, bindings, consumers, connections or status."""
+    """Admin listing: ``what`` is queues, exchanges, bindings, consumers, connections or status.
+
+    Listings are paged: at most ``limit`` rows (the server caps it) from ``offset`` on.
+    """
 
     rid: int
     what: str
+    offset: int
+    limit: int
 
 
 @_frame(30, S)

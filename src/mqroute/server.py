@@ -834,7 +834,8 @@ class ServerConnection:
         return {"queues": result.queues, "steps": steps}
 
     def _inspect(self, ev: Inspect) -> dict[str, Any]:
-        return {"result": inspect(self.broker, self.registry, ev.what)}
+        rows, total = inspect(self.broker, self.registry, ev.what, ev.offset, ev.limit)
+        return {"result": rows, "total": total}
 
     def _redrive(self, ev: Redrive) -> dict[str, Any]:
         moved = self.broker.redrive(self.id, ev.queue, to_exchange=ev.exchange, limit=ev.limit)
