@@ -285,3 +285,43 @@ async def test_settled_messages_leave_nothing_in_the_deliver_tail_cache(
     del msg
     gc.collect()
     assert sum(len(t[3]) for t in server_module._TAILS.values()) < 256 * 1024
+
+
+async def test_a_backlog_a_consumer_took_and_gave_back_is_paged_out_again(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from mqroute.queue import RESIDENT
+
+    from .test_durability import running
+
+    broker = Broker(durable=True)
+    async with running(Path(str(tmp_path)), broker=broker) as address:
+        async with mqroute.connect(address.url) as conn:
+            await conn.declare_queue("q", durable=True)
+            async with conn.publisher() as pub:
+                for _ in range(5000):
+                    await pub.publish("", "q", b"x" * 1000, persistent=True)
+        paged_in_before = broker.ledger.used
+        async with mqroute.connect(address.url) as greedy:
+            async with greedy.consume("q", prefetch=0) as messages:
+                got = 0
+                async for _ in messages:  # takes everything, acks nothing
+                    got += 1
+                    if got == 5000:
+                        break
+        async with mqroute.connect(address.url) as conn:
+            await conn.declare_queue("q", durable=True, passive=True)  # the close was handled
+        queue = broker.queues["q"]
+        assert len(queue) == 5000 and queue.unacked == 0
+        resident = [e for e in queue.ready_entries() if e.message is not None]
+        assert len(resident) <= RESIDENT + 256
+        assert broker.ledger.used <= paged_in_before + 2 * RESIDENT * (1000 + ENTRY_OVERHEAD)
+        async with mqroute.connect(address.url) as conn:  # and it is still all there, in order
+            async with conn.consume("q", prefetch=100) as messages:
+                count = 0
+                async for msg in messages:
+                    assert msg.redelivered
+                    await msg.ack()
+                    count += 1
+                    if count == 5000:
+                        break
