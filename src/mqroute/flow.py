@@ -28,7 +28,9 @@ import attrs
 #: What one queued message costs beyond its body (entry, message and property objects).
 ENTRY_OVERHEAD = 320
 
-DEFAULT_QUEUE_LIMIT = 1024 * 1024
+#: Large enough that a queue with workers still absorbs a burst (the point of a queue); set it
+#: lower (256 KiB) where end-to-end latency matters more than absorbing bursts.
+DEFAULT_QUEUE_LIMIT = 16 * 1024 * 1024
 
 
 @attrs.define

@@ -104,7 +104,7 @@ ACCEPT_BACKOFF = 0.1  # seconds before accepting again when out of file descript
 DISK_CHECK_INTERVAL = 1.0  # seconds between two looks at the free disk space
 WRITE_RETRY_SECONDS = 1.0  # seconds before a batch the store could not write is tried again
 PENDING_OUTPUT_LIMIT = 1024  # the reader stops reading while more frames than this are unsent
-BLOCKED_GRACE_BYTES = 8 * 1024 * 1024  # publishes taken after a Blocked before reading stops
+BLOCKED_GRACE_BYTES = 256 * 1024  # publishes taken after a Blocked before reading stops
 
 
 @attrs.frozen(kw_only=True)
