@@ -21,6 +21,7 @@ from . import __version__, resources
 from .client import Connection, connect
 from .datadir import DataDirError, default_data_dir
 from .errors import MQRouteError
+from .protocol import DEFAULT_MAX_FRAME_SIZE, HANDSHAKE_FRAME_SIZE
 from .server import DEFAULT_HOST, DEFAULT_PORT, ServerConfig, serve
 from .store import StoreError
 
@@ -78,6 +79,14 @@ def main() -> None:
     "(PRECONDITION_FAILED).",
 )
 @click.option(
+    "--max-frame-size",
+    default=DEFAULT_MAX_FRAME_SIZE,
+    show_default=True,
+    type=click.IntRange(HANDSHAKE_FRAME_SIZE),
+    help="Largest frame either side sends once connected (a client may ask for less); "
+    "larger messages travel as several frames.",
+)
+@click.option(
     "--memory-high-watermark",
     default="0.4",
     show_default=True,
@@ -116,6 +125,7 @@ def server(
     data_dir: Path | None,
     heartbeat: float,
     max_message_size: int,
+    max_frame_size: int,
     memory_high_watermark: str,
     disk_free_limit: str,
     queue_flow_limit: str,
@@ -137,6 +147,7 @@ def server(
         port=port,
         heartbeat_ms=int(heartbeat * 1000),
         max_message_size=max_message_size,
+        max_frame_size=max_frame_size,
         memory_high_watermark=watermark,
         disk_free_limit=disk_limit,
         queue_flow_limit=flow_limit,

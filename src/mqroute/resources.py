@@ -57,6 +57,15 @@ def total_memory() -> int:
     return min(physical, int(limit)) if limit.isdigit() else physical
 
 
+def process_memory() -> int:
+    """This process's resident memory in bytes (0 where /proc is not there)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def memory_limit(watermark: float | int) -> int:
     """The high watermark in bytes: a fraction (float) of total memory, or bytes (int)."""
     if isinstance(watermark, float):

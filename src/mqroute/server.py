@@ -168,6 +168,7 @@ async def serve(
         if store is None and config.data_dir is not None:
             stack.enter_context(DataDirLock(config.data_dir))
             store = SqliteStore(config.data_dir, fault=config.fault, fault_at=config.fault_at)
+        own_broker = broker is None
         if broker is None:
             broker = Broker(
                 max_message_size=config.max_message_size,
@@ -180,6 +181,8 @@ async def serve(
         broker.loader = store.read_messages
         broker.now = time.time()  # recovery compares remembered deadlines with it
         await _recover(broker, store)
+        if own_broker:  # what the process holds already counts against the watermark
+            broker.flow.memory_baseline = resources.process_memory()
         try:
             await _serve(broker, store, config, task_status)
         finally:
