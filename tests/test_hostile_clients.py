@@ -275,3 +275,38 @@ async def test_an_unknown_client_cannot_make_the_server_buffer_more_than_4_kib(
     raw = RawClient(stream)
     events = await raw.until_closed()
     assert isinstance(events[-1], Close) and "maximum frame size of 4096" in events[-1].text
+
+
+async def test_a_client_resetting_its_socket_mid_write_is_a_lost_connection_not_an_error(
+    server: ServerAddress, caplog: pytest.LogCaptureFixture
+) -> None:
+    import socket
+
+    from mqroute.protocol import Consume
+
+    async with mqroute.connect(server.url) as conn:
+        await conn.declare_queue("q")
+        async with conn.publisher() as pub:
+            for _ in range(200):
+                await pub.publish("", "q", b"x" * 64 * 1024)
+        with caplog.at_level(logging.INFO, logger="mqroute"):
+            for i in range(5):
+                raw = await RawClient.connect(server)
+                await raw.send(
+                    Consume(
+                        rid=1,
+                        queue="q",
+                        consumer_tag=f"t{i}",
+                        prefetch=0,
+                        auto_ack=False,
+                        exclusive=False,
+                        arguments={},
+                    )
+                )
+                await raw.stream.receive_some(1)  # deliveries are being written
+                raw.stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                raw.stream.socket.close()  # a reset, not a goodbye
+            await conn.declare_queue("q", passive=True)
+            await trio.testing.wait_all_tasks_blocked()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert any("connection lost" in r.getMessage() for r in caplog.records)

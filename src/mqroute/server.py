@@ -291,13 +291,16 @@ class Shell:
         else:
             del self.by_host[host]
 
-    def log_limited(self, message: str, *args: object) -> None:
-        """A warning clients can cause: at most a few a minute, with a count of the rest."""
+    def log_limited(self, message: str, *args: object, exc_info: bool = False) -> None:
+        """A line clients can cause: at most a few a minute, with a count of the rest. With
+        ``exc_info`` it is an error with its traceback (a bug a client may trigger at will)."""
         allowed, suppressed = self.bad_log.allow(trio.current_time())
         if allowed:
             if suppressed:
                 message += f" ({suppressed} similar lines suppressed)"
-            log.warning(message, *args)
+            log.log(
+                logging.ERROR if exc_info else logging.WARNING, message, *args, exc_info=exc_info
+            )
 
     def apply_flow(self) -> None:
         """Tell each connection the core blocked or unblocked whether it may publish. Cheap
@@ -482,10 +485,13 @@ class ServerConnection:
                 with trio.move_on_after(self.config.close_timeout):
                     await self._drained.wait()
                 nursery.cancel_scope.cancel()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            self._log_bad("%s: connection lost", self.id)
-        except Exception:
-            log.exception("%s: internal error; closing this connection", self.id)
+        except Exception as exc:
+            if _connection_lost(exc):
+                self._log_bad("%s: connection lost", self.id)
+                return
+            self.shell.log_limited(
+                "%s: internal error; closing this connection", self.id, exc_info=True
+            )
             if self._close is None:
                 self._close = Close(code="INTERNAL_ERROR", text="internal error in the broker")
         finally:
@@ -1049,6 +1055,13 @@ async def _refuse(stream: trio.SocketStream, reason: str) -> None:
         with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
             await stream.send_all(close)
     await trio.aclose_forcefully(stream)
+
+
+def _connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` only says the client's socket went away (perhaps grouped by a nursery)."""
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_connection_lost(e) for e in exc.exceptions)
+    return isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError))
 
 
 def _peer_host(stream: trio.SocketStream) -> str:
