@@ -308,7 +308,9 @@ async def main(minutes: float) -> int:
             await trio.sleep(0.5)
 
     started = time.monotonic()
+    # At the deadline every task stops, wherever it waits (a blocked flood waits for ever).
     async with trio.open_nursery() as nursery:
+        nursery.cancel_scope.deadline = soak.deadline + 1
         nursery.start_soon(watch)
         for task in (
             soak.fuzz,

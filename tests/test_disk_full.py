@@ -51,8 +51,10 @@ async def running(
                 task_status=task_status,
             )
         )
-        yield address
-        nursery.cancel_scope.cancel()
+        try:
+            yield address
+        finally:  # a failing test must not leave the server running (and the test hanging)
+            nursery.cancel_scope.cancel()
 
 
 async def test_a_failed_write_nacks_its_publishes_and_the_broker_goes_on(
@@ -109,7 +111,10 @@ async def test_low_free_space_blocks_persistent_publishers_only(
         await persistent.publish("", "q", b"1", persistent=True)
         await transient.publish("", "q", b"1")
         free[0] = 10_000_000
-        await trio.sleep(2)
+        await trio.sleep(2)  # the disk is looked at every second
+        # A round trip each: the server sends Blocked before these answers.
+        await persistent.declare_queue("q", durable=True, passive=True)
+        await transient.declare_queue("q", durable=True, passive=True)
         assert persistent.blocked is not None and "under the limit" in persistent.blocked
         assert transient.blocked is None
         await transient.publish("", "q", b"2")  # not blocked
@@ -118,6 +123,7 @@ async def test_low_free_space_blocks_persistent_publishers_only(
             pytest.fail("a persistent publish went through during the disk alarm")
         free[0] = 10**12
         await trio.sleep(2)
+        await persistent.declare_queue("q", durable=True, passive=True)
         await persistent.publish("", "q", b"3", persistent=True)
         assert persistent.blocked is None
 

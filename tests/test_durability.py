@@ -29,8 +29,10 @@ async def running(data_dir: Path, **kw: object) -> AsyncIterator[ServerAddress]:
                 ServerConfig(port=0, data_dir=data_dir), task_status=task_status, **kw
             )
         )
-        yield address
-        nursery.cancel_scope.cancel()
+        try:
+            yield address
+        finally:  # a failing test must not leave the server running (and the test hanging)
+            nursery.cancel_scope.cancel()
 
 
 async def test_durable_declarations_survive_a_restart(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ import trio.testing
 import mqroute
 from mqroute.broker import Broker
 from mqroute.flow import ENTRY_OVERHEAD, FlowControl, MemoryLedger
-from mqroute.server import ServerAddress, ServerConfig, serve
+from mqroute.server import BLOCKED_GRACE_BYTES, ServerAddress, ServerConfig, serve
 
 
 @attrs.define
@@ -22,6 +22,7 @@ class FakeQueue:
     deleted: bool = False
     size: int = 0
     consumers: int = 1
+    resident: int = 0
 
     def flow_bytes(self) -> int:
         return self.size
@@ -61,20 +62,41 @@ def test_a_waiting_publisher_resumes_when_the_consumers_leave() -> None:
     assert flow.take_changes() == {7: None}
 
 
-def test_the_memory_alarm_blocks_every_publisher_and_no_consumer() -> None:
+def test_the_memory_alarm_blocks_the_publishers_of_heavy_queues() -> None:
+    ledger = MemoryLedger()
+    flow = FlowControl(ledger, memory_limit=10_000)
+    heavy, light = FakeQueue(name="flood"), FakeQueue(name="orders")
+    heavy.resident, light.resident = 9_000, 99  # 1 % of the watermark makes a queue heavy
+    flow.published(1, persistent=False)
+    flow.published(2, persistent=False)
+    ledger.used = 10_001
+    flow.check()
+    assert flow.take_changes() == {}  # nobody yet: each is judged as it publishes
+    assert flow.heavy(heavy) and not flow.heavy(light)
+    flow.block_for_memory(1)  # the broker does this for a publish into a heavy queue
+    [(session, reason)] = flow.take_changes().items()
+    assert session == 1 and reason is not None and "memory alarm" in reason
+    ledger.used = 9_500  # under the watermark, not yet under 90 % of it
+    flow.check()
+    assert flow.take_changes() == {}
+    ledger.used = 8_999
+    flow.check()
+    assert flow.take_changes() == {1: None}
+
+
+def test_past_110_percent_the_memory_alarm_blocks_every_publisher_and_no_consumer() -> None:
     ledger = MemoryLedger()
     flow = FlowControl(ledger, memory_limit=10_000)
     flow.published(1, persistent=False)
     flow.published(2, persistent=True)
-    ledger.used = 10_001
+    ledger.used = 10_500
+    flow.check()
+    ledger.used = 11_001
     flow.check()
     changes = flow.take_changes()
-    assert set(changes) == {1, 2} and all("memory alarm" in (r or "") for r in changes.values())
+    assert set(changes) == {1, 2} and all("every publisher" in (r or "") for r in changes.values())
     flow.published(3, persistent=False)  # a new publisher is blocked at once
     assert "memory alarm" in (flow.take_changes()[3] or "")
-    ledger.used = 9_500  # under the watermark, not yet under 90 % of it
-    flow.check()
-    assert flow.take_changes() == {}
     ledger.used = 8_999
     flow.check()
     assert flow.take_changes() == {1: None, 2: None, 3: None}
@@ -129,8 +151,10 @@ async def broker_with(**kw: object) -> AsyncIterator[tuple[Broker, ServerAddress
         address = await nursery.start(
             lambda task_status: serve(ServerConfig(port=0), broker=broker, task_status=task_status)
         )
-        yield broker, address
-        nursery.cancel_scope.cancel()
+        try:
+            yield broker, address
+        finally:  # a failing test must not leave the server running (and the test hanging)
+            nursery.cancel_scope.cancel()
 
 
 async def test_a_slow_consumer_paces_its_publisher(autojump_clock: trio.testing.MockClock) -> None:
@@ -182,9 +206,10 @@ async def test_the_memory_alarm_blocks_publishers_until_consumers_free_memory(
                 for _ in range(1000):
                     await pub.publish("", "q", b"x" * 1000)
                     sent += 1
-        assert 100 <= sent < 200 and producer.blocked is not None
-        assert "memory alarm" in producer.blocked
-        assert broker.ledger.used <= limit + 20 * (1000 + ENTRY_OVERHEAD)
+        # Past the watermark: what was in flight, and the grace taken after the Blocked.
+        bound = limit + BLOCKED_GRACE_BYTES + 10 * (1000 + ENTRY_OVERHEAD)
+        assert producer.blocked is not None and "memory alarm" in producer.blocked
+        assert limit <= broker.ledger.used <= bound and sent * (1000 + ENTRY_OVERHEAD) <= bound
         # The consumer is not blocked: it drains, and the alarm clears.
         drained = 0
         while (msg := await consumer.get("q")) is not None:
@@ -325,3 +350,28 @@ async def test_a_backlog_a_consumer_took_and_gave_back_is_paged_out_again(tmp_pa
                     count += 1
                     if count == 5000:
                         break
+
+
+async def test_a_flood_into_an_unconsumed_queue_blocks_its_publisher_not_the_others(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limit = 16 * BLOCKED_GRACE_BYTES  # well above what a blocked client may still send
+    async with (
+        broker_with(memory_limit=limit) as (broker, address),
+        mqroute.connect(address.url) as flood,
+        mqroute.connect(address.url) as worker,
+    ):
+        await flood.declare_queue("flood")
+        await worker.declare_queue("orders")
+        with trio.move_on_after(10):
+            async with flood.publisher(max_in_flight=10) as pub:
+                for _ in range(10_000):
+                    await pub.publish("", "flood", b"x" * 1000)
+        assert flood.blocked is not None and "memory alarm" in flood.blocked
+        assert not broker.flow.memory_alarm_everyone
+        for n in range(100):  # the well-behaved client is not held up
+            await worker.publish("", "orders", b"order %d" % n)
+            msg = await worker.get("orders")
+            assert msg is not None
+            await msg.ack()
+        assert worker.blocked is None

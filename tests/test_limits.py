@@ -29,8 +29,10 @@ async def server_with(**config: Any) -> AsyncIterator[ServerAddress]:
         address = await nursery.start(
             lambda task_status: serve(ServerConfig(port=0, **config), task_status=task_status)
         )
-        yield address
-        nursery.cancel_scope.cancel()
+        try:
+            yield address
+        finally:  # a failing test must not leave the server running (and the test hanging)
+            nursery.cancel_scope.cancel()
 
 
 async def test_connections_over_the_limit_are_refused_with_a_reason() -> None:
@@ -129,12 +131,14 @@ async def test_out_of_descriptors_the_server_logs_rarely_and_goes_on(
 
         def __init__(self) -> None:
             self.failures = 0
+            self.recovered = trio.Event()
 
         async def accept(self) -> object:
             await trio.lowlevel.checkpoint()
             if self.failures < 300:
                 self.failures += 1
                 raise OSError(errno.EMFILE, "Too many open files")
+            self.recovered.set()
             await trio.sleep_forever()
 
     shell = Shell(broker=Broker(), config=ServerConfig(), clock=lambda: 0.0, registry=Registry())
@@ -142,8 +146,7 @@ async def test_out_of_descriptors_the_server_logs_rarely_and_goes_on(
     with caplog.at_level(logging.WARNING, logger="mqroute"):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(_accept, shell, listener, nursery, None)
-            while listener.failures < 300:
-                await trio.sleep(1)
+            await listener.recovered.wait()
             nursery.cancel_scope.cancel()
     lines = [r for r in caplog.records if "cannot accept" in r.getMessage()]
     assert 1 <= len(lines) <= 12  # 300 failures in 30 s: a burst, then nothing for a minute

@@ -496,6 +496,8 @@ class Broker:
         for queue in queues:
             if flow.over_limit(queue):
                 flow.wait_for(session.id, queue)
+            if flow.memory_alarm is not None and flow.heavy(queue):
+                flow.block_for_memory(session.id)
         if refused:
             session.settle_publish(seq, ok=False, text=f"queue {refused!r} is full (x-overflow)")
         elif stored:

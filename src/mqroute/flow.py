@@ -4,9 +4,12 @@ carries it out (it tells the client, and stops reading a client that publishes a
 A session is blocked for one of three reasons, checked in this order:
 
 - **memory alarm**: the memory that queued messages take (``MemoryLedger``), plus what the
-  process held before any message (``memory_baseline``), is over the high watermark. Every
-  session that publishes is blocked until it is back under 90 % of it; consumers go on, and
-  their acks are what frees the memory.
+  process held before any message (``memory_baseline``), is over the high watermark. While it
+  is, a session that publishes into a *heavy* queue (one holding at least 1 % of the
+  watermark) is blocked: the flood's source, not everyone. If memory still climbs past 110 %
+  of the watermark (many light queues), every publishing session is blocked, as RabbitMQ
+  does. Both end when memory is back under 90 % of the watermark; consumers go on throughout,
+  and their acks are what frees the memory.
 - **disk alarm**: the disk holding the store has less free space than its limit. Sessions that
   publish persistent messages are blocked until there is room again.
 - **credit**: a queue it published to holds more than ``queue_limit`` bytes of ready messages
@@ -46,6 +49,7 @@ class FlowQueue(Protocol):
     """What flow control reads of a queue."""
 
     deleted: bool
+    resident: int  # bytes of its messages held in memory (bodies and overhead)
 
     @property
     def name(self) -> str: ...
@@ -67,10 +71,12 @@ class FlowControl:
         self.memory_limit = memory_limit
         self.memory_baseline = 0  # bytes the process uses without messages; the shell sets it
         self.queue_limit = queue_limit
-        self.memory_alarm: str | None = None
+        self.memory_alarm: str | None = None  # publishers into heavy queues are blocked
+        self.memory_alarm_everyone = False  # ... and past 110 %, every publisher
         self.disk_alarm: str | None = None
         self._publishers: set[int] = set()
         self._persistent_publishers: set[int] = set()
+        self._heavy_publishers: set[int] = set()  # blocked by the memory alarm
         self._waiting: dict[int, tuple[FlowQueue, set[int]]] = {}  # queue id -> sessions
         self._waits_on: dict[int, set[int]] = {}  # session -> queue ids
         self._blocked: dict[int, str] = {}  # session -> why, as last reported
@@ -89,6 +95,17 @@ class FlowControl:
             self._publishers.add(session)
             self._update(session)
 
+    def heavy(self, queue: FlowQueue) -> bool:
+        """Whether the memory alarm blocks those who publish into ``queue`` (ask only while
+        ``memory_alarm`` is set)."""
+        return self.memory_limit is not None and queue.resident * 100 >= self.memory_limit
+
+    def block_for_memory(self, session: int) -> None:
+        """``session`` published into a heavy queue during the memory alarm."""
+        if session not in self._heavy_publishers:
+            self._heavy_publishers.add(session)
+            self._update(session)
+
     def over_limit(self, queue: FlowQueue) -> bool:
         """Whether ``queue`` is past the credit limit (the broker asks after enqueueing)."""
         return queue.flow_bytes() > self.queue_limit and queue.has_consumers()
@@ -105,6 +122,7 @@ class FlowControl:
     def session_closed(self, session: int) -> None:
         self._publishers.discard(session)
         self._persistent_publishers.discard(session)
+        self._heavy_publishers.discard(session)
         for key in self._waits_on.pop(session, ()):
             entry = self._waiting.get(key)
             if entry is not None:
@@ -152,17 +170,28 @@ class FlowControl:
 
     def _check_memory(self, limit: int) -> None:
         used = self.ledger.used + self.memory_baseline
-        if self.memory_alarm is None and used > limit:
+        if self.memory_alarm is None:
+            if used <= limit:
+                return
             self.memory_alarm = (
                 f"memory alarm: {used} bytes in use (queued messages and the process), over the "
-                f"high watermark of {limit}"
+                f"high watermark of {limit}; publishers into the queues that hold it wait"
             )
-        elif self.memory_alarm is not None and used < limit * 0.9:
+            return  # each is blocked as it next publishes into a heavy queue
+        if used < limit * 0.9:
             self.memory_alarm = None
-        else:
-            return
-        for session in self._publishers:
-            self._update(session)
+            self.memory_alarm_everyone = False
+            heavy, self._heavy_publishers = self._heavy_publishers, set()
+            for session in heavy | self._publishers:
+                self._update(session)
+        elif not self.memory_alarm_everyone and used > limit * 1.1:
+            self.memory_alarm_everyone = True
+            self.memory_alarm = (
+                f"memory alarm: {used} bytes in use, over 110% of the high watermark of {limit}; "
+                "every publisher waits"
+            )
+            for session in self._publishers:
+                self._update(session)
 
     def take_changes(self) -> dict[int, str | None]:
         """Sessions to block (with the reason) or unblock (None) since the last call."""
@@ -177,7 +206,10 @@ class FlowControl:
     # --- internals ------------------------------------------------------------------------
 
     def _reason(self, session: int) -> str | None:
-        if self.memory_alarm is not None and session in self._publishers:
+        if self.memory_alarm is not None and (
+            session in self._heavy_publishers
+            or (self.memory_alarm_everyone and session in self._publishers)
+        ):
             return self.memory_alarm
         if self.disk_alarm is not None and session in self._persistent_publishers:
             return self.disk_alarm

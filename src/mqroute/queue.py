@@ -79,6 +79,7 @@ class MessageQueue:
         self.ledger = ledger or MemoryLedger()
         self.args = QueueArguments.from_table(spec.name, spec.arguments)  # raises if invalid
         self.ready_bytes = 0  # bodies of ready messages, for x-max-length-bytes
+        self.resident = 0  # bytes of its messages in memory, ready or not (with overhead)
         self.seen = SeenIds(self.args.dedup_window) if self.args.dedup_window else None
         self.owner = owner  # the connection an exclusive queue belongs to
         self.loader: Loader | None = None  # set for queues whose messages the store keeps
@@ -138,12 +139,16 @@ class MessageQueue:
     def _charge(self, entry: QueueEntry) -> None:
         if not entry.charged:
             entry.charged = True
-            self.ledger.used += entry.size + ENTRY_OVERHEAD
+            cost = entry.size + ENTRY_OVERHEAD
+            self.ledger.used += cost
+            self.resident += cost
 
     def _uncharge(self, entry: QueueEntry) -> None:
         if entry.charged:
             entry.charged = False
-            self.ledger.used -= entry.size + ENTRY_OVERHEAD
+            cost = entry.size + ENTRY_OVERHEAD
+            self.ledger.used -= cost
+            self.resident -= cost
 
     def release(self, entry: QueueEntry) -> None:
         """``entry`` left this queue for good (acked, dropped, dead-lettered, purged)."""

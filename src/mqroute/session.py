@@ -19,7 +19,7 @@ from .queue import MessageQueue, QueueEntry
 
 #: Dispatch to a session stops while this many bytes of deliveries wait to be written (a
 #: consumer that does not read its socket holds at most about this much, whatever the sizes).
-OUTBOX_BYTES = 4 * 1024 * 1024
+OUTBOX_BYTES = 1024 * 1024
 
 
 @attrs.define(eq=False, slots=True)
