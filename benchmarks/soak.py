@@ -30,7 +30,6 @@ import signal
 import statistics
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 from collections import Counter
@@ -38,7 +37,7 @@ from typing import Any
 
 import cbor2
 import trio
-from common import free_port, rss_mb, wait_for_port
+from common import free_port, rss_mb, server_command, wait_for_port
 
 import mqroute
 from mqroute.protocol import PROTOCOL_VERSION, Connection, Hello, Role
@@ -265,20 +264,9 @@ async def main(minutes: float) -> int:
     port = free_port()
     data = tempfile.mkdtemp(prefix="mqroute-soak-")
     server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mqroute",
-            "server",
-            "--port",
-            str(port),
-            "--data-dir",
-            data,
-            "--memory-high-watermark",
-            str(WATERMARK),
-            "--log-level",
-            "warning",
-        ],
+        server_command(
+            port, data, "--memory-high-watermark", str(WATERMARK), "--log-level", "warning"
+        ),
         stderr=open(os.path.join(data, "server.log"), "w"),
     )
     wait_for_port(port)

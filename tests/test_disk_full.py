@@ -3,9 +3,11 @@ before the disk fills, resumes without a restart, and loses nothing it confirmed
 
 from __future__ import annotations
 
+import signal
 import sqlite3
+import subprocess
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -151,3 +153,79 @@ async def test_stopping_when_the_disk_is_full_is_quiet(
     store._db = FullConnection()  # type: ignore[assignment]
     store.close()
     assert any("clean shutdown" in r.getMessage() for r in caplog.records)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 16 MiB file system, so the disk really fills (root only; skipped elsewhere)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mount)], capture_output=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def fill(disk: Path, leave: int) -> Path:
+    """A file that takes all the free space but ``leave`` bytes."""
+    filler = disk / "filler"
+    free = resources.disk_free(disk)
+    with open(filler, "ab") as f:
+        f.write(b"\0" * max(free - leave, 0))
+    return filler
+
+
+async def test_a_really_full_disk_nacks_and_recovers_with_nothing_confirmed_lost(
+    small_disk: Path,
+) -> None:
+    from .helpers import start_server_process
+
+    data = small_disk / "data"
+    # No free-space alarm: the writes themselves must fail, and the broker survive that.
+    process, url, _ = await start_server_process(data, "--disk-free-limit", "0")
+    confirmed: list[bytes] = []
+    refused = 0
+    async with mqroute.connect(url) as conn:
+        await conn.declare_queue("q", durable=True)
+        filler = fill(small_disk, leave=1024 * 1024)
+        for n in range(200):  # 64 KiB each: far more than the 1 MiB left
+            body = b"%05d" % n + b"x" * 65531
+            try:
+                await conn.publish("", "q", body, persistent=True)
+                confirmed.append(body[:5])
+            except ResourceError:
+                refused += 1
+                if refused == 5:
+                    break
+        assert refused and process.poll() is None  # full, and still up
+        filler.unlink()  # space comes back: no restart needed
+        with trio.fail_after(10):
+            while True:
+                try:
+                    await conn.publish("", "q", b"after" + b"x" * 100, persistent=True)
+                    break
+                except ResourceError:  # the disk alarm clears with the next good write
+                    await trio.sleep(0.2)
+        confirmed.append(b"after")
+        fill(small_disk, leave=0)  # stop with the disk full ...
+    process.send_signal(signal.SIGTERM)
+    with trio.fail_after(20):
+        await process.wait()
+    assert process.returncode == 0
+    process, url, _ = await start_server_process(data)  # ... and start with it full
+    try:
+        (small_disk / "filler").unlink()
+        async with mqroute.connect(url) as conn:
+            got = []
+            while (msg := await conn.get("q", auto_ack=True)) is not None:
+                got.append(msg.body[:5])
+        assert set(confirmed) <= set(got)  # nothing confirmed is lost
+    finally:
+        process.send_signal(signal.SIGTERM)
+        with trio.fail_after(20):
+            await process.wait()

@@ -375,3 +375,25 @@ async def test_a_flood_into_an_unconsumed_queue_blocks_its_publisher_not_the_oth
             assert msg is not None
             await msg.ack()
         assert worker.blocked is None
+
+
+async def test_a_client_the_server_stopped_reading_is_not_dropped_for_silence(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    limit = 16 * BLOCKED_GRACE_BYTES
+    async with (
+        broker_with(memory_limit=limit) as (broker, address),
+        mqroute.connect(address.url, heartbeat=1) as flood,
+        mqroute.connect(address.url, heartbeat=1) as drain,
+    ):
+        await flood.declare_queue("flood")
+        # 1,000 in flight is more than the grace: the server stops reading this client.
+        with trio.move_on_after(30):
+            async with flood.publisher(max_in_flight=1000) as pub:
+                for _ in range(100_000):
+                    await pub.publish("", "flood", b"x" * 1000)
+        assert flood.blocked is not None and flood.is_open
+        while (msg := await drain.get("flood", auto_ack=True)) is not None:
+            pass
+        await flood.declare_queue("flood", passive=True)
+        assert flood.is_open and flood.blocked is None

@@ -160,52 +160,44 @@ def check_table_values(kind: str, table: Table) -> None:
     carry. The sending side calls this, so a bad value fails the call that holds it, not the
     connection that the broker would otherwise have to close."""
     for key, value in table.items():
-        _check_sendable(f"{kind} {key!r}", value, 0)
-
-
-def _check_sendable(where: str, value: Any, depth: int) -> None:
-    if depth > MAX_NESTING:
-        raise ValueError(f"{where} is nested deeper than {MAX_NESTING} levels")
-    kind = type(value)
-    if kind is int:
-        if not _MIN_TABLE_INT <= value <= _MAX_TABLE_INT:
-            raise ValueError(f"{where} holds an integer outside 64 bits; send it as a str")
-        return
-    if kind in _PLAIN:
-        return
-    if kind is dict:
-        for key, item in value.items():
-            if type(key) is not str:
-                raise TypeError(f"{where} has a map key that is not a str: {key!r}")
-            _check_sendable(where, item, depth + 1)
-        return
-    if kind is list or kind is tuple:
-        for item in value:
-            _check_sendable(where, item, depth + 1)
-        return
-    raise TypeError(
-        f"{where} holds a {kind.__name__}, which the protocol cannot carry; "
-        f"use {_CARRIED} (for example str(value))"
-    )
+        problem = _table_problem(value, 0)
+        if problem is not None:
+            error, text = problem
+            raise error(f"{kind} {key!r} {text}; use {_CARRIED} (for example str(value))")
 
 
 def _check_table_values(name: str, value: Any, depth: int) -> None:
+    problem = _table_problem(value, depth)
+    if problem is not None:
+        raise ProtocolError(f"field {name!r} {problem[1]}")
+
+
+def _table_problem(value: Any, depth: int) -> tuple[type[Exception], str] | None:
+    """What makes ``value`` unfit for a table, if anything: the error to raise and why."""
     if depth > MAX_NESTING:
-        raise ProtocolError(f"field {name!r} is nested deeper than {MAX_NESTING} levels")
+        return ValueError, f"is nested deeper than {MAX_NESTING} levels"
     kind = type(value)
+    if kind is int:
+        if not _MIN_TABLE_INT <= value <= _MAX_TABLE_INT:
+            return ValueError, "holds an integer outside 64 bits"
+        return None
     if kind in _PLAIN:
-        return
+        return None
     if kind is dict:
         for key, item in value.items():
             if type(key) is not str:
-                raise ProtocolError(f"field {name!r} has a map key that is not a text string")
-            _check_table_values(name, item, depth + 1)
-        return
-    if kind is list:
+                return TypeError, "has a map key that is not a text string"
+            problem = _table_problem(item, depth + 1)
+            if problem is not None:
+                return problem
+        return None
+    if kind is list or kind is tuple:
         for item in value:
-            _check_table_values(name, item, depth + 1)
-        return
-    raise ProtocolError(f"field {name!r} holds a {kind.__name__}, which tables cannot carry")
+            problem = _table_problem(item, depth + 1)
+            if problem is not None:
+                return problem
+        return None
+    return TypeError, f"holds a {kind.__name__}, which tables cannot carry"
 
 
 def _check_properties(name: str, value: Any) -> Properties:

@@ -453,6 +453,7 @@ class ServerConnection:
         self._unblocked = trio.Event()
         self._unblocked.set()
         self._published_while_blocked = 0  # bytes: publishes already on their way are taken
+        self._reading_paused = False  # we stopped reading it (flow control, unsent output)
         self._partial_since: float | None = None  # when the frame being received began
         self._partial_received = 0
 
@@ -601,8 +602,7 @@ class ServerConnection:
                 self.shell.apply_flow()
                 if len(self._replies) + self.session.outbox_size() > PENDING_OUTPUT_LIMIT:
                     self._drained = trio.Event()  # a client not reading: stop reading it
-                    await self._drained.wait()
-                    self._partial_since = None  # our pause is not the client's slowness
+                    await self._paused(self._drained)
                 data = await self._receive()
                 if data is None:
                     self._log_bad("%s: a frame arrived too slowly; closing", self.id)
@@ -679,8 +679,19 @@ class ServerConnection:
         past that, a client that goes on publishing is not read until the block ends."""
         self._published_while_blocked += size + 1024
         if self._published_while_blocked > BLOCKED_GRACE_BYTES:
-            await self._unblocked.wait()
-            self._partial_since = None  # our pause is not the client's slowness
+            await self._paused(self._unblocked)
+
+    async def _paused(self, until: trio.Event) -> None:
+        """Stop reading this client until ``until``. Its silence meanwhile is ours, not its:
+        neither a missed heartbeat nor a slow frame (RabbitMQ pauses its heartbeat monitor
+        for a blocked connection too)."""
+        self._reading_paused = True
+        try:
+            await until.wait()
+        finally:
+            self._reading_paused = False
+            self._last_received = trio.current_time()
+            self._partial_since = None
 
     async def _receive(self) -> bytes | None:
         """The next bytes from the client; None if a frame it began stalls.
@@ -920,6 +931,8 @@ class ServerConnection:
         interval = self._heartbeat
         while True:
             now = trio.current_time()
+            if self._reading_paused:
+                self._last_received = now
             if now - self._last_received > 2 * interval:
                 self._log_bad(
                     "%s: no heartbeat from the client for %.1fs; closing",
