@@ -382,7 +382,7 @@ async def test_a_client_the_server_stopped_reading_is_not_dropped_for_silence(
 ) -> None:
     limit = 16 * BLOCKED_GRACE_BYTES
     async with (
-        broker_with(memory_limit=limit) as (broker, address),
+        broker_with(memory_limit=limit) as (_, address),
         mqroute.connect(address.url, heartbeat=1) as flood,
         mqroute.connect(address.url, heartbeat=1) as drain,
     ):
@@ -393,7 +393,7 @@ async def test_a_client_the_server_stopped_reading_is_not_dropped_for_silence(
                 for _ in range(100_000):
                     await pub.publish("", "flood", b"x" * 1000)
         assert flood.blocked is not None and flood.is_open
-        while (msg := await drain.get("flood", auto_ack=True)) is not None:
+        while await drain.get("flood", auto_ack=True) is not None:
             pass
         await flood.declare_queue("flood", passive=True)
         assert flood.is_open and flood.blocked is None
