@@ -195,22 +195,19 @@ async def test_a_really_full_disk_nacks_and_recovers_with_nothing_confirmed_lost
         filler = fill(small_disk, leave=1024 * 1024)
         for n in range(200):  # 64 KiB each: far more than the 1 MiB left
             body = b"%05d" % n + b"x" * 65531
-            try:
-                await conn.publish("", "q", body, persistent=True)
-                confirmed.append(body[:5])
-            except ResourceError:
-                refused += 1
-                if refused == 5:
-                    break
-        assert refused and process.poll() is None  # full, and still up
-        filler.unlink()  # space comes back: no restart needed
-        with trio.fail_after(10):
-            while True:
+            with trio.move_on_after(3) as waiting:  # the disk alarm holds publishes back
                 try:
-                    await conn.publish("", "q", b"after" + b"x" * 100, persistent=True)
-                    break
-                except ResourceError:  # the disk alarm clears with the next good write
-                    await trio.sleep(0.2)
+                    await conn.publish("", "q", body, persistent=True)
+                    confirmed.append(body[:5])
+                except ResourceError:
+                    refused += 1
+            if refused or waiting.cancelled_caught:
+                break
+        assert refused and conn.blocked is not None and "disk alarm" in conn.blocked
+        assert process.poll() is None  # full, and still up
+        filler.unlink()  # space comes back: no restart needed
+        with trio.fail_after(10):  # the broker finds out by itself, and unblocks
+            await conn.publish("", "q", b"after" + b"x" * 100, persistent=True)
         confirmed.append(b"after")
         fill(small_disk, leave=0)  # stop with the disk full ...
     process.send_signal(signal.SIGTERM)
@@ -229,3 +226,22 @@ async def test_a_really_full_disk_nacks_and_recovers_with_nothing_confirmed_lost
         process.send_signal(signal.SIGTERM)
         with trio.fail_after(20):
             await process.wait()
+
+
+async def test_a_request_waiting_on_a_batch_of_refused_messages_is_answered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mqroute import server as server_module
+
+    monkeypatch.setattr(server_module, "WRITE_RETRY_SECONDS", 0.01)
+    store = FillingStore(tmp_path)
+    async with running(tmp_path, store=store) as address, mqroute.connect(address.url) as conn:
+        await conn.declare_queue("q", durable=True)
+        store.full = True
+        pub = conn.publisher()
+        confirmation = await pub.publish("", "q", b"refused", persistent=True)
+        # Sent right behind the publish, this answer waits for the batch holding it.
+        with trio.fail_after(10):
+            await conn.declare_queue("q", durable=True, passive=True)
+            with pytest.raises(ResourceError):
+                await confirmation

@@ -1177,17 +1177,18 @@ class Broker:
             if not queue.deleted:
                 queue.page_out(entry)
 
-    def batch_failed(self, batch: Batch, reason: str) -> None:
+    def batch_failed(self, batch: Batch, reason: str) -> list[Callable[[], None]]:
         """The store could not write ``batch`` (a full disk): its publishes are nacked, and
         their messages stay queued in memory only; everything else is written again with the
-        next batch (declarations are answered once they are on disk)."""
+        next batch (declarations are answered once they are on disk). Returns the waiters
+        that may be released now."""
         for session, seq in batch.confirms:
             if not session.closed:
                 session.settle_publish(seq, ok=False, code="RESOURCE_ERROR", text=reason)
         for _, entry in batch.stored:
             entry.persisted = False
         assert self.journal is not None
-        self.journal.retry(batch)
+        return self.journal.retry(batch)  # waiters the front end may release now
 
     def restore(self, snapshot: Any) -> int:
         """Rebuild durable state from a store snapshot (at start). Returns the message count.

@@ -143,17 +143,23 @@ class Journal:
         batch, self.batch = self.batch, Batch()
         return batch
 
-    def retry(self, batch: Batch) -> None:
+    def retry(self, batch: Batch) -> list[Callable[[], None]]:
         """A batch the store could not write goes in front of the one being filled. Its
-        messages are left out: the caller nacked them (they stay queued, in memory only)."""
+        messages are left out: the caller nacked them (they stay queued, in memory only).
+
+        Returns what waited on it and may be released now: if only messages were in it,
+        nothing of the waiters' own is left to write.
+        """
         kept = [r for r in batch.records if type(r) is not PutMessage]
-        if kept or batch.after_commit:
-            current = self.batch
-            self.batch = Batch(
-                records=kept + current.records,
-                confirms=current.confirms,
-                stored=current.stored,
-                after_commit=batch.after_commit + current.after_commit,
-            )
-            if not current.records and self.wakeup is not None:
-                self.wakeup()
+        if not kept:
+            return batch.after_commit
+        current = self.batch
+        self.batch = Batch(
+            records=kept + current.records,
+            confirms=current.confirms,
+            stored=current.stored,
+            after_commit=batch.after_commit + current.after_commit,
+        )
+        if not current.records and self.wakeup is not None:
+            self.wakeup()
+        return []

@@ -402,14 +402,26 @@ async def _committer(shell: Shell, store: Store, disk: DiskWatch) -> None:
         pending = trio.Event()
         journal.wakeup = pending.set
         if not len(journal):
-            await pending.wait()
+            if disk.write_error is None:
+                await pending.wait()
+            else:  # nothing to write, but the alarm ends only with a write that works
+                with trio.move_on_after(WRITE_RETRY_SECONDS):
+                    await pending.wait()
+                if not len(journal):
+                    try:
+                        await trio.to_thread.run_sync(store.probe)
+                    except Exception:
+                        continue
+                    disk.write_succeeded()
+                    continue
         batch = journal.take()
         try:
             await trio.to_thread.run_sync(store.write, batch.records)
         except Exception as exc:
             reason = f"the store could not write ({exc})"
             log.error("%s: nacked %d publishes; retrying the rest", reason, len(batch.confirms))
-            broker.batch_failed(batch, reason)
+            for release in broker.batch_failed(batch, reason):
+                release()
             disk.write_failed(reason)
             await trio.sleep(WRITE_RETRY_SECONDS)
             continue

@@ -87,6 +87,10 @@ class Store(Protocol):
         """Bodies of stored messages (committed ones), for paging them back in."""
         ...
 
+    def probe(self) -> None:
+        """Write something small, or raise: after a failed write, whether writes work again."""
+        ...
+
     def close(self) -> None:
         """Close cleanly (recovery then knows the shutdown was clean)."""
         ...
@@ -103,6 +107,9 @@ class MemoryStore:
 
     def read_messages(self, queue: str, seqs: list[int]) -> dict[int, Message]:
         raise KeyError(f"a memory store keeps no messages (queue {queue!r})")
+
+    def probe(self) -> None:
+        pass
 
     def close(self) -> None:
         pass
@@ -169,9 +176,13 @@ class SqliteStore:
                 f"{self.path} has schema version {version}; this mqroute reads up to "
                 f"{SCHEMA_VERSION} (a newer mqroute wrote it)"
             )
-        self._db.executescript(_SCHEMA)
-        self._db.execute(f"PRAGMA application_id={APPLICATION_ID}")
-        self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        if app_id != APPLICATION_ID or version != SCHEMA_VERSION:  # a new database: no write
+            try:  # otherwise, so that a start on a full disk works
+                self._db.executescript(_SCHEMA)
+                self._db.execute(f"PRAGMA application_id={APPLICATION_ID}")
+                self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            except sqlite3.OperationalError as exc:
+                raise StoreError(f"cannot create the database {self.path}: {exc}") from None
         # Paging reads run on the event loop's thread while the writer thread commits: WAL
         # lets a second connection read committed rows without waiting for the writer.
         self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -256,6 +267,19 @@ class SqliteStore:
         self._marked_in_use = True
         if self._fault == "after-commit" and self._at_fault(has_message):
             _die()
+
+    def probe(self) -> None:
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('clean_shutdown', '0')")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        self._failed = False
+        self._marked_in_use = True
 
     def read_messages(self, queue: str, seqs: list[int]) -> dict[int, Message]:
         rows = self._reader.execute(
