@@ -4,8 +4,21 @@ from __future__ import annotations
 
 import trio
 
-from mqroute.protocol import NEED_DATA, Connection, Frame, Hello, PeerClosed, Role, Welcome
+from mqroute.protocol import NEED_DATA, Connection, Consume, Frame, Hello, PeerClosed, Role, Welcome
 from mqroute.server import ServerAddress
+
+
+def consume_frame(queue: str, consumer_tag: str, *, prefetch: int = 0) -> Consume:
+    """A plain Consume request (manual ack, not exclusive, no arguments) for raw clients."""
+    return Consume(
+        rid=1,
+        queue=queue,
+        consumer_tag=consumer_tag,
+        prefetch=prefetch,
+        auto_ack=False,
+        exclusive=False,
+        arguments={},
+    )
 
 
 class RawClient:

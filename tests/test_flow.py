@@ -253,10 +253,9 @@ async def test_a_client_ignoring_blocked_is_not_read_past_a_bound(
 
 
 async def test_the_outbox_of_a_consumer_that_never_reads_is_bounded_in_bytes() -> None:
-    from mqroute.protocol import Consume
     from mqroute.session import OUTBOX_BYTES
 
-    from .helpers import RawClient
+    from .helpers import RawClient, consume_frame
 
     # No credit flow here: the publisher must be able to fill the queue past the stuck one.
     async with (
@@ -265,17 +264,7 @@ async def test_the_outbox_of_a_consumer_that_never_reads_is_bounded_in_bytes() -
     ):
         await conn.declare_queue("q")
         stuck = await RawClient.connect(server)
-        await stuck.send(
-            Consume(
-                rid=1,
-                queue="q",
-                consumer_tag="stuck",
-                prefetch=0,
-                auto_ack=False,
-                exclusive=False,
-                arguments={},
-            )
-        )
+        await stuck.send(consume_frame("q", "stuck"))
         async with conn.publisher() as pub:
             for _ in range(400):
                 await pub.publish("", "q", b"x" * 128 * 1024)  # 50 MiB in all

@@ -19,10 +19,10 @@ import trio
 import trio.testing
 
 import mqroute
-from mqroute.protocol import Close, Consume, Heartbeat, Publish
+from mqroute.protocol import Close, Heartbeat, Publish
 from mqroute.server import ServerAddress
 
-from .helpers import RawClient
+from .helpers import RawClient, consume_frame
 from .test_durability import running
 
 
@@ -145,15 +145,7 @@ async def test_a_consumer_frame_with_a_bad_table_closes_only_that_connection(
     async with mqroute.connect(server.url) as conn:
         await conn.declare_queue("q")
         raw = await RawClient.connect(server)
-        consume = Consume(
-            rid=1,
-            queue="q",
-            consumer_tag="t",
-            prefetch=0,
-            auto_ack=False,
-            exclusive=False,
-            arguments={},
-        )
+        consume = consume_frame("q", "t")
         data = bytearray(raw.proto.send(consume))
         payload = cbor2.loads(bytes(data[4:]))
         payload[-1] = {"x": cbor2.CBORTag(2, b"\x01" * 9)}  # a bignum: not a table value
@@ -282,8 +274,6 @@ async def test_a_client_resetting_its_socket_mid_write_is_a_lost_connection_not_
 ) -> None:
     import socket
 
-    from mqroute.protocol import Consume
-
     async with mqroute.connect(server.url) as conn:
         await conn.declare_queue("q")
         async with conn.publisher() as pub:
@@ -292,17 +282,7 @@ async def test_a_client_resetting_its_socket_mid_write_is_a_lost_connection_not_
         with caplog.at_level(logging.INFO, logger="mqroute"):
             for i in range(5):
                 raw = await RawClient.connect(server)
-                await raw.send(
-                    Consume(
-                        rid=1,
-                        queue="q",
-                        consumer_tag=f"t{i}",
-                        prefetch=0,
-                        auto_ack=False,
-                        exclusive=False,
-                        arguments={},
-                    )
-                )
+                await raw.send(consume_frame("q", f"t{i}"))
                 await raw.stream.receive_some(1)  # deliveries are being written
                 raw.stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
                 raw.stream.socket.close()  # a reset, not a goodbye
