@@ -12,7 +12,7 @@ import trio.testing
 
 import mqroute
 from mqroute.broker import Broker
-from mqroute.flow import ENTRY_OVERHEAD, FlowControl, MemoryLedger
+from mqroute.flow import ENTRY_OVERHEAD, FlowControl, MemoryLedger, Pause
 from mqroute.server import BLOCKED_GRACE_BYTES, ServerAddress, ServerConfig, serve
 
 
@@ -37,8 +37,9 @@ def test_a_publisher_into_a_consumed_queue_over_its_limit_waits_until_it_drains(
     flow.published(1, persistent=False)
     assert flow.over_limit(queue)
     flow.wait_for(1, queue)
-    [(session, reason)] = flow.take_changes().items()
-    assert session == 1 and reason is not None and "queue 'q'" in reason
+    [(session, pause)] = flow.take_changes().items()
+    assert session == 1 and pause is not None and "queue 'q'" in pause.reason
+    assert pause.credit  # no alarm: the shell may simply stop reading it
     queue.size = 600  # not yet under half
     flow.check()
     assert flow.take_changes() == {}
@@ -74,8 +75,9 @@ def test_the_memory_alarm_blocks_the_publishers_of_heavy_queues() -> None:
     assert flow.take_changes() == {}  # nobody yet: each is judged as it publishes
     assert flow.heavy(heavy) and not flow.heavy(light)
     flow.block_for_memory(1)  # the broker does this for a publish into a heavy queue
-    [(session, reason)] = flow.take_changes().items()
-    assert session == 1 and reason is not None and "memory alarm" in reason
+    [(session, pause)] = flow.take_changes().items()
+    assert session == 1 and pause is not None and "memory alarm" in pause.reason
+    assert not pause.credit  # an alarm: the client is told
     ledger.used = 9_500  # under the watermark, not yet under 90 % of it
     flow.check()
     assert flow.take_changes() == {}
@@ -94,9 +96,11 @@ def test_past_110_percent_the_memory_alarm_blocks_every_publisher_and_no_consume
     ledger.used = 11_001
     flow.check()
     changes = flow.take_changes()
-    assert set(changes) == {1, 2} and all("every publisher" in (r or "") for r in changes.values())
+    assert set(changes) == {1, 2}
+    assert all(p is not None and "every publisher" in p.reason for p in changes.values())
     flow.published(3, persistent=False)  # a new publisher is blocked at once
-    assert "memory alarm" in (flow.take_changes()[3] or "")
+    pause = flow.take_changes()[3]
+    assert pause is not None and "memory alarm" in pause.reason
     ledger.used = 8_999
     flow.check()
     assert flow.take_changes() == {1: None, 2: None, 3: None}
@@ -107,7 +111,7 @@ def test_the_disk_alarm_blocks_only_publishers_of_persistent_messages() -> None:
     flow.published(1, persistent=False)
     flow.published(2, persistent=True)
     flow.set_disk_alarm("disk alarm: 10 MB free, under the limit of 50 MB")
-    assert flow.take_changes() == {2: "disk alarm: 10 MB free, under the limit of 50 MB"}
+    assert flow.take_changes() == {2: Pause("disk alarm: 10 MB free, under the limit of 50 MB")}
     flow.set_disk_alarm(None)
     assert flow.take_changes() == {2: None}
 
@@ -188,6 +192,91 @@ async def test_a_slow_consumer_paces_its_publisher(autojump_clock: trio.testing.
         assert producer.blocked is None
     # The publisher ran at most the limit (plus what was in flight) ahead of the consumer.
     assert deepest <= 20 + 50 + 5
+
+
+async def test_credit_alone_stops_reading_a_publisher_without_telling_it(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """RabbitMQ's ``flow`` state: no Blocked frame; its publishes wait in the socket buffers
+    and are taken as the queue drains."""
+    from mqroute.model import Properties
+    from mqroute.protocol import Blocked, Confirm, Publish
+
+    from .helpers import RawClient
+
+    limit = 20 * (1000 + ENTRY_OVERHEAD)
+    publish = Publish(
+        exchange="", routing_key="q", body=b"x" * 1000, properties=Properties(), mandatory=False
+    )
+    async with (
+        broker_with(queue_flow_limit=limit) as (broker, address),
+        mqroute.connect(address.url) as consumer,
+    ):
+        await consumer.declare_queue("q")
+        async with consumer.consume("q", prefetch=1) as messages:
+            raw = await RawClient.connect(address)
+            async with trio.open_nursery() as nursery:
+
+                async def send_all() -> None:
+                    for _ in range(300):
+                        await raw.send(publish)
+
+                nursery.start_soon(send_all)
+                await trio.testing.wait_all_tasks_blocked()
+                # The publish that crossed the limit went in; the next one waits, unread.
+                assert len(broker.queues["q"]) <= 21
+                got = 0
+                async for msg in messages:
+                    await msg.ack()
+                    got += 1
+                    if got == 300:
+                        break
+            events = []
+            with trio.move_on_after(1):
+                while True:
+                    events.append(await raw.next())
+        assert not any(isinstance(e, Blocked) for e in events)
+        confirms = [e for e in events if isinstance(e, Confirm)]
+        assert confirms and all(c.ok for c in confirms)
+
+
+async def test_a_connection_that_also_consumes_is_told_so_its_acks_still_flow(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """Not reading it would stop the very acks its queue waits for: a deadlock."""
+    limit = 20 * (1000 + ENTRY_OVERHEAD)
+    async with (
+        broker_with(queue_flow_limit=limit) as (_, address),
+        mqroute.connect(address.url) as conn,
+    ):
+        await conn.declare_queue("q")
+        seen_blocked = False
+        async with conn.consume("q", prefetch=1) as messages:
+
+            async def produce() -> None:
+                async with conn.publisher(max_in_flight=50) as pub:
+                    for _ in range(300):
+                        await pub.publish("", "q", b"x" * 1000)
+
+            async def watch() -> None:
+                nonlocal seen_blocked
+                with trio.move_on_after(600):  # bounded: the test fails, it does not hang
+                    while not seen_blocked:
+                        seen_blocked = conn.blocked is not None
+                        await trio.sleep(0.01)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(produce)
+                nursery.start_soon(watch)
+                got = 0
+                async for msg in messages:
+                    if got % 50 == 0:
+                        await trio.sleep(1)
+                    await msg.ack()
+                    got += 1
+                    if got == 300:
+                        break
+        assert seen_blocked and conn.blocked is None
 
 
 async def test_the_memory_alarm_blocks_publishers_until_consumers_free_memory(

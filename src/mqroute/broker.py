@@ -28,7 +28,7 @@ from .errors import (
     PreconditionFailed,
     ResourceLocked,
 )
-from .flow import DEFAULT_QUEUE_LIMIT, FlowControl, MemoryLedger
+from .flow import DEFAULT_QUEUE_LIMIT, ENTRY_OVERHEAD, FlowControl, MemoryLedger
 from .journal import (
     Batch,
     DropBinding,
@@ -458,7 +458,8 @@ class Broker:
         """
         seq = session.begin_publish()
         try:
-            check_short_string("routing key", message.routing_key)
+            if len(message.routing_key) * 4 > MAX_SHORT_STRING:  # short ones need no encoding
+                check_short_string("routing key", message.routing_key)
             if len(message.body) > self.max_message_size:
                 raise PreconditionFailed(
                     f"message body of {len(message.body)} bytes exceeds the maximum of "
@@ -492,9 +493,14 @@ class Broker:
             )
         stored, refused = self._enqueue(message, queues)
         flow = self.flow
-        flow.published(session.id, message.properties.persistent)
+        kind = 2 if message.properties.persistent else 1
+        if not session.publishes & kind:  # flow control learns of a publisher once
+            session.publishes |= kind
+            flow.published(session.id, kind == 2)
+        limit = flow.queue_limit
         for queue in queues:
-            if flow.over_limit(queue):
+            # flow.over_limit(queue), inlined: this runs once per message and queue
+            if queue.ready_bytes + queue.ready_count * ENTRY_OVERHEAD > limit and queue.consumers:
                 flow.wait_for(session.id, queue)
             if flow.memory_alarm is not None and flow.heavy(queue):
                 flow.block_for_memory(session.id)
@@ -1162,11 +1168,16 @@ class Broker:
             self._record(DropMessages(queue.name, tuple(seqs)))
 
     def _forget_settled(self, settled: list[Unacked]) -> None:
+        queue = settled[0].queue if settled else None
+        if all(item.queue is queue for item in settled):  # the common case: one queue
+            if queue is not None:
+                self._gone(queue, [item.entry for item in settled])
+            return
         by_queue: dict[int, list[Unacked]] = {}
         for item in settled:
             by_queue.setdefault(id(item.queue), []).append(item)
         for items in by_queue.values():
-            self._gone(items[0].queue, (i.entry for i in items))
+            self._gone(items[0].queue, [i.entry for i in items])
 
     def batch_committed(self, batch: Batch) -> None:
         """The store holds ``batch``: confirm its publishes, page out far-from-head bodies."""

@@ -19,8 +19,15 @@ A session is blocked for one of three reasons, checked in this order:
   itself: the memory alarm bounds it.
 
 State in, state out: the broker reports publishes and the shell reports alarms and asks for a
-``check`` each round; ``take_changes`` then says which sessions to block (with why) or unblock.
-Nothing here calls back into the shell.
+``check`` each round; ``take_changes`` then says which sessions to pause (a ``Pause``, with why)
+or resume (None). Nothing here calls back into the shell.
+
+How the shell pauses follows RabbitMQ: for an alarm it tells the client (AMQP's
+connection.blocked), whose SDK holds its publishes. For credit alone (``Pause.credit``) it
+stops reading the connection without a word, RabbitMQ's ``flow`` state: the publishes already
+in the socket buffers are taken the moment it resumes, so the queue never runs dry waiting
+for a round trip. A connection that also consumes is told instead, since not reading it would
+also stop the acks its queue waits for.
 """
 
 from __future__ import annotations
@@ -36,6 +43,14 @@ ENTRY_OVERHEAD = 400
 #: Large enough that a queue with workers still absorbs a burst (the point of a queue); set it
 #: lower (256 KiB) where end-to-end latency matters more than absorbing bursts.
 DEFAULT_QUEUE_LIMIT = 16 * 1024 * 1024
+
+
+@attrs.frozen
+class Pause:
+    """Why a session may not publish now."""
+
+    reason: str
+    credit: bool = False  # only a queue over its credit limit (no alarm) holds it back
 
 
 @attrs.define
@@ -79,8 +94,9 @@ class FlowControl:
         self._heavy_publishers: set[int] = set()  # blocked by the memory alarm
         self._waiting: dict[int, tuple[FlowQueue, set[int]]] = {}  # queue id -> sessions
         self._waits_on: dict[int, set[int]] = {}  # session -> queue ids
-        self._blocked: dict[int, str] = {}  # session -> why, as last reported
-        self._changes: dict[int, str | None] = {}
+        self._blocked: dict[int, Pause] = {}  # session -> why, as last reported
+        self._changes: dict[int, Pause | None] = {}
+        self.changed = False  # take_changes has something (cheap to look at per publish)
 
     # --- what the broker reports ----------------------------------------------------------
 
@@ -115,6 +131,8 @@ class FlowControl:
         entry = self._waiting.get(id(queue))
         if entry is None:
             entry = self._waiting[id(queue)] = (queue, set())
+        elif session in entry[1]:
+            return  # already waits for it (publishes taken meanwhile ask again)
         entry[1].add(session)
         self._waits_on.setdefault(session, set()).add(id(queue))
         self._update(session)
@@ -193,32 +211,34 @@ class FlowControl:
             for session in self._publishers:
                 self._update(session)
 
-    def take_changes(self) -> dict[int, str | None]:
-        """Sessions to block (with the reason) or unblock (None) since the last call."""
+    def take_changes(self) -> dict[int, Pause | None]:
+        """Sessions to pause (with why) or resume (None) since the last call."""
         changes = self._changes
         if changes:
             self._changes = {}
+            self.changed = False
         return changes
 
-    def blocked(self, session: int) -> str | None:
+    def blocked(self, session: int) -> Pause | None:
         return self._blocked.get(session)
 
     # --- internals ------------------------------------------------------------------------
 
-    def _reason(self, session: int) -> str | None:
+    def _reason(self, session: int) -> Pause | None:
         if self.memory_alarm is not None and (
             session in self._heavy_publishers
             or (self.memory_alarm_everyone and session in self._publishers)
         ):
-            return self.memory_alarm
+            return Pause(self.memory_alarm)
         if self.disk_alarm is not None and session in self._persistent_publishers:
-            return self.disk_alarm
+            return Pause(self.disk_alarm)
         waits = self._waits_on.get(session)
         if waits:
             queue = self._waiting[next(iter(waits))][0]
-            return (
+            return Pause(
                 f"flow control: queue {queue.name!r} holds more than {self.queue_limit} bytes "
-                "of ready messages; publishing resumes as its consumers catch up"
+                "of ready messages; publishing resumes as its consumers catch up",
+                credit=True,
             )
         return None
 
@@ -230,3 +250,4 @@ class FlowControl:
             else:
                 self._blocked[session] = reason
             self._changes[session] = reason
+            self.changed = True

@@ -97,7 +97,7 @@ class MessageQueue:
         self._requeued: list[tuple[int, int, QueueEntry]] = []
         self._delayed: list[tuple[float, int, QueueEntry]] = []  # (ready at, seq, entry)
         self._expiry: list[tuple[float, int, QueueEntry]] = []  # (expires at, seq, entry)
-        self._count = 0  # ready messages
+        self.ready_count = 0  # ready messages (len(queue); an attribute for the hot path)
         self._rings: dict[int, deque[Consumer]] = {}  # by consumer priority
         self._in_ring: set[str] = set()
         self.active_tag: str | None = None  # with x-single-active-consumer: the one served
@@ -114,7 +114,7 @@ class MessageQueue:
 
     def __len__(self) -> int:
         """Ready messages (not counting unacked ones)."""
-        return self._count
+        return self.ready_count
 
     # --- messages -----------------------------------------------------------------------
 
@@ -132,7 +132,10 @@ class MessageQueue:
             ready_at=ready_at,
         )
         self._next_seq += 1
-        self._charge(entry)
+        entry.charged = True  # _charge, inlined: this runs once per message
+        cost = entry.size + ENTRY_OVERHEAD
+        self.ledger.used += cost
+        self.resident += cost
         self._place(entry)
         return entry
 
@@ -152,11 +155,15 @@ class MessageQueue:
 
     def release(self, entry: QueueEntry) -> None:
         """``entry`` left this queue for good (acked, dropped, dead-lettered, purged)."""
-        self._uncharge(entry)
+        if entry.charged:  # _uncharge, inlined: this runs once per message
+            entry.charged = False
+            cost = entry.size + ENTRY_OVERHEAD
+            self.ledger.used -= cost
+            self.resident -= cost
 
     def flow_bytes(self) -> int:
         """What flow control weighs: the ready messages, with their overhead."""
-        return self.ready_bytes + self._count * ENTRY_OVERHEAD
+        return self.ready_bytes + self.ready_count * ENTRY_OVERHEAD
 
     def has_consumers(self) -> bool:
         return bool(self.consumers)
@@ -224,21 +231,21 @@ class MessageQueue:
 
     def _now_ready(self, entry: QueueEntry) -> None:
         entry.ready = True
-        self._count += 1
+        self.ready_count += 1
         self.ready_bytes += entry.size
         if entry.expires_at is not None:
             heapq.heappush(self._expiry, (entry.expires_at, entry.seq, entry))
 
     def _not_ready(self, entry: QueueEntry) -> None:
         entry.ready = False
-        self._count -= 1
+        self.ready_count -= 1
         self.ready_bytes -= entry.size
 
     def page_out(self, entry: QueueEntry) -> None:
         """The store holds ``entry``: drop its body if it waits far from the head."""
         if self.loader is None or not entry.persisted or entry.message is None:
             return
-        far = self._count > RESIDENT or self.ready_bytes > RESIDENT_BYTES
+        far = self.ready_count > RESIDENT or self.ready_bytes > RESIDENT_BYTES
         if entry.ready_at is not None or (far and entry.ready):  # delayed, or far back
             entry.message = None
             self._uncharge(entry)
@@ -327,7 +334,7 @@ class MessageQueue:
             level.clear()
         self._requeued.clear()
         self._expiry.clear()
-        self._count = self.ready_bytes = 0
+        self.ready_count = self.ready_bytes = 0
         return removed
 
     def expire(self, now: float) -> list[QueueEntry]:
@@ -405,7 +412,7 @@ class MessageQueue:
         sent = 0
         for priority in sorted(self._rings, reverse=True):
             ring = self._rings[priority]
-            while ring and self._count:
+            while ring and self.ready_count:
                 consumer = ring.popleft()
                 if not consumer.has_credit():
                     self._in_ring.discard(consumer.tag)
@@ -418,7 +425,7 @@ class MessageQueue:
                     ring.append(consumer)
                 else:
                     self._in_ring.discard(consumer.tag)
-            if not self._count:
+            if not self.ready_count:
                 break
         return sent
 

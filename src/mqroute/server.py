@@ -29,7 +29,7 @@ from .admin import Registry, inspect
 from .broker import Broker, Limits
 from .datadir import DataDirLock
 from .errors import BrokerError, PreconditionFailed, ProtocolError
-from .flow import DEFAULT_QUEUE_LIMIT
+from .flow import DEFAULT_QUEUE_LIMIT, Pause
 from .log_limit import LogLimit
 from .model import (
     Confirm as ConfirmEvent,
@@ -462,6 +462,7 @@ class ServerConnection:
         self._last_sent = trio.current_time()
         self._heartbeat = 0.0
         self._blocked: str | None = None  # why this connection may not publish now
+        self._silent = False  # ... and it was not told: it is simply not read (credit)
         self._unblocked = trio.Event()
         self._unblocked.set()
         self._published_while_blocked = 0  # bytes: publishes already on their way are taken
@@ -636,6 +637,8 @@ class ServerConnection:
                 if self._blocked is not None:
                     await self._publish_while_blocked(len(event.body))
                 self._publish(event)
+                if self.broker.flow.changed:  # this publish may have paused its sender
+                    self.shell.apply_flow()
             elif kind is Ack:
                 self._settle(self.broker.ack, event.delivery_tag, multiple=event.multiple)
             elif kind is Nack:
@@ -671,28 +674,43 @@ class ServerConnection:
             else:
                 self._request(event)
 
-    def set_blocked(self, reason: str | None) -> None:
-        """The core decided whether this connection may publish: tell the client."""
-        if reason == self._blocked:
-            return
-        self._blocked = reason
-        if reason is None:
+    def set_blocked(self, pause: Pause | None) -> None:
+        """The core decided whether this connection may publish. For an alarm, or a
+        connection that also consumes, the client is told (Blocked) and its publishes already
+        on their way are taken up to a grace; for credit alone it is simply not read (see
+        flow.py)."""
+        assert self.session is not None
+        told = self._blocked is not None and not self._silent
+        if pause is None:
+            self._blocked = None
+            self._silent = False
             self._unblocked.set()
             self._published_while_blocked = 0
-            self._replies.append([Unblocked(), True])
-            log.info("%s: publishing unblocked", self.id)
+            if told:
+                self._replies.append([Unblocked(), True])
+                self._wake()
+            log.info("%s: publishing resumed", self.id)
+            return
+        if self._unblocked.is_set():
+            self._unblocked = trio.Event()
+        self._blocked = pause.reason
+        self._silent = pause.credit and not self.session.consumers
+        if self._silent:
+            if told:  # an alarm ended, credit still holds: the client may send again
+                self._replies.append([Unblocked(), True])
+                self._wake()
+            log.debug("%s: not read while %s", self.id, pause.reason)
         else:
-            if self._unblocked.is_set():
-                self._unblocked = trio.Event()
-            self._replies.append([Blocked(reason=reason), True])
-            log.info("%s: publishing blocked: %s", self.id, reason)
-        self._wake()
+            self._replies.append([Blocked(reason=pause.reason), True])
+            self._wake()
+            log.info("%s: publishing blocked: %s", self.id, pause.reason)
 
     async def _publish_while_blocked(self, size: int) -> None:
         """Publishes sent before the client heard of the block are taken (a bounded amount);
-        past that, a client that goes on publishing is not read until the block ends."""
+        past that, a client that goes on publishing is not read until the block ends. A
+        silent pause takes none: the publish waits in the reader until the queue drained."""
         self._published_while_blocked += size + 1024
-        if self._published_while_blocked > BLOCKED_GRACE_BYTES:
+        if self._silent or self._published_while_blocked > BLOCKED_GRACE_BYTES:
             await self._paused(self._unblocked)
 
     async def _paused(self, until: trio.Event) -> None:

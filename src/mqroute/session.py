@@ -74,6 +74,7 @@ class Session:
         self.outbox_limit = 1024
         self._outbox_bytes = 0  # bodies of the deliveries waiting in the outbox
         self.starved = False
+        self.publishes = 0  # bits: 1 transient, 2 persistent (flow control knows of them)
         self.consumers: dict[str, ConsumerState] = {}
         self.unacked: dict[int, Unacked] = {}
         self._unacked_order: deque[int] = deque()
