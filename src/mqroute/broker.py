@@ -64,6 +64,7 @@ from .model import (
     brief,
     utf8_length_over,
 )
+from .paging import Pager
 from .queue import Loader, MessageQueue, QueueEntry
 from .routing import EXCHANGE_TYPE_CLASSES, ExchangeType
 from .session import ConsumerState, Session, Unacked
@@ -153,6 +154,8 @@ class Broker:
             self.ledger, memory_limit=memory_limit, queue_limit=queue_flow_limit
         )
         self.loader: Loader | None = None  # reads paged-out bodies back; set with the store
+        self.pager = Pager(self.flow)
+        self.can_page = False  # the front end has a page file (and a task writing it)
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, MessageQueue] = {}
         self.sessions: dict[int, Session] = {}
@@ -293,8 +296,10 @@ class Broker:
             raise PreconditionFailed(
                 f"cannot declare queue {spec.name!r}: queue limit ({self.limits.queues}) is reached"
             )
-        queue = MessageQueue(spec, owner=owner if spec.exclusive else None, ledger=self.ledger)
-        if queue.keeps_messages:
+        queue = MessageQueue(
+            spec, owner=owner if spec.exclusive else None, ledger=self.ledger, pager=self.pager
+        )
+        if queue.keeps_messages or self.can_page:
             queue.loader = self.loader
         self.queues[spec.name] = queue
         if queue.keeps_messages:
@@ -337,8 +342,10 @@ class Broker:
                 ConsumerCancelled(consumer_tag=consumer.tag, reason=f"queue {queue.name!r} deleted")
             )
         queue.consumers.clear()
-        for entry in queue.purge():
+        for entry in queue.purge() + queue.take_delayed():
             queue.release(entry)
+        if self.can_page:
+            self.pager.queue_deleted(queue)
         return count
 
     # --- bindings ------------------------------------------------------------------------
@@ -528,6 +535,7 @@ class Broker:
         stored = False
         refused = None
         keep = self.journal is not None and message.properties.persistent
+        paging = self.flow.paging and self.can_page
         for queue in queues:
             if self._duplicate(queue.seen, "queue", queue.name, queue.keeps_messages, message):
                 continue
@@ -545,6 +553,8 @@ class Broker:
                 self._record(PutMessage(queue.name, entry.seq, message, expires_at, ready_at))
                 assert self.journal is not None
                 self.journal.batch.stored.append((queue, entry))
+            elif paging and (ready_at is not None or queue.far()):
+                self.pager.enqueued(queue, entry)  # memory is short: its body goes to disk
             if queue.consumers:
                 self._dispatch(queue)
             if ready_at is not None:
@@ -783,7 +793,7 @@ class Broker:
         if entry.message is None:
             try:
                 assert queue.loader is not None
-                entry.message = queue.loader(queue.name, [entry.seq])[entry.seq]
+                entry.message = queue.loader(queue, [entry])[entry.seq]
             except Exception:
                 log.exception("could not read a message to dead-letter from queue %r", queue.name)
                 return
@@ -1211,7 +1221,9 @@ class Broker:
             if spec.name not in self.exchanges:
                 self.exchanges[spec.name] = Exchange(spec)
         for spec in snapshot.queues:
-            self.queues[spec.name] = queue = MessageQueue(spec, ledger=self.ledger)
+            self.queues[spec.name] = queue = MessageQueue(
+                spec, ledger=self.ledger, pager=self.pager
+            )
             queue.loader = self.loader
         for binding in snapshot.bindings:
             source = self.exchanges.get(binding.source)

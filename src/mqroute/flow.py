@@ -10,6 +10,9 @@ A session is blocked for one of three reasons, checked in this order:
   of the watermark (many light queues), every publishing session is blocked, as RabbitMQ
   does. Both end when memory is back under 90 % of the watermark; consumers go on throughout,
   and their acks are what frees the memory.
+- **paging** (no one blocked): past ``PAGING_RATIO`` of the watermark, ``paging`` is set and
+  queues move the bodies of messages far from their heads to disk, so the memory alarm is the
+  second line, not the first. It ends under 90 % of that mark.
 - **disk alarm**: the disk holding the store has less free space than its limit. Sessions that
   publish persistent messages are blocked until there is room again.
 - **credit**: a queue it published to holds more than ``queue_limit`` bytes of ready messages
@@ -39,6 +42,13 @@ import attrs
 #: What one queued message costs beyond its body (entry, message and property objects):
 #: 370-410 bytes of RSS measured with 16 B and 1 KiB bodies (docs/performance.md).
 ENTRY_OVERHEAD = 400
+#: What a queued message whose body is on disk still holds (its entry, seq and place in the
+#: queue): 200 bytes measured with tracemalloc. Part of ENTRY_OVERHEAD, never freed by paging.
+PAGED_ENTRY = 200
+
+#: Past this share of the high watermark, queues page the bodies of messages far from their
+#: heads to disk, transient ones included (RabbitMQ's vm_memory_high_watermark_paging_ratio).
+PAGING_RATIO = 0.5
 
 #: Large enough that a queue with workers still absorbs a burst (the point of a queue); set it
 #: lower (256 KiB) where end-to-end latency matters more than absorbing bursts.
@@ -88,6 +98,8 @@ class FlowControl:
         self.queue_limit = queue_limit
         self.memory_alarm: str | None = None  # publishers into heavy queues are blocked
         self.memory_alarm_everyone = False  # ... and past 110 %, every publisher
+        self.paging = False  # over PAGING_RATIO of the watermark: bodies go to disk
+        self.paging_epoch = 0  # counts the times paging began (each begins with a sweep)
         self.disk_alarm: str | None = None
         self._publishers: set[int] = set()
         self._persistent_publishers: set[int] = set()
@@ -165,10 +177,19 @@ class FlowControl:
             self._release_drained()
         limit = self.memory_limit
         if limit is None or (
-            self.memory_alarm is None and self.ledger.used + self.memory_baseline <= limit
+            not self.paging and self.ledger.used + self.memory_baseline <= limit * PAGING_RATIO
         ):
             return  # the common case, kept cheap: the shell calls this every round
+        self._check_paging(limit * PAGING_RATIO)
         self._check_memory(limit)
+
+    def _check_paging(self, mark: float) -> None:
+        used = self.ledger.used + self.memory_baseline
+        if not self.paging and used > mark:
+            self.paging = True
+            self.paging_epoch += 1
+        elif self.paging and used < mark * 0.9:
+            self.paging = False
 
     def _release_drained(self) -> None:
         for key, (queue, sessions) in list(self._waiting.items()):

@@ -5,11 +5,13 @@ in a deque; requeued ones wait in a heap by ``seq`` and always go first, because
 delivered left the queue before everything still in the deque. That puts a requeued message
 back at its original position, as RabbitMQ's classic queues do, in O(log n).
 
-A durable queue's backlog need not fit in memory: once the store holds a message and it is
+A queue's backlog need not fit in memory: once a copy of a message is on disk and it is
 beyond the first ``RESIDENT`` ready ones (or ``RESIDENT_BYTES`` of them), its body is dropped
-(``message = None``) and read back from the store, a page at a time, when it comes near the
-head. That holds for messages that come back (requeued) too. Every body a queue holds in
-memory is charged to the broker's ``MemoryLedger``, which the memory alarm reads.
+(``message = None``) and read back, a page at a time, when it comes near the head. That holds
+for messages that come back (requeued) too. The copy is the store's (``persisted``: a
+persistent message in a durable queue) or, under memory pressure, the page file's (``paged``:
+any other message; see ``page_candidates``). Every entry and every body a queue holds in
+memory is charged to the broker's ``MemoryLedger``, which paging and the memory alarm read.
 
 Dispatch walks a ring of consumers that have credit, so a message costs the same whether the
 queue has one consumer or a thousand; a consumer that runs out of credit leaves the ring and
@@ -19,14 +21,15 @@ re-enters it when an ack gives credit back.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 import attrs
 
 from .dedup import SeenIds
-from .flow import ENTRY_OVERHEAD, MemoryLedger
+from .flow import ENTRY_OVERHEAD, PAGED_ENTRY, MemoryLedger
 from .model import Message, QueueSpec, QueueStats
 from .queue_args import QueueArguments
 
@@ -46,6 +49,7 @@ class QueueEntry:
     ready_at: float | None = None  # delayed (x-delay): becomes ready then
     maybe_delivered: bool = False  # recovered after a crash: it may have gone out unrecorded
     charged: bool = False  # its body is counted in the memory ledger
+    paged: bool = False  # a copy is in the page file, or being written there
 
     @property
     def redelivered(self) -> bool:
@@ -56,8 +60,13 @@ RESIDENT = 1024  # ready messages whose bodies stay in memory
 RESIDENT_BYTES = 8 * 1024 * 1024  # ... and at most about this many bytes of them
 PAGE = 256  # bodies read back from the store at once
 
-#: Reads stored bodies back: (queue name, seqs) → {seq: message}.
-Loader = Callable[[str, list[int]], dict[int, Message]]
+#: Reads bodies back from disk (the store's or the page file's copy): entries → {seq: message}.
+Loader = Callable[["MessageQueue", list[QueueEntry]], dict[int, Message]]
+
+#: What an entry costs while its body is in memory, beyond PAGED_ENTRY.
+BODY_OVERHEAD = ENTRY_OVERHEAD - PAGED_ENTRY
+
+_uids = itertools.count(1)  # names a queue in the page file: a name may be reused
 
 
 class Consumer(Protocol):
@@ -71,18 +80,30 @@ class Consumer(Protocol):
     def deliver(self, queue: MessageQueue, entry: QueueEntry) -> None: ...
 
 
+class PageRows(Protocol):
+    """Where a queue reports that a paged entry is gone (the broker's Pager)."""
+
+    def gone(self, queue: MessageQueue, entry: QueueEntry) -> None: ...
+
+
 class MessageQueue:
     def __init__(
-        self, spec: QueueSpec, owner: str | None = None, ledger: MemoryLedger | None = None
+        self,
+        spec: QueueSpec,
+        owner: str | None = None,
+        ledger: MemoryLedger | None = None,
+        pager: PageRows | None = None,
     ) -> None:
         self.spec = spec
+        self.uid = next(_uids)
         self.ledger = ledger or MemoryLedger()
+        self.pager = pager
         self.args = QueueArguments.from_table(spec.name, spec.arguments)  # raises if invalid
         self.ready_bytes = 0  # bodies of ready messages, for x-max-length-bytes
         self.resident = 0  # bytes of its messages in memory, ready or not (with overhead)
         self.seen = SeenIds(self.args.dedup_window) if self.args.dedup_window else None
         self.owner = owner  # the connection an exclusive queue belongs to
-        self.loader: Loader | None = None  # set for queues whose messages the store keeps
+        self.loader: Loader | None = None  # set where copies on disk can be read back
         self.deleted = False
         self.unacked = 0
         self.ever_consumed = False  # auto-delete only applies once a consumer came and went
@@ -140,26 +161,30 @@ class MessageQueue:
         return entry
 
     def _charge(self, entry: QueueEntry) -> None:
+        """Its body is in memory again (paged in)."""
         if not entry.charged:
             entry.charged = True
-            cost = entry.size + ENTRY_OVERHEAD
+            cost = entry.size + BODY_OVERHEAD
             self.ledger.used += cost
             self.resident += cost
 
     def _uncharge(self, entry: QueueEntry) -> None:
+        """Its body left memory (paged out); the entry itself stays charged."""
         if entry.charged:
             entry.charged = False
-            cost = entry.size + ENTRY_OVERHEAD
+            cost = entry.size + BODY_OVERHEAD
             self.ledger.used -= cost
             self.resident -= cost
 
     def release(self, entry: QueueEntry) -> None:
         """``entry`` left this queue for good (acked, dropped, dead-lettered, purged)."""
-        if entry.charged:  # _uncharge, inlined: this runs once per message
-            entry.charged = False
-            cost = entry.size + ENTRY_OVERHEAD
-            self.ledger.used -= cost
-            self.resident -= cost
+        # _uncharge and the entry's own charge, inlined: this runs once per message
+        cost = PAGED_ENTRY + entry.size + BODY_OVERHEAD if entry.charged else PAGED_ENTRY
+        entry.charged = False
+        self.ledger.used -= cost
+        self.resident -= cost
+        if entry.paged and self.pager is not None:
+            self.pager.gone(self, entry)
 
     def flow_bytes(self) -> int:
         """What flow control weighs: the ready messages, with their overhead."""
@@ -222,6 +247,8 @@ class MessageQueue:
             priority=self._level_of(priority),
             ready_at=ready_at,
         )
+        self.ledger.used += PAGED_ENTRY
+        self.resident += PAGED_ENTRY
         self._place(entry)
         self._next_seq = seq + 1
 
@@ -241,14 +268,43 @@ class MessageQueue:
         self.ready_count -= 1
         self.ready_bytes -= entry.size
 
+    def far(self) -> bool:
+        """Whether a message joining the tail now would wait beyond the resident head."""
+        return self.ready_count > RESIDENT or self.ready_bytes > RESIDENT_BYTES
+
     def page_out(self, entry: QueueEntry) -> None:
-        """The store holds ``entry``: drop its body if it waits far from the head."""
-        if self.loader is None or not entry.persisted or entry.message is None:
+        """A copy of ``entry`` is on disk: drop its body if it waits far from the head."""
+        if self.loader is None or entry.message is None or not (entry.persisted or entry.paged):
             return
-        far = self.ready_count > RESIDENT or self.ready_bytes > RESIDENT_BYTES
-        if entry.ready_at is not None or (far and entry.ready):  # delayed, or far back
+        if entry.ready_at is not None or (entry.ready and self.far()):  # delayed, or far back
             entry.message = None
             self._uncharge(entry)
+
+    def page_candidates(self) -> Iterator[QueueEntry]:
+        """Entries whose bodies the page file could take (no copy on disk yet): delayed ones,
+        then the ready ones beyond the resident head, newest first (the last to be needed).
+
+        It walks copies of the queue's containers, so the queue may change while it is
+        consumed; an entry delivered or gone by then is skipped.
+        """
+        if self.loader is None:
+            return
+        for _, _, entry in list(self._delayed):
+            if entry.message is not None and not entry.persisted and not entry.paged:
+                yield entry
+        for level in self._levels:
+            if len(level) <= RESIDENT:
+                continue
+            snapshot = list(level)
+            for i in range(len(snapshot) - 1, RESIDENT - 1, -1):
+                entry = snapshot[i]
+                if (
+                    entry.ready
+                    and entry.message is not None
+                    and not entry.persisted
+                    and not entry.paged
+                ):
+                    yield entry
 
     def fetch(self) -> QueueEntry | None:
         """Take the next ready message: highest priority first; within one, requeued ones
@@ -303,7 +359,7 @@ class MessageQueue:
 
     def _load(self, wanted: list[QueueEntry]) -> None:
         assert self.loader is not None
-        bodies = self.loader(self.name, [e.seq for e in wanted])
+        bodies = self.loader(self, wanted)
         for entry in wanted:
             entry.message = bodies[entry.seq]
             self._charge(entry)
@@ -336,6 +392,12 @@ class MessageQueue:
         self._expiry.clear()
         self.ready_count = self.ready_bytes = 0
         return removed
+
+    def take_delayed(self) -> list[QueueEntry]:
+        """Remove every delayed message (the queue is deleted); returns them."""
+        delayed = [item[2] for item in self._delayed]
+        self._delayed.clear()
+        return delayed
 
     def expire(self, now: float) -> list[QueueEntry]:
         """Take out every ready message whose time has come, wherever it is in the queue.

@@ -88,8 +88,9 @@ from .protocol import (
     encode_deliver_tail,
     negotiate_frame_size,
 )
+from .queue import Loader, MessageQueue, QueueEntry
 from .session import Session
-from .store import MemoryStore, SqliteStore, Store
+from .store import MemoryStore, PageFile, SqliteStore, Store, StoreError
 
 log = logging.getLogger("mqroute.server")
 
@@ -105,6 +106,9 @@ DISK_CHECK_INTERVAL = 1.0  # seconds between two looks at the free disk space
 WRITE_RETRY_SECONDS = 1.0  # seconds before a batch the store could not write is tried again
 PENDING_OUTPUT_LIMIT = 1024  # the reader stops reading while more frames than this are unsent
 BLOCKED_GRACE_BYTES = 256 * 1024  # publishes taken after a Blocked before reading stops
+PAGE_BATCH_BYTES = 8 * 1024 * 1024  # bodies written to the page file in one transaction
+PAGER_INTERVAL = 0.05  # seconds between looks for bodies to page out, while paging
+PAGER_IDLE_INTERVAL = 1.0  # ... and otherwise (rows of gone messages to delete)
 
 
 @attrs.frozen(kw_only=True)
@@ -178,15 +182,46 @@ async def serve(
                 limits=config.limits,
             )
         store = store or MemoryStore()
-        broker.loader = store.read_messages
+        pages = _open_page_file(config.data_dir)
+        if pages is not None:
+            stack.callback(pages.close)
+            broker.can_page = True
+        broker.loader = _loader(store, pages)
         broker.now = time.time()  # recovery compares remembered deadlines with it
-        await _recover(broker, store)
         if own_broker:  # what the process holds already counts against the watermark
-            broker.flow.memory_baseline = resources.process_memory()
+            broker.flow.memory_baseline = resources.process_memory()  # recovery charges its own
+        await _recover(broker, store)
         try:
-            await _serve(broker, store, config, task_status)
+            await _serve(broker, store, pages, config, task_status)
         finally:
             store.close()  # marks a clean shutdown unless a write failed
+
+
+def _open_page_file(data_dir: Path | None) -> PageFile | None:
+    """The page file, or None (no data directory, or no room for it: paging is then off and
+    the memory alarm is all there is)."""
+    if data_dir is None:
+        return None
+    try:
+        return PageFile(data_dir)
+    except StoreError as exc:
+        log.warning("%s; messages will not be paged to disk under memory pressure", exc)
+        return None
+
+
+def _loader(store: Store, pages: PageFile | None) -> Loader:
+    """Bodies read back from disk: the store has persisted ones, the page file the rest."""
+
+    def load(queue: MessageQueue, entries: list[QueueEntry]) -> dict[int, Message]:
+        stored = [e.seq for e in entries if e.persisted]
+        bodies = store.read_messages(queue.name, stored) if stored else {}
+        paged = [e.seq for e in entries if not e.persisted]
+        if paged:
+            assert pages is not None, "only a page file lets a queue drop such a body"
+            bodies.update(pages.read(queue.uid, paged))
+        return bodies
+
+    return load
 
 
 async def _recover(broker: Broker, store: Store) -> None:
@@ -207,7 +242,11 @@ async def _recover(broker: Broker, store: Store) -> None:
 
 
 async def _serve(
-    broker: Broker, store: Store, config: ServerConfig, task_status: trio.TaskStatus[ServerAddress]
+    broker: Broker,
+    store: Store,
+    pages: PageFile | None,
+    config: ServerConfig,
+    task_status: trio.TaskStatus[ServerAddress],
 ) -> None:
     listeners = await trio.open_tcp_listeners(config.port, host=config.host)
     sockname = listeners[0].socket.getsockname()
@@ -249,6 +288,8 @@ async def _serve(
             nursery.start_soon(_committer, shell, store, disk)
             if config.data_dir is not None:
                 nursery.start_soon(disk.run)
+        if pages is not None:
+            nursery.start_soon(_pager, shell, pages)
         for listener in listeners:
             nursery.start_soon(_accept, shell, listener, nursery, handle)
         log.info("mqroute %s listening on %s", __version__, address.url)
@@ -429,6 +470,39 @@ async def _committer(shell: Shell, store: Store, disk: DiskWatch) -> None:
         broker.batch_committed(batch)
         for release in batch.after_commit:
             release()
+        shell.apply_flow()
+
+
+async def _pager(shell: Shell, pages: PageFile) -> None:
+    """Carry out the core's paging: write bodies to the page file (off the event loop), then
+    let the queues drop them; delete the rows of messages that are gone."""
+    broker = shell.broker
+    pager = broker.pager
+    failing = False
+    while True:
+        work = pager.take(broker.queues.values(), PAGE_BATCH_BYTES)
+        if work.empty:
+            await trio.sleep(PAGER_INTERVAL if broker.flow.paging else PAGER_IDLE_INTERVAL)
+            continue
+        out = [(q.uid, e.seq, e.message) for q, e in work.out if e.message is not None]
+        try:
+            await trio.to_thread.run_sync(pages.apply, out, work.drop, work.drop_queues)
+        except Exception as exc:
+            pager.failed(work)
+            if not failing:
+                log.error(
+                    "paging: cannot write to %s (%s); messages stay in memory, where the "
+                    "memory alarm bounds them",
+                    pages.path,
+                    exc,
+                )
+            failing = True
+            await trio.sleep(WRITE_RETRY_SECONDS)
+            continue
+        if failing:
+            log.info("paging: writing to %s again", pages.path)
+            failing = False
+        pager.written(work)
         shell.apply_flow()
 
 

@@ -317,6 +317,89 @@ class SqliteStore:
         self._db.close()
 
 
+PAGE_FILE_NAME = "paging.db"
+
+
+class PageFile:
+    """Message bodies paged out under memory pressure (``paging.py``): a scratch SQLite file
+    beside the store, emptied at every start and never fsync'd, because what it holds is
+    transient (a restart loses transient messages anyway). Rows are keyed by a queue's uid,
+    not its name: a name can be deleted and declared again while old rows wait to go.
+
+    ``apply`` runs in a worker thread; ``read`` on the event loop while it does (WAL lets a
+    second connection read committed rows without waiting for the writer).
+    """
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = Path(data_dir) / PAGE_FILE_NAME
+        self._remove_files()
+        try:
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=OFF")
+            self._db.execute(
+                "CREATE TABLE pages (queue INTEGER NOT NULL, seq INTEGER NOT NULL, "
+                "exchange TEXT NOT NULL, routing_key TEXT NOT NULL, properties BLOB NOT NULL, "
+                "body BLOB NOT NULL, PRIMARY KEY (queue, seq)) WITHOUT ROWID"
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot create the page file {self.path}: {exc}") from None
+        self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+
+    def _remove_files(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+
+    def apply(
+        self,
+        out: Sequence[tuple[int, int, Message]],
+        drop: Sequence[tuple[int, int]],
+        drop_queues: Sequence[int],
+    ) -> None:
+        """Write ``out`` (queue uid, seq, message) and delete the rows named, in one go."""
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.executemany(
+                "INSERT OR REPLACE INTO pages VALUES (?, ?, ?, ?, ?, ?)",
+                [
+                    (uid, seq, m.exchange, m.routing_key, _dump_properties(m.properties), m.body)
+                    for uid, seq, m in out
+                ],
+            )
+            db.executemany("DELETE FROM pages WHERE queue = ? AND seq = ?", drop)
+            db.executemany("DELETE FROM pages WHERE queue = ?", [(uid,) for uid in drop_queues])
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def read(self, uid: int, seqs: list[int]) -> dict[int, Message]:
+        rows = self._reader.execute(
+            "SELECT seq, exchange, routing_key, properties, body FROM pages "
+            "WHERE queue = ? AND seq BETWEEN ? AND ?",
+            (uid, min(seqs), max(seqs)),
+        )
+        wanted = set(seqs)
+        return {
+            seq: Message(
+                exchange=exchange,
+                routing_key=routing_key,
+                body=body,
+                properties=_load_properties(props),
+            )
+            for seq, exchange, routing_key, props, body in rows
+            if seq in wanted
+        }
+
+    def close(self) -> None:
+        self._reader.close()
+        self._db.close()
+        self._remove_files()
+
+
 def _die() -> None:
     os.kill(os.getpid(), 9)
 

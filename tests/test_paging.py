@@ -1,0 +1,212 @@
+"""Paging under memory pressure: the core's decisions (plain calls, a dict for the page file),
+the page file itself, and a real server whose flood into an unconsumed queue goes to disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+import mqroute
+from mqroute.broker import Broker
+from mqroute.flow import ENTRY_OVERHEAD, PAGED_ENTRY, PAGING_RATIO
+from mqroute.model import Message, QueueSpec
+from mqroute.paging import PageWork
+from mqroute.queue import RESIDENT, MessageQueue, QueueEntry
+from mqroute.store import PAGE_FILE_NAME, PageFile
+
+from .test_durability import running
+
+BODY = 1000
+COST = BODY + ENTRY_OVERHEAD
+
+
+class DictPages:
+    """The page file as a dict, for core tests."""
+
+    def __init__(self) -> None:
+        self.rows: dict[tuple[int, int], Message] = {}
+
+    def apply(self, work: PageWork) -> None:
+        for queue, entry in work.out:
+            assert entry.message is not None
+            self.rows[(queue.uid, entry.seq)] = entry.message
+        for key in work.drop:
+            del self.rows[key]
+        for uid in work.drop_queues:
+            for key in [k for k in self.rows if k[0] == uid]:
+                del self.rows[key]
+
+    def load(self, queue: MessageQueue, entries: list[QueueEntry]) -> dict[int, Message]:
+        return {e.seq: self.rows[(queue.uid, e.seq)] for e in entries}
+
+
+def paging_broker(messages_before_paging: int) -> tuple[Broker, DictPages]:
+    pages = DictPages()
+    broker = Broker(memory_limit=int(messages_before_paging * COST / PAGING_RATIO))
+    broker.can_page = True
+    broker.loader = pages.load
+    return broker, pages
+
+
+def publish(broker: Broker, n: int, start: int = 0, queue: str = "q") -> None:
+    session = broker.open_session("producer")
+    for i in range(start, start + n):
+        body = b"%08d" % i + b"x" * (BODY - 8)
+        broker.publish(session, Message(exchange="", routing_key=queue, body=body))
+        broker.flow.check()  # the shell does this every round
+
+
+def page(broker: Broker, pages: DictPages) -> int:
+    """What the shell's pager does until there is nothing left; returns bodies written."""
+    written = 0
+    while not (work := broker.pager.take(broker.queues.values(), 1 << 20)).empty:
+        pages.apply(work)
+        broker.pager.written(work)
+        written += len(work.out)
+    return written
+
+
+def drain(broker: Broker, queue: str = "q") -> list[int]:
+    session = broker.open_session("consumer")
+    got = []
+    while (d := broker.get(session, queue, auto_ack=True)) is not None:
+        got.append(int(d.message.body[:8]))
+    return got
+
+
+def test_no_paging_under_the_paging_mark() -> None:
+    broker, pages = paging_broker(messages_before_paging=5000)
+    broker.declare_queue("o", QueueSpec(name="q"))
+    publish(broker, 4000)
+    assert not broker.flow.paging and page(broker, pages) == 0
+
+
+def test_past_the_mark_bodies_far_from_the_head_go_to_disk_and_come_back_in_order() -> None:
+    broker, pages = paging_broker(messages_before_paging=2000)
+    broker.declare_queue("o", QueueSpec(name="q"))
+    publish(broker, 6000)
+    assert broker.flow.paging
+    written = page(broker, pages)
+    queue = broker.queues["q"]
+    in_memory = [e for e in queue.ready_entries() if e.message is not None]
+    # The sweep took what was in memory beyond the head; later ones went as they came.
+    assert written == 6000 - RESIDENT and len(in_memory) == RESIDENT
+    assert broker.ledger.used == RESIDENT * COST + (6000 - RESIDENT) * PAGED_ENTRY
+    assert broker.ledger.used < broker.flow.memory_limit * PAGING_RATIO  # no alarm near
+    assert drain(broker) == list(range(6000))
+    assert broker.ledger.used == 0
+
+
+def test_rows_of_gone_messages_and_deleted_queues_are_deleted() -> None:
+    broker, pages = paging_broker(messages_before_paging=2000)
+    broker.declare_queue("o", QueueSpec(name="q"))
+    broker.declare_queue("o", QueueSpec(name="other"))
+    publish(broker, 5000)
+    publish(broker, 3000, queue="other")
+    page(broker, pages)
+    assert pages.rows
+    drain(broker)
+    broker.delete_queue("o", "other")
+    page(broker, pages)
+    assert pages.rows == {}
+
+
+def test_a_body_whose_page_write_failed_stays_in_memory() -> None:
+    broker, pages = paging_broker(messages_before_paging=2000)
+    broker.declare_queue("o", QueueSpec(name="q"))
+    publish(broker, 5000)
+    used = broker.ledger.used
+    work = broker.pager.take(broker.queues.values(), 1 << 30)
+    assert work.out
+    broker.pager.failed(work)  # a full disk
+    assert broker.ledger.used == used
+    assert all(e.message is not None for e in broker.queues["q"].ready_entries())
+    assert page(broker, pages) == 0  # this round is over; the next publish is tried again
+    assert drain(broker) == list(range(5000))
+
+
+def test_a_message_taken_while_its_page_write_runs_keeps_its_body() -> None:
+    broker, pages = paging_broker(messages_before_paging=2000)
+    broker.declare_queue("o", QueueSpec(name="q"))
+    publish(broker, 5000)
+    work = broker.pager.take(broker.queues.values(), 1 << 30)
+    got = drain(broker)  # meanwhile a consumer takes everything
+    pages.apply(work)
+    broker.pager.written(work)
+    assert got == list(range(5000))
+    page(broker, pages)  # the rows of what was taken are deleted after
+    assert pages.rows == {}
+
+
+def test_the_page_file_starts_empty_and_is_removed_at_close(tmp_path: Path) -> None:
+    (tmp_path / PAGE_FILE_NAME).write_bytes(b"left by a crashed broker")
+    pages = PageFile(tmp_path)
+    message = Message(exchange="ex", routing_key="rk", body=b"body")
+    pages.apply([(1, 7, message)], [], [])
+    assert pages.read(1, [7]) == {7: message}
+    pages.apply([], [(1, 7)], [])
+    assert pages.read(1, [7]) == {}
+    assert (tmp_path / PAGE_FILE_NAME).stat().st_mode & 0o777 == 0o600
+    pages.close()
+    assert not (tmp_path / PAGE_FILE_NAME).exists()
+
+
+async def test_a_flood_into_an_unconsumed_queue_is_paged_instead_of_blocked(
+    tmp_path: Path,
+) -> None:
+    """Without paging the alarm would block the publisher after about 6,000 messages."""
+    limit = 6000 * COST
+    broker = Broker(durable=True, memory_limit=limit)
+    async with running(tmp_path, broker=broker) as address:
+        async with mqroute.connect(address.url) as conn:
+            await conn.declare_queue("flood", durable=True)  # transient messages in it
+            async with conn.publisher(max_in_flight=100) as pub:
+                for i in range(20_000):
+                    await pub.publish("", "flood", b"%08d" % i + b"x" * (BODY - 8))
+                    assert conn.blocked is None
+            assert broker.flow.paging and broker.ledger.used < limit
+            with trio.fail_after(10):  # the pager writes in the background
+                while broker.pager.take([], 0).out or any(
+                    e.message is not None and not e.paged
+                    for e in broker.queues["flood"].ready_entries()[RESIDENT + 1000 :]
+                ):
+                    await trio.sleep(0.05)
+            assert (tmp_path / PAGE_FILE_NAME).stat().st_size > 10_000 * BODY
+            got = []
+            async with conn.consume("flood", prefetch=200) as messages:
+                async for msg in messages:
+                    got.append(int(msg.body[:8]))
+                    assert len(msg.body) == BODY
+                    await msg.ack()
+                    if len(got) == 20_000:
+                        break
+            assert got == list(range(20_000))
+        assert broker.ledger.used == 0
+
+
+async def test_persistent_and_paged_transient_messages_share_a_durable_queue(
+    tmp_path: Path,
+) -> None:
+    broker = Broker(durable=True, memory_limit=3000 * COST)
+    async with running(tmp_path, broker=broker) as address:
+        async with mqroute.connect(address.url) as conn:
+            await conn.declare_queue("mixed", durable=True)
+            async with conn.publisher(max_in_flight=100) as pub:
+                for i in range(8000):
+                    body = b"%08d" % i + b"x" * (BODY - 8)
+                    await pub.publish("", "mixed", body, persistent=i % 2 == 0)
+            assert broker.flow.paging
+            with trio.fail_after(10):  # until the pager has written the transient ones
+                while not any(
+                    e.paged and e.message is None for e in broker.queues["mixed"].ready_entries()
+                ):
+                    await trio.sleep(0.05)
+            async with conn.consume("mixed", prefetch=100) as messages:
+                got = []
+                async for msg in messages:
+                    got.append((int(msg.body[:8]), msg.properties.persistent))
+                    await msg.ack()
+                    if len(got) == 8000:
+                        break
+        assert got == [(i, i % 2 == 0) for i in range(8000)]
