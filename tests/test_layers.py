@@ -15,6 +15,8 @@ CORE = [
     "queue_args",
     "dedup",
     "journal",
+    "flow",
+    "paging",
     "routing",
     "topic_trie",
     "model",
