@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 import trio
+from common import mqroute_server, rss_mb
 
 import mqroute
-from common import mqroute_server, rss_mb
 from mqroute.resources import parse_size
 
 
