@@ -98,6 +98,28 @@ def test_past_the_mark_bodies_far_from_the_head_go_to_disk_and_come_back_in_orde
     assert broker.ledger.used == 0
 
 
+def test_a_flood_waits_while_the_page_file_lags_behind_then_goes_on() -> None:
+    broker, pages = paging_broker(messages_before_paging=2000)
+    broker.declare_queue("o", QueueSpec(name="q"))
+    flood = broker.open_session("flood")
+
+    def send(n: int) -> None:
+        for _ in range(n):
+            broker.publish(flood, Message(exchange="", routing_key="q", body=b"x" * BODY))
+            broker.flow.check()
+
+    send(3500)  # past the paging mark, under the watermark
+    work = broker.pager.take(broker.queues.values(), 100 * BODY)  # the sweep has begun
+    pages.apply(work)
+    broker.pager.written(work)
+    send(1)
+    pause = broker.flow.blocked(flood.id)
+    assert pause is not None and pause.credit and "paging" in pause.reason
+    page(broker, pages)  # the disk catches up
+    broker.flow.check()
+    assert broker.flow.blocked(flood.id) is None
+
+
 def test_rows_of_gone_messages_and_deleted_queues_are_deleted() -> None:
     broker, pages = paging_broker(messages_before_paging=2000)
     broker.declare_queue("o", QueueSpec(name="q"))

@@ -509,7 +509,7 @@ class Broker:
             # flow.over_limit(queue), inlined: this runs once per message and queue
             if queue.ready_bytes + queue.ready_count * ENTRY_OVERHEAD > limit and queue.consumers:
                 flow.wait_for(session.id, queue)
-            if flow.memory_alarm is not None and flow.heavy(queue):
+            if (flow.memory_alarm is not None or flow.paging_behind) and flow.heavy(queue):
                 flow.block_for_memory(session.id)
         if refused:
             session.settle_publish(seq, ok=False, text=f"queue {refused!r} is full (x-overflow)")

@@ -10,9 +10,11 @@ A session is blocked for one of three reasons, checked in this order:
   of the watermark (many light queues), every publishing session is blocked, as RabbitMQ
   does. Both end when memory is back under 90 % of the watermark; consumers go on throughout,
   and their acks are what frees the memory.
-- **paging** (no one blocked): past ``PAGING_RATIO`` of the watermark, ``paging`` is set and
-  queues move the bodies of messages far from their heads to disk, so the memory alarm is the
-  second line, not the first. It ends under 90 % of that mark.
+- **paging**: past ``PAGING_RATIO`` of the watermark, ``paging`` is set and queues move the
+  bodies of messages far from their heads to disk, so the memory alarm is the second line, not
+  the first. It ends under 90 % of that mark. While the page file lags behind
+  (``paging_behind``: the pager says so), publishers into heavy queues are paused as for
+  credit, so a flood waits for the disk instead of filling memory while it writes.
 - **disk alarm**: the disk holding the store has less free space than its limit. Sessions that
   publish persistent messages are blocked until there is room again.
 - **credit**: a queue it published to holds more than ``queue_limit`` bytes of ready messages
@@ -99,11 +101,12 @@ class FlowControl:
         self.memory_alarm: str | None = None  # publishers into heavy queues are blocked
         self.memory_alarm_everyone = False  # ... and past 110 %, every publisher
         self.paging = False  # over PAGING_RATIO of the watermark: bodies go to disk
+        self.paging_behind = False  # ... faster than they are written (set by the Pager)
         self.paging_epoch = 0  # counts the times paging began (each begins with a sweep)
         self.disk_alarm: str | None = None
         self._publishers: set[int] = set()
         self._persistent_publishers: set[int] = set()
-        self._heavy_publishers: set[int] = set()  # blocked by the memory alarm
+        self._heavy_publishers: set[int] = set()  # blocked by the memory alarm or paging
         self._waiting: dict[int, tuple[FlowQueue, set[int]]] = {}  # queue id -> sessions
         self._waits_on: dict[int, set[int]] = {}  # session -> queue ids
         self._blocked: dict[int, Pause] = {}  # session -> why, as last reported
@@ -124,8 +127,8 @@ class FlowControl:
             self._update(session)
 
     def heavy(self, queue: FlowQueue) -> bool:
-        """Whether the memory alarm blocks those who publish into ``queue`` (ask only while
-        ``memory_alarm`` is set)."""
+        """Whether the memory alarm (or paging that lags) blocks those who publish into
+        ``queue`` (ask only while ``memory_alarm`` or ``paging_behind`` is set)."""
         return self.memory_limit is not None and queue.resident * 100 >= self.memory_limit
 
     def block_for_memory(self, session: int) -> None:
@@ -176,12 +179,15 @@ class FlowControl:
         if self._waiting:
             self._release_drained()
         limit = self.memory_limit
-        if limit is None or (
-            not self.paging and self.ledger.used + self.memory_baseline <= limit * PAGING_RATIO
-        ):
-            return  # the common case, kept cheap: the shell calls this every round
-        self._check_paging(limit * PAGING_RATIO)
-        self._check_memory(limit)
+        if limit is not None and (
+            self.paging or self.ledger.used + self.memory_baseline > limit * PAGING_RATIO
+        ):  # else the common case, kept cheap: the shell calls this every round
+            self._check_paging(limit * PAGING_RATIO)
+            self._check_memory(limit)
+        if self._heavy_publishers and self.memory_alarm is None and not self.paging_behind:
+            heavy, self._heavy_publishers = self._heavy_publishers, set()
+            for session in heavy:
+                self._update(session)
 
     def _check_paging(self, mark: float) -> None:
         used = self.ledger.used + self.memory_baseline
@@ -220,9 +226,8 @@ class FlowControl:
         if used < limit * 0.9:
             self.memory_alarm = None
             self.memory_alarm_everyone = False
-            heavy, self._heavy_publishers = self._heavy_publishers, set()
-            for session in heavy | self._publishers:
-                self._update(session)
+            for session in self._heavy_publishers | self._publishers:
+                self._update(session)  # heavy ones may still wait for paging
         elif not self.memory_alarm_everyone and used > limit * 1.1:
             self.memory_alarm_everyone = True
             self.memory_alarm = (
@@ -251,6 +256,12 @@ class FlowControl:
             or (self.memory_alarm_everyone and session in self._publishers)
         ):
             return Pause(self.memory_alarm)
+        if self.paging_behind and session in self._heavy_publishers:
+            return Pause(
+                "paging: memory is short and messages arrive faster than their bodies are "
+                "written to disk; publishing resumes as the disk catches up",
+                credit=True,
+            )
         if self.disk_alarm is not None and session in self._persistent_publishers:
             return Pause(self.disk_alarm)
         waits = self._waits_on.get(session)

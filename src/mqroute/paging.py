@@ -25,6 +25,10 @@ import attrs
 from .flow import FlowControl
 from .queue import MessageQueue, QueueEntry
 
+#: Bodies waiting to be written past which paging is behind: publishers into heavy queues
+#: wait for the disk (flow.paging_behind).
+BACKLOG_LIMIT = 32 * 1024 * 1024
+
 
 @attrs.frozen
 class PageWork:
@@ -47,12 +51,16 @@ class Pager:
         self._drop_queues: list[int] = []
         self._sweep: Iterator[tuple[MessageQueue, QueueEntry]] | None = None
         self._epoch = 0  # the flow.paging_epoch swept for
+        self.backlog = 0  # bytes of bodies enqueued to be written and not yet taken
 
     # --- what queues and the broker report ------------------------------------------------
 
     def enqueued(self, queue: MessageQueue, entry: QueueEntry) -> None:
         """``entry`` joined ``queue`` far from its head while paging: write it out soon."""
         self._out.append((queue, entry))
+        self.backlog += entry.size + 64
+        if self.backlog > BACKLOG_LIMIT:
+            self.flow.paging_behind = True
 
     def gone(self, queue: MessageQueue, entry: QueueEntry) -> None:
         """A paged entry left its queue for good: its row may go."""
@@ -76,6 +84,7 @@ class Pager:
         pending = self._out
         while pending and size < budget:
             queue, entry = pending.popleft()
+            self.backlog -= entry.size + 64
             if _can_page(queue, entry):
                 entry.paged = True
                 out.append((queue, entry))
@@ -96,6 +105,8 @@ class Pager:
                         break
                 else:
                     self._sweep = None
+        # Behind while a sweep lasts or the backlog is large: the flood waits for the disk.
+        flow.paging_behind = self._sweep is not None or self.backlog > BACKLOG_LIMIT
         drop, self._drop = self._drop, []
         drop_queues, self._drop_queues = self._drop_queues, []
         return PageWork(out=out, drop=drop, drop_queues=drop_queues)

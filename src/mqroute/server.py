@@ -482,6 +482,7 @@ async def _pager(shell: Shell, pages: PageFile) -> None:
     while True:
         work = pager.take(broker.queues.values(), PAGE_BATCH_BYTES)
         if work.empty:
+            shell.apply_flow()  # take may have found paging caught up: its publishers go on
             await trio.sleep(PAGER_INTERVAL if broker.flow.paging else PAGER_IDLE_INTERVAL)
             continue
         out = [(q.uid, e.seq, e.message) for q, e in work.out if e.message is not None]
