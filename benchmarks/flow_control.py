@@ -4,10 +4,10 @@
 
 Runs ``mqroute bench -C COUNT -A 50 -c 1000`` (transient, 1 producer, 1 consumer) against a
 server from ``--baseline-src`` (another checkout's ``src``), and from this tree with its
-default settings and with ``--queue-flow-limit 256KiB``, in turn, each with its own client
-code (the wire protocols may differ). While a run goes, a sampler reads the queue's depth
-every 50 ms. Printed: medians of the end-to-end rate, p99 end-to-end latency and the deepest
-queue seen, and each rate as a ratio of the baseline's.
+default settings and with each of ``--limits`` as ``--queue-flow-limit``, in turn, each with
+its own client code (the wire protocols may differ). While a run goes, a sampler reads the
+queue's depth every 50 ms. Printed: medians of the end-to-end rate, p99 end-to-end latency and
+the deepest queue seen, and each rate as a ratio of the baseline's.
 """
 
 from __future__ import annotations
@@ -91,13 +91,19 @@ def main() -> None:
     parser.add_argument("--baseline-src", type=Path, required=True)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--count", type=int, default=300_000)
+    parser.add_argument(
+        "--limits",
+        default="256KiB",
+        help="queue flow limits to try beside the default, comma-separated (256KiB,128KiB)",
+    )
     args = parser.parse_args()
     this = (HERE.parent / "src").resolve()
-    trees = {
+    trees: dict[str, tuple[Path, list[str]]] = {
         "baseline": (args.baseline_src.resolve(), []),
         "this": (this, []),
-        "this-256k": (this, ["--queue-flow-limit", "256KiB"]),
     }
+    for limit in filter(None, args.limits.split(",")):
+        trees[f"this-{limit}"] = (this, ["--queue-flow-limit", limit])
     results: dict[str, list[dict[str, float]]] = {name: [] for name in trees}
     for i in range(args.runs):
         for name, (src, extra) in trees.items():
@@ -105,7 +111,7 @@ def main() -> None:
             r = run_once(src, extra, args.count, timeout=600)
             results[name].append(r)
             print(
-                f"run {i + 1} {name:9}: {r['rate']:9,.0f} msg/s  p99 {r['p99_ms']:8.1f} ms  "
+                f"run {i + 1} {name:14}: {r['rate']:9,.0f} msg/s  p99 {r['p99_ms']:8.1f} ms  "
                 f"deepest queue {r['deepest']:9,.0f}  ({time.monotonic() - started:.0f}s)",
                 flush=True,
             )
@@ -116,7 +122,7 @@ def main() -> None:
     }
     for name, m in medians.items():
         print(
-            f"median {name:9}: {m['rate']:9,.0f} msg/s  p99 {m['p99_ms']:8.1f} ms  "
+            f"median {name:14}: {m['rate']:9,.0f} msg/s  p99 {m['p99_ms']:8.1f} ms  "
             f"deepest queue {m['deepest']:9,.0f}"
         )
     for name in trees:
