@@ -570,6 +570,47 @@ def test_exchange_dedup_drops_the_repeat_before_routing(b: Broker, s: Session) -
     assert [m.body for m in ready(b, "a")] == [b"1"] and [m.body for m in ready(b, "b")] == [b"1"]
 
 
+def test_a_refused_publish_leaves_its_id_for_the_retry(b: Broker, s: Session) -> None:
+    """A nack says "not taken": remembering its id would confirm the retry and drop it."""
+    declare(
+        b, "orders", **{"x-dedup-window": 60_000, "x-max-length": 1, "x-overflow": "reject-publish"}
+    )
+    b.publish(s, msg("orders", b"order 1", message_id="o-1"))
+    b.publish(s, msg("orders", b"order 2", message_id="o-2"))  # nacked: the queue is full
+    b.get(b.open_session("worker"), "orders", auto_ack=True)
+    b.publish(s, msg("orders", b"order 2", message_id="o-2"))  # the retry the docs advise
+    assert [m.body for m in ready(b, "orders")] == [b"order 2"]
+    confirms = [e for e in s.take_events() if isinstance(e, Confirm)]
+    assert [(c.seq, c.ok) for c in confirms] == [(1, True), (2, False), (3, True)]
+
+
+def test_an_exchange_window_remembers_no_refused_publish(b: Broker, s: Session) -> None:
+    b.declare_exchange(
+        ExchangeSpec(name="events", type="fanout", arguments={"x-dedup-window": 60_000})
+    )
+    declare(b, "q", **{"x-max-length": 1, "x-overflow": "reject-publish"})
+    b.bind_queue("o", "q", "events")
+    b.publish(s, msg("", b"1", exchange="events", message_id="e1"))
+    b.publish(s, msg("", b"2", exchange="events", message_id="e2"))  # nacked
+    b.get(b.open_session("worker"), "q", auto_ack=True)
+    b.publish(s, msg("", b"2", exchange="events", message_id="e2"))
+    assert [m.body for m in ready(b, "q")] == [b"2"]
+
+
+def test_a_publish_the_store_could_not_write_leaves_its_id_for_the_retry() -> None:
+    broker = Broker(durable=True)
+    session = broker.open_session("o")
+    broker.declare_queue(
+        "o", QueueSpec(name="pay", durable=True, arguments={"x-dedup-window": 60_000})
+    )
+    assert broker.journal is not None
+    broker.batch_committed(broker.journal.take())
+    broker.publish(session, msg("pay", b"charge", message_id="p-1", persistent=True))
+    broker.batch_failed(broker.journal.take(), "disk full")  # nacked: RESOURCE_ERROR
+    broker.publish(session, msg("pay", b"charge", message_id="p-1", persistent=True))
+    assert broker.journal.batch.confirms  # the retry waits for the store, not a duplicate
+
+
 def test_bad_dedup_window_is_refused(b: Broker) -> None:
     with pytest.raises(PreconditionFailed, match="x-dedup-window"):
         b.declare_exchange(ExchangeSpec(name="x", type="direct", arguments={"x-dedup-window": 0}))

@@ -484,9 +484,7 @@ class Broker:
             raise
         self._published += 1
         exchange = self.exchanges.get(message.exchange)
-        if exchange is not None and self._duplicate(
-            exchange.seen, "exchange", exchange.name, exchange.spec.durable, message
-        ):
+        if exchange is not None and self._duplicate(exchange.seen, message):
             self._settle_duplicate(session, seq)
             return seq
         if not queues and mandatory:
@@ -499,6 +497,11 @@ class Broker:
                 )
             )
         stored, refused = self._enqueue(message, queues)
+        if exchange is not None and exchange.seen is not None and refused is None:
+            # Only an id the broker took is remembered: a nacked publish is retried.
+            self._remember(
+                exchange.seen, "exchange", exchange.name, exchange.spec.durable, message, stored
+            )
         flow = self.flow
         kind = 2 if message.properties.persistent else 1
         if not session.publishes & kind:  # flow control learns of a publisher once
@@ -537,7 +540,7 @@ class Broker:
         keep = self.journal is not None and message.properties.persistent
         paging = self.flow.paging and self.can_page
         for queue in queues:
-            if self._duplicate(queue.seen, "queue", queue.name, queue.keeps_messages, message):
+            if queue.seen is not None and self._duplicate(queue.seen, message):
                 continue
             args = queue.args
             if args.overflow != "drop-head" and queue.would_overflow(len(message.body)):
@@ -548,6 +551,15 @@ class Broker:
             ready_at = self._ready_at(message)
             expires_at = self._expires_at(queue, message, ready_at)
             entry = queue.publish(message, expires_at, ready_at)
+            if queue.seen is not None:  # taken: a retry of it is a duplicate from now on
+                self._remember(
+                    queue.seen,
+                    "queue",
+                    queue.name,
+                    queue.keeps_messages,
+                    message,
+                    keep and queue.keeps_messages,
+                )
             if keep and queue.keeps_messages:
                 entry.persisted = stored = True
                 self._record(PutMessage(queue.name, entry.seq, message, expires_at, ready_at))
@@ -984,15 +996,25 @@ class Broker:
 
     # --- deduplication -------------------------------------------------------------------
 
-    def _duplicate(
-        self, seen: SeenIds | None, kind: str, name: str, durable: bool, message: Message
-    ) -> bool:
-        """Whether ``message`` repeats an id ``seen`` remembers; if not, remember it."""
+    def _duplicate(self, seen: SeenIds | None, message: Message) -> bool:
+        """Whether ``message`` repeats an id ``seen`` remembers."""
         message_id = message.properties.message_id
-        if seen is None or message_id is None:
-            return False
-        if seen.seen(message_id, self.now):
-            return True
+        return seen is not None and message_id is not None and seen.seen(message_id, self.now)
+
+    def _remember(
+        self,
+        seen: SeenIds,
+        kind: str,
+        name: str,
+        durable: bool,
+        message: Message,
+        awaits_commit: bool,
+    ) -> None:
+        """``message`` was taken: remember its id for the window. If its confirm waits for the
+        store (``awaits_commit``) and the write fails, ``batch_failed`` forgets it again."""
+        message_id = message.properties.message_id
+        if message_id is None:
+            return
         until = self.now + seen.window
         seen.remember(message_id, until)
         if durable:
@@ -1000,7 +1022,9 @@ class Broker:
             if self.now - self._last_forget >= 1.0:  # let the store forget old ids, now and then
                 self._last_forget = self.now
                 self._record(ForgetSeen(self.now))
-        return False
+        if awaits_commit:
+            assert self.journal is not None
+            self.journal.batch.remembered.append((seen, message_id))
 
     def _settle_duplicate(self, session: Session, seq: int) -> None:
         """Confirm a duplicate — once whatever is pending (maybe the original) is on disk."""
@@ -1208,6 +1232,8 @@ class Broker:
                 session.settle_publish(seq, ok=False, code="RESOURCE_ERROR", text=reason)
         for _, entry in batch.stored:
             entry.persisted = False
+        for seen, message_id in batch.remembered:  # nacked, so not taken: a retry is welcome
+            seen.forget(message_id)
         assert self.journal is not None
         return self.journal.retry(batch)  # waiters the front end may release now
 

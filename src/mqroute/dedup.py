@@ -1,7 +1,9 @@
 """Publisher deduplication: message ids seen within a window (``x-dedup-window``, ms).
 
 A queue or exchange with a window remembers each ``message_id`` it accepted for that long; a
-message with an id it remembers is confirmed to its publisher but not enqueued again. With
+message with an id it remembers is confirmed to its publisher but not enqueued again. Only
+accepted ids are remembered: a publish that was nacked (a full queue, a failed write) was not
+taken, and its retry must be. With
 confirms this lets a publisher retry after a lost connection without creating duplicates.
 """
 
@@ -49,6 +51,10 @@ class SeenIds:
     def seen(self, message_id: str, now: float) -> bool:
         self.forget_before(now)
         return message_id in self._seen
+
+    def forget(self, message_id: str) -> None:
+        """A publish with this id was refused after all: its retry must be taken."""
+        self._seen.pop(message_id, None)
 
     def remember(self, message_id: str, until: float) -> None:
         self._seen[message_id] = until

@@ -120,6 +120,7 @@ class Batch:
     records: list[Record] = attrs.Factory(list)
     confirms: list[tuple[Any, int]] = attrs.Factory(list)  # (session, publish seq)
     stored: list[tuple[Any, Any]] = attrs.Factory(list)  # (queue, entry) written by this batch
+    remembered: list[tuple[Any, str]] = attrs.Factory(list)  # (SeenIds, id) of its publishes
     after_commit: list[Callable[[], None]] = attrs.Factory(list)
 
 
@@ -158,6 +159,7 @@ class Journal:
             records=kept + current.records,
             confirms=current.confirms,
             stored=current.stored,
+            remembered=current.remembered,
             after_commit=batch.after_commit + current.after_commit,
         )
         if not current.records and self.wakeup is not None:
