@@ -287,17 +287,7 @@ class SqliteStore:
             "WHERE queue = ? AND seq BETWEEN ? AND ?",
             (queue, min(seqs), max(seqs)),
         )
-        wanted = set(seqs)
-        return {
-            seq: Message(
-                exchange=exchange,
-                routing_key=routing_key,
-                body=body,
-                properties=_load_properties(props),
-            )
-            for seq, exchange, routing_key, props, body in rows
-            if seq in wanted
-        }
+        return _messages(rows, seqs)
 
     def _at_fault(self, has_message: bool) -> bool:
         return has_message and self._message_batches == self._fault_at
@@ -386,22 +376,28 @@ class PageFile:
             "WHERE queue = ? AND seq BETWEEN ? AND ?",
             (uid, min(seqs), max(seqs)),
         )
-        wanted = set(seqs)
-        return {
-            seq: Message(
-                exchange=exchange,
-                routing_key=routing_key,
-                body=body,
-                properties=_load_properties(props),
-            )
-            for seq, exchange, routing_key, props, body in rows
-            if seq in wanted
-        }
+        return _messages(rows, seqs)
 
     def close(self) -> None:
         self._reader.close()
         self._db.close()
         self._remove_files()
+
+
+def _messages(rows: Iterable[tuple[Any, ...]], seqs: list[int]) -> dict[int, Message]:
+    """Rows of (seq, exchange, routing_key, properties, body) as messages, those of ``seqs``
+    only (the query reads the range between the smallest and the largest)."""
+    wanted = set(seqs)
+    return {
+        seq: Message(
+            exchange=exchange,
+            routing_key=routing_key,
+            body=body,
+            properties=_load_properties(props),
+        )
+        for seq, exchange, routing_key, props, body in rows
+        if seq in wanted
+    }
 
 
 def _die() -> None:
