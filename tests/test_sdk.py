@@ -157,3 +157,39 @@ async def test_a_consume_loop_over_buffered_messages_stays_cancellable(
                     after_cancel += 1
                 scope.cancel()
     assert 0 <= after_cancel < CHECKPOINT_EVERY
+
+
+async def _requeued_within(server: ServerAddress, queue: str, seconds: float) -> bytes:
+    """Wait for the message another connection left unacked to come back to ``queue``."""
+    async with mqroute.connect(server.url, client_name="watcher") as watcher:
+        with trio.fail_after(seconds):
+            async with watcher.consume(queue, prefetch=1) as messages:
+                async for msg in messages:
+                    assert msg.redelivered
+                    await msg.ack()
+                    return msg.body
+    raise AssertionError("unreachable")
+
+
+async def test_leaving_a_connection_by_cancellation_closes_its_socket_at_once(
+    server: ServerAddress, conn: mqroute.Connection
+) -> None:
+    await conn.declare_queue("held")
+    await conn.publish("", "held", b"in hand")
+    with trio.CancelScope() as scope:
+        async with mqroute.connect(server.url, client_name="cancelled") as other:
+            assert await other.get("held") is not None  # unacked: held by `other`
+            scope.cancel()
+            await trio.sleep_forever()
+    # The broker requeues when the socket closes; a leaked socket waits 2 heartbeats (120 s).
+    assert await _requeued_within(server, "held", 5) == b"in hand"
+
+
+async def test_leaving_a_robust_connection_closes_its_socket_at_once(
+    server: ServerAddress, conn: mqroute.Connection
+) -> None:
+    await conn.declare_queue("held-robust")
+    await conn.publish("", "held-robust", b"in hand")
+    async with mqroute.connect_robust(server.url, client_name="robust") as robust:
+        assert await robust.get("held-robust") is not None
+    assert await _requeued_within(server, "held-robust", 5) == b"in hand"

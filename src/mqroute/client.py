@@ -406,10 +406,12 @@ class Connection:
         finally:
             self._fail(ConnectionClosed("connection closed by the client"))
             tg.cancel_scope.cancel()
-            await tg.__aexit__(None, None, None)  # must not be inside a newer cancel scope
-            if self._stream is not None:
-                with anyio.CancelScope(shield=True):
-                    await self._stream.aclose()
+            try:
+                await tg.__aexit__(None, None, None)  # must not be inside a newer cancel scope
+            finally:  # also when that exit re-raises our own cancellation
+                if self._stream is not None:
+                    with anyio.CancelScope(shield=True):
+                        await self._stream.aclose()
 
     @property
     def is_open(self) -> bool:
