@@ -119,6 +119,27 @@ def test_second_death_in_the_same_queue_counts_up(b: Broker, s: Session) -> None
     assert [(x["queue"], x["reason"], x["count"]) for x in deaths] == [("work", "rejected", 2)]
 
 
+def test_a_second_death_keeps_the_first_deaths_details_and_counts(b: Broker) -> None:
+    """RabbitMQ 3.10+: the (queue, reason) entry keeps its first exchange, routing keys and
+    time; only ``count`` grows, and the entry moves to the front."""
+    from mqroute.broker import death_headers
+
+    first = msg("k1", exchange="a")
+    headers = death_headers(first, "work", "rejected", now=100.0)
+    headers = death_headers(msg("x", headers=headers), "other", "expired", now=150.0)
+    again = msg("k2", exchange="b", headers=headers)
+    deaths = death_headers(again, "work", "rejected", now=200.0)["x-death"]
+    assert deaths[0] == {
+        "queue": "work",
+        "reason": "rejected",
+        "count": 2,
+        "time": 100,
+        "exchange": "a",
+        "routing-keys": ["k1"],
+    }
+    assert [(d["queue"], d["count"]) for d in deaths] == [("work", 2), ("other", 1)]
+
+
 def test_automatic_dead_letter_cycle_is_dropped(b: Broker, s: Session) -> None:
     declare(b, "loop", **{"x-dead-letter-exchange": "", "x-max-length": 1})
     # drop-head dead-letters the older message back to "loop" itself: a cycle, dropped

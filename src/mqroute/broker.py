@@ -1372,7 +1372,8 @@ def _describe_queue(spec: QueueSpec) -> str:
 def death_headers(message: Message, queue: str, reason: str, now: float) -> Table:
     """The message's headers with its death in ``queue`` recorded as RabbitMQ writes it.
 
-    ``x-death`` holds one entry per (queue, reason), most recent first, with a count;
+    ``x-death`` holds one entry per (queue, reason), most recent first, with a count; a
+    repeated death keeps the entry's first exchange, routing keys and time (RabbitMQ 3.10+).
     ``x-first-death-*`` are set once, ``x-last-death-*`` every time.
     """
     headers = dict(message.properties.headers or {})
@@ -1380,17 +1381,22 @@ def death_headers(message: Message, queue: str, reason: str, now: float) -> Tabl
     previous = next(
         (d for d in deaths if d.get("queue") == queue and d.get("reason") == reason), None
     )
-    count = previous.get("count") if previous is not None else None
-    entry: Table = {
-        "queue": queue,
-        "reason": reason,
-        "count": count + 1 if type(count) is int and 0 <= count < 2**62 else 1,
-        "time": int(now),
-        "exchange": message.exchange,
-        "routing-keys": [message.routing_key],
-    }
-    if message.properties.expiration is not None:
-        entry["original-expiration"] = message.properties.expiration
+    entry: Table
+    if previous is not None:  # the first death's details stay; only the count grows
+        count = previous.get("count")
+        entry = dict(previous)
+        entry["count"] = count + 1 if type(count) is int and 0 <= count < 2**62 else 1
+    else:
+        entry = {
+            "queue": queue,
+            "reason": reason,
+            "count": 1,
+            "time": int(now),
+            "exchange": message.exchange,
+            "routing-keys": [message.routing_key],
+        }
+        if message.properties.expiration is not None:
+            entry["original-expiration"] = message.properties.expiration
     headers["x-death"] = [entry] + [d for d in deaths if d is not previous]
     for key, value in (("queue", queue), ("reason", reason), ("exchange", message.exchange)):
         headers.setdefault(f"x-first-death-{key}", value)
