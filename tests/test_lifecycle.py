@@ -799,6 +799,41 @@ def test_an_unacked_delivery_past_its_deadline_is_requeued_and_reported(
     b.ack(s, first.delivery_tag)  # crossed on the wire with the timeout: ignored, no error
 
 
+def test_a_multiple_ack_across_a_timed_out_delivery_ignores_that_tag(
+    b: Broker, s: Session
+) -> None:
+    declare(b, "q", **{"x-consumer-timeout": 1000})
+    b.consume(s, "q", prefetch=3)
+    b.publish(s, msg("q", b"slow"))
+    b.now += 0.5
+    b.publish(s, msg("q", b"fast"))
+    slow, fast = [e for e in b.take_events(s) if isinstance(e, Delivery)]
+    b.now += 0.5
+    b.expire()  # "slow" timed out and went back to the queue; it is delivered again
+    [again] = [e for e in b.take_events(s) if isinstance(e, Delivery)]
+    assert again.redelivered and slow.delivery_tag < fast.delivery_tag < again.delivery_tag
+    b.ack(s, slow.delivery_tag, multiple=True)  # covers only the timed-out tag: no error
+    b.ack(s, fast.delivery_tag, multiple=True)
+    assert b.queues["q"].unacked == 1  # "again" is still out
+    b.ack(s, again.delivery_tag)
+    assert b.queues["q"].unacked == 0 and not s.timed_out
+
+
+def test_a_client_that_never_settles_timed_out_tags_does_not_grow_the_session(
+    b: Broker, s: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import mqroute.broker as broker_module
+
+    monkeypatch.setattr(broker_module, "TIMED_OUT_MEMORY", 3)
+    declare(b, "q", **{"x-consumer-timeout": 1000})
+    b.consume(s, "q", prefetch=1)
+    b.publish(s, msg("q", b"never acked"))
+    for _ in range(10):  # times out, is delivered again, times out again ...
+        b.now += 1.0
+        b.expire()
+    assert len(s.timed_out) == 3 and max(s.timed_out) == 10
+
+
 def test_extend_moves_the_deadline(b: Broker, s: Session) -> None:
     declare(b, "q")
     b.consume(s, "q", arguments={"x-consumer-timeout": 1000})  # a consumer argument

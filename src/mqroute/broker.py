@@ -67,7 +67,7 @@ from .model import (
 from .paging import Pager
 from .queue import Loader, MessageQueue, QueueEntry
 from .routing import EXCHANGE_TYPE_CLASSES, ExchangeType
-from .session import ConsumerState, Session, Unacked
+from .session import TIMED_OUT_MEMORY, ConsumerState, Session, Unacked
 
 log = logging.getLogger("mqroute.broker")
 
@@ -852,13 +852,22 @@ class Broker:
         self._enqueue(dead, targets)
 
     def _take(self, session: Session, tag: int, multiple: bool) -> list[Unacked]:
-        if not multiple and tag in session.timed_out:
-            session.timed_out.discard(tag)  # it went back to the queue already
-            return []
-        if not multiple and tag not in session.unacked:
-            raise PreconditionFailed(f"unknown delivery tag {tag}")
+        """The deliveries a settle covers. Tags that timed out went back to the queue
+        already; a settle that crossed the timeout on the wire ignores them."""
+        timed_out = session.timed_out
+        if not multiple:
+            if tag in timed_out:
+                timed_out.discard(tag)
+                return []
+            if tag not in session.unacked:
+                raise PreconditionFailed(f"unknown delivery tag {tag}")
+        covered_timed_out = False
+        if multiple and timed_out:
+            covered = {t for t in timed_out if t <= tag or tag == 0}
+            timed_out -= covered
+            covered_timed_out = bool(covered)
         settled = session.take_unacked(tag, multiple)
-        if multiple and not settled and tag != 0:
+        if multiple and not settled and tag != 0 and not covered_timed_out:
             raise PreconditionFailed(f"unknown delivery tag {tag}")
         session.compact_order()
         return settled
@@ -1102,6 +1111,8 @@ class Broker:
                 continue  # settled or extended since
             session = self.sessions[top[1]]
             session.take_unacked(item.tag, multiple=False)
+            if len(session.timed_out) >= TIMED_OUT_MEMORY:
+                session.timed_out.discard(min(session.timed_out))
             session.timed_out.add(item.tag)
             consumer_tag = item.consumer.tag if item.consumer is not None else ""
             session.emit(DeliveryTimedOut(consumer_tag=consumer_tag, delivery_tag=item.tag))

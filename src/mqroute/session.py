@@ -20,6 +20,8 @@ from .queue import MessageQueue, QueueEntry
 #: Dispatch to a session stops while this many bytes of deliveries wait to be written (a
 #: consumer that does not read its socket holds at most about this much, whatever the sizes).
 OUTBOX_BYTES = 1024 * 1024
+# Timed-out tags remembered per session (a client that never settles them must not grow it).
+TIMED_OUT_MEMORY = 10_000
 
 
 @attrs.define(eq=False, slots=True)
