@@ -160,7 +160,7 @@ async def test_cli_declares_binds_publishes_and_consumes(
     out = await cli(server, "consume", "orders", "--count", "4", "--json")
     got = [json.loads(line) for line in out.splitlines()]
     assert [m["body"] for m in got] == ['{"id": 1}', "a", "b", "c"]
-    assert got[0]["redelivered"]  # the first look put it back
+    assert not got[0]["redelivered"]  # a look is no delivery attempt
 
     assert "purged 0 messages" in await cli(server, "purge", "orders")
     assert "unbind:" in await cli(server, "unbind", "shop", "orders", "order.*")
@@ -168,6 +168,25 @@ async def test_cli_declares_binds_publishes_and_consumes(
     assert "exchange 'shop' deleted" in await cli(server, "delete", "exchange", "shop")
     out = await cli(server, "delete", "queue", "orders")
     assert "Error: NOT_FOUND: no queue 'orders'" in out
+
+
+async def test_cli_consume_looks_without_using_up_attempts(
+    server: ServerAddress, conn: mqroute.Connection
+) -> None:
+    await conn.declare_queue("tasks", arguments={"x-delivery-limit": 0})
+    for i in range(3):
+        await conn.publish("", "tasks", f"task {i}", message_id=f"t-{i}", headers={"n": i})
+    for _ in range(2):  # each run gets all three ahead (prefetch) and prints one
+        out = await cli(server, "consume", "tasks", "--count", "1", "--requeue")
+        assert out == '[(default) tasks] task 0  headers={"n": 0}  message_id=t-0\n'
+    out = await cli(server, "consume", "tasks", "--count", "1", "--prefetch", "1")
+    assert out.startswith("[(default) tasks] task 0")
+    out = await cli(server, "consume", "tasks", "--count", "5", "--timeout", "0.5")
+    assert [line.split("] ")[1].split("  ")[0] for line in out.splitlines()[:2]] == [
+        "task 1",
+        "task 2",
+    ]
+    assert out.splitlines()[2] == "no message for 0.5s; stopping"
 
 
 def test_rates_come_from_counts_between_samples() -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 import mqroute
 from mqroute.broker import Broker
@@ -225,6 +226,40 @@ def test_delivery_limit_applies_when_a_consumer_dies(b: Broker) -> None:
     assert any(isinstance(e, Delivery) for e in b.take_events(worker))
     b.close_session(worker)
     assert ready(b, "q") == []  # dropped: no DLX
+
+
+def test_a_released_delivery_is_no_attempt(b: Broker, s: Session) -> None:
+    """Released (never seen by the application): back to its place, not counted, so neither
+    the delivery limit nor x-delivery-count nor the retry backoff sees it."""
+    declare(
+        b,
+        "q",
+        **{"x-delivery-limit": 0, "x-delayed-retry-min": 1000, "x-dead-letter-exchange": "dlx"},
+    )
+    for body in (b"first", b"second"):
+        b.publish(s, msg("q", body))
+    for _ in range(3):
+        d = b.get(s, "q")
+        assert d is not None and d.message.body == b"first" and not d.redelivered
+        assert "x-delivery-count" not in (d.message.properties.headers or {})
+        b.release(s, d.delivery_tag)
+    assert [m.body for m in ready(b, "q")] == [b"first", b"second"]  # not delayed, in order
+    assert ready(b, "dead") == []
+
+
+def test_a_multiple_release_gives_back_every_delivery_up_to_the_tag(
+    b: Broker, s: Session
+) -> None:
+    declare(b, "q", **{"x-delivery-limit": 0})
+    b.consume(s, "q", prefetch=10)
+    for body in (b"1", b"2", b"3"):
+        b.publish(s, msg("q", body))
+    d1, d2, d3 = [e for e in b.take_events(s) if isinstance(e, Delivery)]
+    b.cancel(s, d1.consumer_tag)
+    b.release(s, d2.delivery_tag, multiple=True)
+    assert [m.body for m in ready(b, "q")] == [b"1", b"2"]
+    b.ack(s, d3.delivery_tag)
+    assert b.queues["q"].unacked == 0
 
 
 @pytest.mark.parametrize(
@@ -1026,3 +1061,27 @@ async def test_a_retry_wait_survives_a_restart(tmp_path: Path) -> None:
         assert q.delayed == 1 and len(q) == 0
         due = broker.next_deadline()
         assert due is not None and 3590 < due - broker.now <= 3600
+
+
+async def test_messages_a_consume_block_never_handed_out_keep_their_attempts(
+    tmp_path: Path,
+) -> None:
+    """Ending a consume block releases its buffered messages: with x-delivery-limit 0 any
+    counted attempt would drop them, even across a restart."""
+    args = {"x-delivery-limit": 0}
+    async with running(tmp_path) as address, mqroute.connect(address.url) as conn:
+        await conn.declare_queue("tasks", durable=True, arguments=args)
+        for i in range(5):
+            await conn.publish("", "tasks", f"task {i}", persistent=True)
+        for _ in range(2):  # like two runs of `mqroute consume tasks --count 1`
+            with trio.fail_after(5):  # a counted release would have dropped them all
+                async with conn.consume("tasks", prefetch=5) as messages:
+                    async for first in messages:
+                        await first.ack()
+                        break
+    async with running(tmp_path) as address, mqroute.connect(address.url) as conn:
+        left = []
+        while (m := await conn.get("tasks", auto_ack=True)) is not None:
+            assert not m.redelivered and "x-delivery-count" not in m.headers
+            left.append(m.body)
+        assert left == [b"task 2", b"task 3", b"task 4"]

@@ -38,6 +38,7 @@ from .journal import (
     ForgetSeen,
     HoldMessage,
     Journal,
+    MarkDelivered,
     PutBinding,
     PutExchange,
     PutMessage,
@@ -792,6 +793,19 @@ class Broker:
             self._forget_settled(settled)
             self._release(settled)
 
+    def release(self, session: Session, delivery_tag: int, *, multiple: bool = False) -> None:
+        """Give back deliveries the application never saw (AMQP 1.0's "released"): each goes
+        back to its place as if it had not been handed out. Unlike a nack, it is no delivery
+        attempt: no ``x-delivery-count``, no delivery limit, no retry backoff."""
+        settled = self._take(session, delivery_tag, multiple)
+        for item in settled:
+            entry = item.entry
+            if entry.delivery_count > 0:
+                entry.delivery_count -= 1
+                if entry.persisted:
+                    self._record(MarkDelivered(item.queue.name, entry.seq, entry.delivery_count))
+        self._requeue(settled, counted=False)
+
     def reject(self, session: Session, delivery_tag: int, *, requeue: bool = True) -> None:
         self.nack(session, delivery_tag, multiple=False, requeue=requeue)
 
@@ -887,16 +901,19 @@ class Broker:
             if not queue.deleted:
                 self._dispatch(queue)
 
-    def _requeue(self, settled: list[Unacked], *, backoff: bool = False) -> None:
+    def _requeue(
+        self, settled: list[Unacked], *, backoff: bool = False, counted: bool = True
+    ) -> None:
         """Put deliveries back. A consumer's explicit nack (``backoff``) on a queue with
-        x-delayed-retry-* holds each message back before it is redelivered."""
+        x-delayed-retry-* holds each message back before it is redelivered; a release (not
+        ``counted``) was no attempt, so the delivery limit does not apply."""
         queues: dict[int, MessageQueue] = {}
         for item in settled:
             queue, entry = item.queue, item.entry
             if queue.deleted:
                 continue
             limit = queue.args.delivery_limit
-            if limit is not None and entry.delivery_count > limit:
+            if counted and limit is not None and entry.delivery_count > limit:
                 self._gone(queue, (entry,))
                 self.dead_letter(queue, entry, "delivery_limit")
                 continue

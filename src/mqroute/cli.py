@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import math
 import os
 import resource
 import signal
@@ -629,31 +630,66 @@ def publish(
 @main.command()
 @click.argument("queue")
 @click.option(
-    "--count", default=0, type=click.IntRange(0), help="Stop after this many (0: run until Ctrl-C)."
+    "--count", default=0, type=click.IntRange(0), help="Stop after this many (0: no limit)."
+)
+@click.option(
+    "--timeout",
+    default=None,
+    type=click.FloatRange(0, min_open=True),
+    help="Stop when no message has come for this many seconds (default: wait for ever).",
 )
 @click.option("--ack", "mode", flag_value="ack", default=True, help="Ack each message (default).")
 @click.option(
-    "--requeue", "mode", flag_value="requeue", help="Nack with requeue: look without taking."
+    "--requeue",
+    "mode",
+    flag_value="requeue",
+    help="Look without taking: hold the messages, then give them all back unchanged, in "
+    "place and not counted as delivery attempts. Shows at most --prefetch of them.",
 )
 @click.option("--no-ack", "mode", flag_value="no-ack", help="Auto-ack (at-most-once).")
 @click.option("--prefetch", default=100, show_default=True, type=click.IntRange(0))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per message.")
 @URL_OPTION
-def consume(queue: str, count: int, mode: str, prefetch: int, as_json: bool, url: str) -> None:
-    """Print the messages of QUEUE as they arrive."""
+def consume(
+    queue: str,
+    count: int,
+    timeout: float | None,
+    mode: str,
+    prefetch: int,
+    as_json: bool,
+    url: str,
+) -> None:
+    """Print the messages of QUEUE as they arrive.
+
+    Runs until Ctrl-C, --count messages or --timeout seconds of silence. Messages that
+    arrived but were not printed go back unchanged.
+    """
+    if mode == "requeue" and prefetch == 0:
+        raise click.UsageError("--requeue holds what it shows: give it a --prefetch above 0")
 
     async def run(conn: Connection) -> int:
         seen = 0
+        held: list[Any] = []
         async with conn.consume(queue, prefetch=prefetch, auto_ack=mode == "no-ack") as messages:
-            async for msg in messages:
+            while not count or seen < count:
+                with trio.move_on_after(timeout if timeout is not None else math.inf) as idle:
+                    msg = await anext(messages, None)
+                if idle.cancelled_caught:
+                    click.echo(f"no message for {timeout:g}s; stopping", err=True)
+                    break
+                if msg is None:
+                    break
                 click.echo(_describe(msg, as_json))
+                seen += 1
                 if mode == "ack":
                     await msg.ack()
                 elif mode == "requeue":
-                    await msg.nack(requeue=True)
-                seen += 1
-                if count and seen >= count:
-                    break
+                    held.append(msg)
+                    if len(held) >= prefetch and (not count or seen < count):
+                        click.echo(f"showed --prefetch {prefetch} messages; stopping", err=True)
+                        break
+            if held:
+                await held[-1].release(multiple=True)
         return seen
 
     try:
@@ -687,8 +723,13 @@ def _describe(msg: Any, as_json: bool) -> str:
         )
     flag = " (redelivered)" if msg.redelivered else ""
     shown = text if text is not None else f"<{len(msg.body)} bytes>"
-    extra = f"  {props}" if props else ""
+    extra = "".join(f"  {key}={_shown_value(value)}" for key, value in props.items())
     return f"[{msg.exchange or '(default)'} {msg.routing_key}]{flag} {shown}{extra}"
+
+
+def _shown_value(value: Any) -> str:
+    """A property as a person reads it: text as is, anything else (headers) as JSON."""
+    return value if isinstance(value, str) else json.dumps(value, default=repr)
 
 
 @main.command()

@@ -49,6 +49,7 @@ from .model import EMPTY_PROPERTIES, Properties, Table
 from .protocol import (
     NEED_DATA,
     PROTOCOL_VERSION,
+    SUPPORTED_VERSIONS,
     Ack,
     Bind,
     Blocked,
@@ -76,6 +77,7 @@ from .protocol import (
     PeerClosed,
     PurgeQueue,
     Redrive,
+    Release,
     Return,
     Role,
     TimedOut,
@@ -257,6 +259,17 @@ class Message:
             Nack(delivery_tag=self.delivery_tag, multiple=multiple, requeue=requeue)
         )
 
+    async def release(self, *, multiple: bool = False) -> None:
+        """Give it back unprocessed: it returns to its place in the queue and the delivery
+        does not count as an attempt (no ``x-delivery-count``, delivery limit or retry
+        backoff). For a message the application never looked at; a failed one is nacked."""
+        self._conn._settle_local(self, multiple)
+        tag = self.delivery_tag
+        if self._conn.protocol_version >= 3:
+            await self._conn._send(Release(delivery_tag=tag, multiple=multiple))
+        else:  # an older broker: the closest it has
+            await self._conn._send(Nack(delivery_tag=tag, multiple=multiple, requeue=True))
+
     async def reject(self, *, requeue: bool = True) -> None:
         """``nack`` of this one message."""
         await self.nack(requeue=requeue)
@@ -303,6 +316,7 @@ class Connection:
         self.connect_timeout = connect_timeout
         self.connection_id = ""
         self.server = ""
+        self.protocol_version = PROTOCOL_VERSION
         self._state = _State.UNOPENED
         self._closed_error: ConnectionClosed | None = None
         self._proto = ProtocolConnection(Role.CLIENT)
@@ -348,13 +362,14 @@ class Connection:
             except OSError as exc:
                 raise ConnectionClosed(f"cannot connect to {self.url}: {exc}") from exc
             hello = Hello(
-                versions=[PROTOCOL_VERSION],
+                versions=list(SUPPORTED_VERSIONS),
                 client=self.client_name,
                 heartbeat_ms=int(self.heartbeat * 1000),
             )
             await self._stream.send(self._proto.send(hello))
             welcome = await self._read_welcome()
         self.connection_id = welcome.connection_id
+        self.protocol_version = welcome.version
         self.server = welcome.server
         self._heartbeat_interval = welcome.heartbeat_ms / 1000
         self._state = _State.OPEN
@@ -1075,7 +1090,7 @@ class Consumer:
         await self.cancel()
 
     async def cancel(self) -> None:
-        """Stop receiving; requeue what arrived but was not handed out."""
+        """Stop receiving; release what arrived but was not handed out."""
         if not self._active:
             return
         self._active = False
@@ -1097,7 +1112,7 @@ class Consumer:
             except (anyio.WouldBlock, anyio.EndOfStream):
                 return
             if not msg.settled and self.conn.is_open:
-                await msg.nack(requeue=True)
+                await msg.release()  # never handed out: no delivery attempt
 
     def _deliver(self, msg: Message) -> None:
         self._send_stream.send_nowait(msg)

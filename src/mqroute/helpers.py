@@ -51,7 +51,7 @@ async def run_worker(
     A message is acked when its handler returns and rejected (requeued if
     ``requeue_on_error``) when it raises; the failure is logged and the worker goes on.
     Stopping — SIGINT/SIGTERM, or ``stop`` set — is graceful: no new message is taken, those in
-    flight finish and are settled, and whatever the broker had already sent ahead is requeued.
+    flight finish and are settled, and whatever the broker had already sent ahead is released (no attempt counted).
     """
     if concurrency < 1:
         raise UsageError("concurrency must be at least 1")
@@ -100,7 +100,7 @@ async def run_worker(
                                 await send.send(msg)  # waits for a free worker
                             except anyio.get_cancelled_exc_class():
                                 with anyio.CancelScope(shield=True):
-                                    await msg.nack(requeue=True)  # taken, never started
+                                    await msg.release()  # taken, never started
                                 raise
                         feeding.cancel_scope.cancel()
 

@@ -28,8 +28,8 @@ import cbor2
 from .errors import ProtocolError
 from .model import EMPTY_PROPERTIES, PROPERTY_NAMES, Properties, Table
 
-PROTOCOL_VERSION = 2
-SUPPORTED_VERSIONS = (2,)
+PROTOCOL_VERSION = 3
+SUPPORTED_VERSIONS = (2, 3)  # 3 adds Release
 #: Before the handshake ends a peer may send only this much in one frame (RabbitMQ: 4 KiB
 #: before tune), so an unknown client cannot make the server buffer more.
 HANDSHAKE_FRAME_SIZE = 4096
@@ -592,6 +592,16 @@ class Extend(Frame):
 
     delivery_tag: int
     milliseconds: int
+
+
+@_frame(51, C)
+@attrs.frozen(kw_only=True)
+class Release(Frame):
+    """Give back deliveries the application never saw: back to their place, no attempt
+    counted (AMQP 1.0's "released"). Protocol version 3."""
+
+    delivery_tag: int
+    multiple: bool
 
 
 @_frame(49, S)

@@ -79,6 +79,7 @@ from .protocol import (
     PublishTooLarge,
     PurgeQueue,
     Redrive,
+    Release,
     Return,
     Role,
     TimedOut,
@@ -723,6 +724,8 @@ class ServerConnection:
                     multiple=event.multiple,
                     requeue=event.requeue,
                 )
+            elif kind is Release:
+                self._settle(self.broker.release, event.delivery_tag, multiple=event.multiple)
             elif kind is Extend:
                 self._settle(
                     self.broker.extend, event.delivery_tag, milliseconds=event.milliseconds
