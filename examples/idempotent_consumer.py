@@ -37,15 +37,17 @@ async def main(url: str, db: Path) -> None:
         print(f"charged {first.message_id}, then crashed before acking")
         await crashed.close(polite=False)
 
-        # Every copy that comes after is recognised and acked without charging again.
-        for _ in range(2):
-            msg = await conn.get("charges")
-            assert msg is not None
-            async with seen.once(msg) as first_time:
-                if first_time:
-                    charges.append(msg.message_id)
-                else:
-                    print(f"skipped duplicate {msg.message_id} (redelivered={msg.redelivered})")
+        # Every copy that comes after is recognised and acked without charging again. A
+        # consumer (not a get) waits for the crashed copy: the broker requeues it when it
+        # sees that connection's socket close, a moment after close() returned.
+        async with conn.consume("charges", prefetch=1) as messages:
+            for _ in range(2):
+                msg = await anext(messages)
+                async with seen.once(msg) as first_time:
+                    if first_time:
+                        charges.append(msg.message_id)
+                    else:
+                        print(f"skipped duplicate {msg.message_id} (redelivered={msg.redelivered})")
     print(f"charges made: {len(charges)}")
 
 

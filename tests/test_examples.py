@@ -101,6 +101,23 @@ async def test_idempotent_consumer_example(server: ServerAddress, tmp_path: Path
     assert "charges made: 1" in out
 
 
+async def test_idempotent_consumer_example_does_not_race_the_requeue(
+    server: ServerAddress, tmp_path: Path
+) -> None:
+    """It depends on a requeue that follows an impolite close: run it often, in a thread of
+    its own (as a separate process would, it races the server's event loop)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("idempotent", EXAMPLES / "idempotent_consumer.py")
+    assert spec is not None and spec.loader is not None
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    for i in range(100):  # a get raced the requeue in 1 of 4 runs
+        db = tmp_path / f"ids-{i}.db"
+        with trio.fail_after(5):
+            await trio.to_thread.run_sync(trio.run, example.main, server.url, db)
+
+
 async def test_peak_shaving_example(server: ServerAddress) -> None:
     out = await run("peak_shaving.py", "--url", server.url, "--messages", "3000", "--workers", "4")
     assert "burst: 3,000 messages queued" in out

@@ -247,9 +247,7 @@ def test_a_released_delivery_is_no_attempt(b: Broker, s: Session) -> None:
     assert ready(b, "dead") == []
 
 
-def test_a_multiple_release_gives_back_every_delivery_up_to_the_tag(
-    b: Broker, s: Session
-) -> None:
+def test_a_multiple_release_gives_back_every_delivery_up_to_the_tag(b: Broker, s: Session) -> None:
     declare(b, "q", **{"x-delivery-limit": 0})
     b.consume(s, "q", prefetch=10)
     for body in (b"1", b"2", b"3"):
@@ -834,9 +832,7 @@ def test_an_unacked_delivery_past_its_deadline_is_requeued_and_reported(
     b.ack(s, first.delivery_tag)  # crossed on the wire with the timeout: ignored, no error
 
 
-def test_a_multiple_ack_across_a_timed_out_delivery_ignores_that_tag(
-    b: Broker, s: Session
-) -> None:
+def test_a_multiple_ack_across_a_timed_out_delivery_ignores_that_tag(b: Broker, s: Session) -> None:
     declare(b, "q", **{"x-consumer-timeout": 1000})
     b.consume(s, "q", prefetch=3)
     b.publish(s, msg("q", b"slow"))
