@@ -5,6 +5,7 @@ The public names live here; the modules behind them are private by convention.
 
 __version__ = "0.1.0"
 
+from .bodies import Serializer, json_serializer
 from .blocking import BlockingConnection, BlockingMessage, connect_blocking
 from .client import (
     Confirmation,
@@ -70,12 +71,14 @@ __all__ = [
     "ResourceLocked",
     "RobustConnection",
     "ServerAddress",
+    "Serializer",
     "ServerConfig",
     "UsageError",
     "__version__",
     "connect",
     "connect_blocking",
     "connect_robust",
+    "json_serializer",
     "process_once",
     "run_worker",
     "serve",

@@ -21,6 +21,7 @@ import collections
 import contextlib
 import enum
 import itertools
+import json
 import math
 import os
 import urllib.parse
@@ -32,6 +33,7 @@ import anyio
 import anyio.abc
 import attrs
 
+from .bodies import Serializer, encode_body
 from .errors import (
     BrokerError,
     ConnectionClosed,
@@ -97,7 +99,8 @@ CANCEL_TIMEOUT = 10.0  # leaving a consume block waits at most this long for the
 CHECKPOINT_EVERY = 64  # buffered messages handed out between two scheduler checkpoints
 PAGE_ROWS = 500  # rows asked for per page of an admin listing
 
-Body = bytes | bytearray | memoryview | str
+#: bytes and str are sent as they are; any other value goes through a serializer (bodies.py).
+Body = bytes | bytearray | memoryview | str | object
 
 
 class _State(enum.Enum):
@@ -121,14 +124,20 @@ def connect(
     client_name: str | None = None,
     heartbeat: float = 60.0,
     connect_timeout: float = 10.0,
+    serializer: Serializer | None = None,
 ) -> Connection:
     """A connection to use as ``async with connect(url) as conn``.
 
     ``heartbeat`` (seconds, 0 = off) is what this side asks for; the broker may lower it. A
-    broker silent for two heartbeat intervals is taken for dead.
+    broker silent for two heartbeat intervals is taken for dead. ``serializer`` turns bodies
+    that are not bytes or str into bytes (see ``mqroute.bodies``).
     """
     return Connection(
-        url, client_name=client_name, heartbeat=heartbeat, connect_timeout=connect_timeout
+        url,
+        client_name=client_name,
+        heartbeat=heartbeat,
+        connect_timeout=connect_timeout,
+        serializer=serializer,
     )
 
 
@@ -293,6 +302,10 @@ class Message:
         if not self.settled:
             await self.ack()
 
+    def json(self) -> Any:
+        """The body decoded as JSON (whatever the content type says)."""
+        return json.loads(self.body)
+
     async def extend(self, seconds: float) -> None:
         """Still working on it: its ack deadline (x-consumer-timeout) becomes ``seconds`` from
         now, as SQS's ChangeMessageVisibility."""
@@ -307,9 +320,16 @@ class Connection:
     """A connection to a broker. States: unopened → open → closed; each misuse says which."""
 
     def __init__(
-        self, url: str, *, client_name: str | None, heartbeat: float, connect_timeout: float
+        self,
+        url: str,
+        *,
+        client_name: str | None,
+        heartbeat: float,
+        connect_timeout: float,
+        serializer: Serializer | None = None,
     ) -> None:
         self.url = url
+        self.serializer = serializer
         self.host, self.port = parse_url(url)
         self.client_name = client_name or f"mqroute-python pid {os.getpid()}"
         self.heartbeat = heartbeat
@@ -837,10 +857,7 @@ class Connection:
             properties = Properties(**props) if props else EMPTY_PROPERTIES
         elif props:
             properties = attrs.evolve(properties, **props)
-        if isinstance(body, str):
-            body = body.encode()
-        elif not isinstance(body, bytes):
-            body = bytes(body)
+        body, properties = encode_body(body, properties, self.serializer)
         if self.blocked is not None:
             # Flow control or a broker alarm: publishes wait; acks and requests go on.
             await self._unblocked.wait()

@@ -51,7 +51,8 @@ async def run_worker(
     A message is acked when its handler returns and rejected (requeued if
     ``requeue_on_error``) when it raises; the failure is logged and the worker goes on.
     Stopping — SIGINT/SIGTERM, or ``stop`` set — is graceful: no new message is taken, those in
-    flight finish and are settled, and whatever the broker had already sent ahead is released (no attempt counted).
+    flight finish and are settled, and whatever the broker had already sent ahead is released
+    (no delivery attempt counted).
     """
     if concurrency < 1:
         raise UsageError("concurrency must be at least 1")

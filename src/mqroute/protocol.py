@@ -197,7 +197,7 @@ def _table_problem(value: Any, depth: int) -> tuple[type[Exception], str] | None
             if problem is not None:
                 return problem
         return None
-    return TypeError, f"holds a {kind.__name__}, which tables cannot carry"
+    return TypeError, f"holds a value of type {kind.__name__}, which tables cannot carry"
 
 
 def _check_properties(name: str, value: Any) -> Properties:
