@@ -193,3 +193,20 @@ async def test_leaving_a_robust_connection_closes_its_socket_at_once(
     async with mqroute.connect_robust(server.url, client_name="robust") as robust:
         assert await robust.get("held-robust") is not None
     assert await _requeued_within(server, "held-robust", 5) == b"in hand"
+
+
+async def test_a_connection_the_application_closed_says_so(server: ServerAddress) -> None:
+    async with mqroute.connect(server.url) as conn:
+        pass
+    with pytest.raises(ConnectionClosed, match="was closed by this client"):
+        await conn.publish("", "q", b"late")
+
+
+def test_a_confirmation_shows_its_outcome() -> None:
+    from mqroute.client import Confirmation
+    from mqroute.errors import MessageNacked
+
+    confirmation = Confirmation(7)
+    assert repr(confirmation) == "<Confirmation of publish 7: pending>"
+    confirmation._settle(MessageNacked("queue 'q' is full"))
+    assert repr(confirmation) == "<Confirmation of publish 7: MessageNacked: queue 'q' is full>"

@@ -5,8 +5,8 @@ The public names live here; the modules behind them are private by convention.
 
 __version__ = "0.1.0"
 
-from .bodies import Serializer, json_serializer
 from .blocking import BlockingConnection, BlockingMessage, connect_blocking
+from .bodies import Serializer, json_serializer
 from .client import (
     Confirmation,
     Connection,
@@ -70,8 +70,8 @@ __all__ = [
     "ResourceError",
     "ResourceLocked",
     "RobustConnection",
-    "ServerAddress",
     "Serializer",
+    "ServerAddress",
     "ServerConfig",
     "UsageError",
     "__version__",

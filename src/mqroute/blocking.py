@@ -14,18 +14,30 @@ from several threads at once (publishes from many threads are safe)::
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import trio
 
-from .client import Connection, Consumer, Message, QueueInfo, connect
+from .client import (
+    Body,
+    Confirmation,
+    Connection,
+    Consumer,
+    Message,
+    Publisher,
+    QueueInfo,
+    connect,
+)
+from .errors import MQRouteError
 from .loop_thread import LoopThread
 from .model import Properties, Table
 
 
 class BlockingMessage:
-    """A delivered message; ``ack``, ``nack``, ``reject`` and ``extend`` block until sent."""
+    """A delivered message; ``ack``, ``nack``, ``reject``, ``release`` and ``extend`` block
+    until sent. Its data (``body``, ``headers``, ``json()``, …) is the async ``Message``'s."""
 
     def __init__(self, conn: BlockingConnection, message: Message) -> None:
         self._conn = conn
@@ -46,8 +58,91 @@ class BlockingMessage:
     def reject(self, *, requeue: bool = True) -> None:
         self._conn._call(self.message.reject, requeue=requeue)
 
+    def release(self, *, multiple: bool = False) -> None:
+        self._conn._call(self.message.release, multiple=multiple)
+
     def extend(self, seconds: float) -> None:
         self._conn._call(self.message.extend, seconds)
+
+    @contextlib.contextmanager
+    def process(self, *, requeue: bool = False) -> Iterator[BlockingMessage]:
+        """Ack when the block succeeds; nack (``requeue`` or not) when it raises."""
+        try:
+            yield self
+        except BaseException:
+            if not self.message.settled:
+                self.nack(requeue=requeue)
+            raise
+        if not self.message.settled:
+            self.ack()
+
+
+class BlockingConfirmation:
+    """The broker's answer to one pipelined publish; ``wait()`` blocks for it."""
+
+    def __init__(self, conn: BlockingConnection, confirmation: Confirmation) -> None:
+        self._conn = conn
+        self.confirmation = confirmation
+
+    @property
+    def done(self) -> bool:
+        return self.confirmation.done
+
+    @property
+    def error(self) -> MQRouteError | None:
+        return self.confirmation.error
+
+    def wait(self) -> None:
+        """Block until the broker answered; raise if it refused the message."""
+        self._conn._call(self.confirmation.wait)
+
+    def __repr__(self) -> str:
+        return repr(self.confirmation)
+
+
+class BlockingPublisher:
+    """Pipelined publishing; see ``Connection.publisher``. Leaving the ``with`` block waits
+    for every confirm and raises the first failure (all are in ``failures``)."""
+
+    def __init__(self, conn: BlockingConnection, publisher: Publisher) -> None:
+        self._conn = conn
+        self.publisher = publisher
+
+    def __enter__(self) -> BlockingPublisher:
+        return self
+
+    def __exit__(self, exc_type: object, *rest: object) -> None:
+        if exc_type is None:
+            self.flush()
+
+    @property
+    def failures(self) -> list[Confirmation]:
+        return self.publisher.failures
+
+    def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: Body,
+        *,
+        mandatory: bool = False,
+        properties: Properties | None = None,
+        **props: Any,
+    ) -> BlockingConfirmation:
+        """Send one message; blocks only while ``max_in_flight`` are unconfirmed."""
+        confirmation = self._conn._call(
+            self.publisher.publish,
+            exchange,
+            routing_key,
+            body,
+            mandatory=mandatory,
+            properties=properties,
+            **props,
+        )
+        return BlockingConfirmation(self._conn, confirmation)
+
+    def flush(self) -> None:
+        self._conn._call(self.publisher.flush)
 
 
 class BlockingConnection:
@@ -87,6 +182,23 @@ class BlockingConnection:
     def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return self._loop.run(fn, *args, **kwargs)
 
+    @property
+    def is_open(self) -> bool:
+        return self._conn.is_open
+
+    @property
+    def blocked(self) -> str | None:
+        """Why the broker asked this connection to stop publishing, if it did."""
+        return self._conn.blocked
+
+    @property
+    def connection_id(self) -> str:
+        return self._conn.connection_id
+
+    @property
+    def url(self) -> str:
+        return self._conn.url
+
     # The same names as the async SDK.
 
     def declare_exchange(self, name: str, type: str = "direct", **options: Any) -> None:
@@ -120,14 +232,40 @@ class BlockingConnection:
     ) -> None:
         self._call(self._conn.bind_exchange, destination, source, routing_key, arguments)
 
+    def unbind_exchange(
+        self, destination: str, source: str, routing_key: str = "", arguments: Table | None = None
+    ) -> None:
+        self._call(self._conn.unbind_exchange, destination, source, routing_key, arguments)
+
     def redrive(self, queue: str, **options: Any) -> int:
         return int(self._call(self._conn.redrive, queue, **options))
+
+    def explain_route(
+        self, exchange: str, routing_key: str, headers: Table | None = None
+    ) -> dict[str, Any]:
+        result: dict[str, Any] = self._call(
+            self._conn.explain_route, exchange, routing_key, headers
+        )
+        return result
+
+    def inspect(self, what: str) -> Any:
+        return self._call(self._conn.inspect, what)
+
+    def publisher(self, *, max_in_flight: int = 1000) -> BlockingPublisher:
+        return BlockingPublisher(self, self._conn.publisher(max_in_flight=max_in_flight))
+
+    def call(
+        self, exchange: str, routing_key: str, body: Body, *, timeout: float = 30.0, **props: Any
+    ) -> BlockingMessage:
+        """RPC: publish a request and block for its reply (raises RequestTimeout)."""
+        reply = self._call(self._conn.call, exchange, routing_key, body, timeout=timeout, **props)
+        return BlockingMessage(self, reply)
 
     def publish(
         self,
         exchange: str,
         routing_key: str,
-        body: bytes | str,
+        body: Body,
         *,
         mandatory: bool = False,
         properties: Properties | None = None,

@@ -184,6 +184,13 @@ class Confirmation:
     def __await__(self) -> Generator[Any, None, None]:
         return self.wait().__await__()
 
+    def __repr__(self) -> str:
+        if not self._done:
+            return f"<Confirmation of publish {self.seq}: pending>"
+        if self.error is None:
+            return f"<Confirmation of publish {self.seq}: confirmed>"
+        return f"<Confirmation of publish {self.seq}: {type(self.error).__name__}: {self.error}>"
+
 
 class Message:
     """A delivered message, with the operations that settle it.
@@ -339,6 +346,7 @@ class Connection:
         self.protocol_version = PROTOCOL_VERSION
         self._state = _State.UNOPENED
         self._closed_error: ConnectionClosed | None = None
+        self._closing = False  # close() has begun: what follows is our doing
         self._proto = ProtocolConnection(Role.CLIENT)
         self._stream: anyio.abc.SocketStream | None = None
         self._tg: anyio.abc.TaskGroup | None = None
@@ -431,6 +439,7 @@ class Connection:
         if self._tg is None:
             return
         tg, self._tg = self._tg, None
+        self._closing = True
         try:
             if self._state is _State.OPEN and polite:
                 with anyio.move_on_after(5, shield=True):
@@ -439,7 +448,7 @@ class Connection:
         except ConnectionClosed:
             pass
         finally:
-            self._fail(ConnectionClosed("connection closed by the client"))
+            self._fail(self._closed_by_us())
             tg.cancel_scope.cancel()
             try:
                 await tg.__aexit__(None, None, None)  # must not be inside a newer cancel scope
@@ -447,6 +456,9 @@ class Connection:
                 if self._stream is not None:
                     with anyio.CancelScope(shield=True):
                         await self._stream.aclose()
+
+    def _closed_by_us(self) -> ConnectionClosed:
+        return ConnectionClosed(f"connection to {self.url} was closed by this client")
 
     @property
     def is_open(self) -> bool:
@@ -594,7 +606,9 @@ class Connection:
                     )
                 )
         elif kind is Close:
-            if event.code is None:
+            if self._closing and event.code is None:  # the answer to our own Close
+                error = self._closed_by_us()
+            elif event.code is None:
                 error = ConnectionClosed(f"broker closed the connection: {event.text}")
             else:
                 reason = BrokerError.from_code(event.code, event.text)
@@ -602,7 +616,10 @@ class Connection:
             self._fail(error)
             return False
         elif kind is PeerClosed:
-            self._fail(ConnectionClosed(f"connection to {self.url} closed by the broker"))
+            if self._closing:
+                self._fail(self._closed_by_us())
+            else:
+                self._fail(ConnectionClosed(f"connection to {self.url} closed by the broker"))
             return False
         return True  # Heartbeat: receiving it was the point
 
