@@ -72,3 +72,15 @@ def test_each_embedded_broker_starts_empty(mqroute_broker: str) -> None:
     with mqroute.connect_blocking(mqroute_broker) as conn:
         with pytest.raises(mqroute.NotFound):
             conn.declare_queue("tasks", passive=True)
+
+
+def test_mqroute_testing_needs_no_import_of_its_own() -> None:
+    import subprocess
+    import sys
+
+    code = "import mqroute\nwith mqroute.testing.running_broker() as url: print(url)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("mqroute://127.0.0.1:")

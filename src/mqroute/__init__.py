@@ -41,6 +41,15 @@ from .model import Properties
 from .robust import RobustConnection, connect_robust
 from .server import ServerAddress, ServerConfig, serve
 
+
+def __getattr__(name: str) -> object:
+    """``mqroute.testing`` without ``import mqroute.testing`` (loaded on first use)."""
+    if name == "testing":
+        import importlib
+
+        return importlib.import_module(".testing", __name__)
+    raise AttributeError(f"module 'mqroute' has no attribute {name!r}")
+
 __all__ = [
     "AccessRefused",
     "BlockingConnection",
