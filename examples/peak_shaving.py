@@ -9,6 +9,7 @@ one message at a time per task, and a live line shows the backlog going down.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import trio
@@ -78,7 +79,11 @@ async def main(url: str, messages: int, workers: int, work_ms: float) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--url", default="mqroute://127.0.0.1:5680")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("MQROUTE_URL", "mqroute://127.0.0.1:5680"),
+        help="the broker (default: $MQROUTE_URL, else mqroute://127.0.0.1:5680)",
+    )
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--work-ms", type=float, default=0.0, help="time each message takes")

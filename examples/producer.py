@@ -9,6 +9,7 @@ like the dots in RabbitMQ's tutorial.
 from __future__ import annotations
 
 import argparse
+import os
 
 import trio
 
@@ -27,7 +28,11 @@ async def main(url: str, tasks: int, work: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--url", default="mqroute://127.0.0.1:5680")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("MQROUTE_URL", "mqroute://127.0.0.1:5680"),
+        help="the broker (default: $MQROUTE_URL, else mqroute://127.0.0.1:5680)",
+    )
     parser.add_argument("--tasks", type=int, default=10, help="how many tasks to send")
     parser.add_argument("--work", type=int, default=3, help="tenths of a second per task")
     args = parser.parse_args()

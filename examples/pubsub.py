@@ -9,6 +9,7 @@ exchange; the queue disappears when the subscriber disconnects.
 from __future__ import annotations
 
 import argparse
+import os
 
 import trio
 
@@ -43,7 +44,11 @@ async def main(url: str, subscribers: int, messages: int) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--url", default="mqroute://127.0.0.1:5680")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("MQROUTE_URL", "mqroute://127.0.0.1:5680"),
+        help="the broker (default: $MQROUTE_URL, else mqroute://127.0.0.1:5680)",
+    )
     parser.add_argument("--subscribers", type=int, default=3)
     parser.add_argument("--messages", type=int, default=4)
     args = parser.parse_args()

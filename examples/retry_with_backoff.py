@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 import trio
 
@@ -44,18 +45,8 @@ async def main(url: str) -> None:
                 raise RuntimeError("card declined")
             print(f"{at:5.2f}s  attempt {attempt}: {msg.body.decode()}  -> ok")
 
-        stop = trio.Event()
-
-        async def until_parked() -> None:
-            while (await conn.declare_queue("payments.dlq", passive=True)).message_count == 0:
-                await trio.sleep(0.05)
-            stop.set()
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(until_parked)
-            await mqroute.run_worker(
-                conn, "payments", handle, stop=stop, requeue_on_error=True, handle_signals=False
-            )
+        # until_idle: stop once "payments" holds nothing ready or waiting for a retry.
+        await mqroute.run_worker(conn, "payments", handle, requeue_on_error=True, until_idle=True)
         parked = await conn.declare_queue("payments.dlq", passive=True)
         print(
             f"parked in payments.dlq after {ARGS['x-delivery-limit'] + 1} attempts: "
@@ -74,5 +65,9 @@ async def main(url: str) -> None:
 if __name__ == "__main__":
     logging.getLogger("mqroute.worker").setLevel(logging.CRITICAL)  # the demo prints its own lines
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--url", default="mqroute://127.0.0.1:5680")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("MQROUTE_URL", "mqroute://127.0.0.1:5680"),
+        help="the broker (default: $MQROUTE_URL, else mqroute://127.0.0.1:5680)",
+    )
     trio.run(main, parser.parse_args().url)

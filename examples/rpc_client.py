@@ -8,6 +8,7 @@ Replies come back over direct reply-to: no reply queue is declared per call.
 from __future__ import annotations
 
 import argparse
+import os
 
 import trio
 
@@ -29,6 +30,10 @@ async def main(url: str, numbers: list[int]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("numbers", type=int, nargs="*", default=[10, 20, 30])
-    parser.add_argument("--url", default="mqroute://127.0.0.1:5680")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("MQROUTE_URL", "mqroute://127.0.0.1:5680"),
+        help="the broker (default: $MQROUTE_URL, else mqroute://127.0.0.1:5680)",
+    )
     args = parser.parse_args()
     trio.run(main, args.url, args.numbers)

@@ -6,6 +6,7 @@ python examples/rpc_server.py
 from __future__ import annotations
 
 import argparse
+import os
 
 import trio
 
@@ -40,7 +41,11 @@ async def main(url: str, requests: int | None) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--url", default="mqroute://127.0.0.1:5680")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("MQROUTE_URL", "mqroute://127.0.0.1:5680"),
+        help="the broker (default: $MQROUTE_URL, else mqroute://127.0.0.1:5680)",
+    )
     parser.add_argument("--requests", type=int, help="stop after answering this many")
     args = parser.parse_args()
     trio.run(main, args.url, args.requests)

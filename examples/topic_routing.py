@@ -11,6 +11,7 @@ python examples/topic_routing.py
 from __future__ import annotations
 
 import argparse
+import os
 
 import trio
 
@@ -47,5 +48,9 @@ async def main(url: str) -> None:
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--url", default="mqroute://127.0.0.1:5680")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("MQROUTE_URL", "mqroute://127.0.0.1:5680"),
+        help="the broker (default: $MQROUTE_URL, else mqroute://127.0.0.1:5680)",
+    )
     trio.run(main, parser.parse_args().url)

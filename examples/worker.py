@@ -43,7 +43,11 @@ async def main(url: str, name: str, exit_after: int | None, die_after: int | Non
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--url", default="mqroute://127.0.0.1:5680")
+    parser.add_argument(
+        "--url",
+        default=os.environ.get("MQROUTE_URL", "mqroute://127.0.0.1:5680"),
+        help="the broker (default: $MQROUTE_URL, else mqroute://127.0.0.1:5680)",
+    )
     parser.add_argument("--name", default=str(os.getpid()))
     parser.add_argument("--exit-after", type=int, help="stop after this many tasks")
     parser.add_argument("--die-after", type=int, help="crash without ack on this task number")

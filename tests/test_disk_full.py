@@ -104,10 +104,12 @@ async def test_low_free_space_blocks_persistent_publishers_only(
 ) -> None:
     free = [10**12]
     monkeypatch.setattr(resources, "disk_free", lambda path: free[0])
+    # Store commits run in a thread, which the autojump clock does not wait for: it may jump
+    # minutes meanwhile, so heartbeats are off on both sides.
     async with (
-        running(tmp_path, disk_free_limit=50_000_000) as address,
-        mqroute.connect(address.url) as persistent,
-        mqroute.connect(address.url) as transient,
+        running(tmp_path, disk_free_limit=50_000_000, heartbeat_ms=0) as address,
+        mqroute.connect(address.url, heartbeat=0) as persistent,
+        mqroute.connect(address.url, heartbeat=0) as transient,
     ):
         await persistent.declare_queue("q", durable=True)
         await persistent.publish("", "q", b"1", persistent=True)

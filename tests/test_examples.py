@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import sys
 from pathlib import Path
 
@@ -144,3 +145,15 @@ async def test_order_flow_survives_a_stopped_inventory_service(server: ServerAdd
         "order_flow/inventory_service.py", "--url", server.url, "--exit-after", "3"
     )
     assert [line.split()[-1] for line in inventory.splitlines()] == ["1", "2", "3"]
+
+
+async def test_examples_use_mqroute_url_as_the_cli_does(server: ServerAddress) -> None:
+    result = await trio.run_process(
+        [sys.executable, str(EXAMPLES / "topic_routing.py")],
+        capture_stdout=True,
+        capture_stderr=True,
+        check=False,
+        env={**os.environ, "MQROUTE_URL": server.url},
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    assert b"inventory" in result.stdout

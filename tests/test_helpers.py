@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
 from pathlib import Path
 
+import pytest
 import trio
 
 import mqroute
@@ -180,3 +182,103 @@ async def test_idempotent_once_runs_new_work_and_records_it(
         async with seen.once(msg) as first_time:
             assert first_time
     assert seen.seen("m0") and seen.seen("m1")
+
+
+async def test_until_idle_returns_once_the_queue_and_the_worker_are_empty(
+    conn: mqroute.Connection, broker: Broker
+) -> None:
+    await fill(conn, "tasks", 25)
+    seen: list[bytes] = []
+
+    async def handle(msg: mqroute.Message) -> None:
+        seen.append(msg.body)
+
+    with trio.fail_after(10):
+        handled = await mqroute.run_worker(conn, "tasks", handle, concurrency=4, until_idle=True)
+    assert handled == 25 and len(seen) == 25
+    assert len(broker.queues["tasks"]) == 0 and broker.queues["tasks"].unacked == 0
+
+
+async def test_until_idle_waits_for_messages_held_back_by_a_retry_backoff(
+    conn: mqroute.Connection,
+) -> None:
+    await conn.declare_queue("parked")
+    await conn.declare_queue(
+        "flaky",
+        arguments={
+            "x-delayed-retry-min": 50,
+            "x-delivery-limit": 2,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": "parked",
+        },
+    )
+    await conn.publish("", "flaky", b"always fails", message_id="job-1")
+    attempts = 0
+
+    async def handle(msg: mqroute.Message) -> None:
+        nonlocal attempts
+        attempts += 1
+        raise RuntimeError("down")
+
+    with trio.fail_after(10):
+        await mqroute.run_worker(conn, "flaky", handle, requeue_on_error=True, until_idle=True)
+    assert attempts == 3  # the first try and two retries, then the limit
+    assert (await conn.declare_queue("parked", passive=True)).message_count == 1
+
+
+async def test_a_failure_is_logged_with_its_id_attempt_and_fate(
+    conn: mqroute.Connection, caplog: pytest.LogCaptureFixture
+) -> None:
+    await conn.declare_queue("dlq")
+    await conn.declare_queue(
+        "tasks",
+        arguments={
+            "x-delivery-limit": 1,
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": "dlq",
+        },
+    )
+    await conn.publish("", "tasks", b"bad", message_id="order-7")
+
+    async def handle(msg: mqroute.Message) -> None:
+        raise ValueError("cannot handle this")
+
+    with caplog.at_level(logging.ERROR, logger="mqroute.worker"):
+        await mqroute.run_worker(conn, "tasks", handle, requeue_on_error=True, until_idle=True)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == [
+        "handler failed on message order-7 (attempt 1) from 'tasks'; requeued",
+        "handler failed on message order-7 (attempt 2) from 'tasks'; "
+        "delivery limit 1 reached: dead-lettered to exchange ''",
+    ]
+
+
+def test_by_default_a_worker_leaves_signals_to_whoever_owns_the_process(
+    mqroute_broker: str,
+) -> None:
+    """In a thread, or beside a server's own SIGTERM handler, run_worker takes no signals."""
+    import threading
+
+    def servers_handler(signum: int, frame: object) -> None:
+        pass
+
+    async def worker() -> int:
+        before = signal.getsignal(signal.SIGTERM)
+        async with mqroute.connect(mqroute_broker) as conn:
+            await fill(conn, "jobs", 3)
+
+            async def handle(msg: mqroute.Message) -> None:
+                assert signal.getsignal(signal.SIGTERM) is before
+
+            return await mqroute.run_worker(conn, "jobs", handle, until_idle=True)
+
+    previous = signal.signal(signal.SIGTERM, servers_handler)
+    try:
+        assert trio.run(worker) == 3  # the main thread, beside the "server's" handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    results: list[int] = []
+    thread = threading.Thread(target=lambda: results.append(trio.run(worker)))
+    thread.start()
+    thread.join(30)
+    assert results == [3]  # a non-main thread: no signal handlers at all

@@ -50,6 +50,7 @@ def __getattr__(name: str) -> object:
         return importlib.import_module(".testing", __name__)
     raise AttributeError(f"module 'mqroute' has no attribute {name!r}")
 
+
 __all__ = [
     "AccessRefused",
     "BlockingConnection",

@@ -112,6 +112,8 @@ class DeclareOk:
     queue: str
     message_count: int
     consumer_count: int
+    arguments: Table  # the queue's, as declared (a passive declare learns them)
+    delayed_count: int  # waiting for an x-delay or a retry backoff (not in message_count)
 
 
 @attrs.frozen(kw_only=True)
@@ -1343,7 +1345,11 @@ class Broker:
     def _declare_ok(self, queue: MessageQueue) -> DeclareOk:
         self._touch(queue)
         return DeclareOk(
-            queue=queue.name, message_count=len(queue), consumer_count=len(queue.consumers)
+            queue=queue.name,
+            message_count=len(queue),
+            consumer_count=len(queue.consumers),
+            arguments=queue.spec.arguments,
+            delayed_count=queue.delayed,
         )
 
     def _server_queue_name(self) -> str:

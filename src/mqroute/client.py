@@ -116,6 +116,8 @@ class QueueInfo:
     name: str
     message_count: int
     consumer_count: int
+    arguments: Table = attrs.field(factory=dict)  # the queue's own (also from a passive declare)
+    delayed_count: int = 0  # waiting for an x-delay or a retry backoff
 
 
 def connect(
@@ -753,7 +755,13 @@ class Connection:
             passive=passive,
             arguments=arguments or {},
         )
-        return QueueInfo(result["queue"], result["message_count"], result["consumer_count"])
+        return QueueInfo(
+            result["queue"],
+            result["message_count"],
+            result["consumer_count"],
+            result.get("arguments") or {},
+            result.get("delayed_count") or 0,
+        )
 
     async def delete_queue(
         self, name: str, *, if_unused: bool = False, if_empty: bool = False
@@ -1090,6 +1098,7 @@ class Consumer:
         self._error: MQRouteError | None = None
         self._active = False
         self._unyielded = 0
+        self.received = 0  # messages delivered to this consumer so far
 
     async def __aenter__(self) -> Consumer:
         if self._active:
@@ -1149,6 +1158,7 @@ class Consumer:
                 await msg.release()  # never handed out: no delivery attempt
 
     def _deliver(self, msg: Message) -> None:
+        self.received += 1
         self._send_stream.send_nowait(msg)
 
     def _end(self, error: MQRouteError) -> None:

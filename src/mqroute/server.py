@@ -904,6 +904,8 @@ class ServerConnection:
             "queue": ok.queue,
             "message_count": ok.message_count,
             "consumer_count": ok.consumer_count,
+            "arguments": ok.arguments,
+            "delayed_count": ok.delayed_count,
         }
 
     def _delete_queue(self, ev: DeleteQueue) -> dict[str, Any]:
@@ -1003,10 +1005,12 @@ class ServerConnection:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
             replies = self._replies
-            chunks = []
+            chunks: list[bytes] = []
+            # Events first: what the session emitted before a reply was made reaches the
+            # client before that reply (no Deliver for a consumer after its Cancel's Ok).
+            self._encode_events(chunks)
             while replies and replies[0][1]:
                 chunks.append(send(replies.popleft()[0]))
-            self._encode_events(chunks)
             if self._close is not None:
                 chunks.append(send(self._close))
                 self._close_sent = True
