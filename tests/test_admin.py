@@ -189,6 +189,57 @@ async def test_cli_consume_looks_without_using_up_attempts(
     assert out.splitlines()[2] == "no message for 0.5s; stopping"
 
 
+async def test_cli_properties_are_typed_by_name_and_checked_before_sending(
+    server: ServerAddress, conn: mqroute.Connection
+) -> None:
+    await conn.declare_queue("q")
+    out = await cli(
+        server,
+        "publish",
+        "",
+        "q",
+        "x",
+        "--property",
+        "message_id=123",
+        "--property",
+        "correlation_id=42",
+        "--property",
+        "priority=5",
+    )
+    assert "published 1 message" in out
+    got = await conn.get("q", auto_ack=True)
+    assert got is not None and (got.message_id, got.correlation_id) == ("123", "42")
+    assert got.properties.priority == 5
+    for bad, problem in [
+        ("expiration=abc", "expiration must be a string of milliseconds"),
+        ("priority=high", "priority must be an integer, not 'high'"),
+        ("colour=red", "no property 'colour'; choose from content_type"),
+        ("headers=x", "use --header for headers"),
+        ("message_id", "'message_id' is not NAME=VALUE"),
+    ]:
+        out = await cli(server, "publish", "", "q", "x", "--property", bad)
+        assert problem in out and "Traceback" not in out, out
+    assert await conn.get("q") is None  # nothing was published
+
+
+async def test_a_swapped_bind_gets_a_hint(server: ServerAddress, conn: mqroute.Connection) -> None:
+    await conn.declare_exchange("shop", "topic")
+    await conn.declare_queue("orders")
+    out = await cli(server, "bind", "orders", "shop", "order.*")
+    assert "no queue 'shop', but there is an exchange of that name and a queue 'orders'" in out
+    assert "try mqroute bind shop orders order.*" in out
+    with pytest.raises(NotFound, match="the queue and the exchange look swapped"):
+        await conn.bind_queue("shop", "orders")  # the SDK's order: queue first
+    out = await cli(server, "bind", "nowhere", "orders")
+    assert "Error: NOT_FOUND: no exchange 'nowhere'" in out  # nothing swapped: no hint
+
+
+async def test_cli_rates_say_their_unit(server: ServerAddress, conn: mqroute.Connection) -> None:
+    await conn.declare_queue("q")
+    header = (await cli(server, "list", "queues")).splitlines()[0]
+    assert "publish/s" in header and "deliver/s" in header
+
+
 def test_rates_come_from_counts_between_samples() -> None:
     from mqroute.admin import Registry, inspect
     from mqroute.broker import Broker

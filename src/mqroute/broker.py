@@ -386,6 +386,11 @@ class Broker:
     def _queue_binding(
         self, owner: str, queue: str, exchange: str, routing_key: str, arguments: Table | None
     ) -> Binding:
+        if queue not in self.queues and queue in self.exchanges and exchange in self.queues:
+            raise NotFound(
+                f"no queue {queue!r}, but there is an exchange {queue!r} and a queue "
+                f"{exchange!r}: the queue and the exchange look swapped (the queue comes first)"
+            )
         self._check_access(owner, self._queue(queue))
         check_short_string("routing key", routing_key)
         return Binding(

@@ -21,7 +21,8 @@ import trio
 from . import __version__, resources
 from .client import Connection, connect
 from .datadir import DataDirError, default_data_dir
-from .errors import MQRouteError
+from .errors import MQRouteError, NotFound
+from .model import PROPERTY_NAMES, Properties
 from .protocol import DEFAULT_MAX_FRAME_SIZE, HANDSHAKE_FRAME_SIZE
 from .server import DEFAULT_HOST, DEFAULT_PORT, ServerConfig, serve
 from .store import StoreError
@@ -314,6 +315,35 @@ def _parse_header(text: str) -> tuple[str, object]:
         return name, value
 
 
+#: Properties given as --property NAME=VALUE: all text but these integers.
+INTEGER_PROPERTIES = ("priority", "timestamp")
+TEXT_PROPERTIES = tuple(
+    n for n in PROPERTY_NAMES if n not in ("headers", "persistent", *INTEGER_PROPERTIES)
+)
+
+
+def _parse_property(text: str) -> tuple[str, object]:
+    """A message property: as text (a numeric message_id stays "123"), but for the integers."""
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise click.BadParameter(f"{text!r} is not NAME=VALUE", param_hint="--property")
+    if name in ("headers", "persistent"):
+        raise click.BadParameter(f"use --{name.rstrip('s')} for {name}", param_hint="--property")
+    if name in INTEGER_PROPERTIES:
+        try:
+            return name, int(value)
+        except ValueError:
+            raise click.BadParameter(
+                f"{name} must be an integer, not {value!r}", param_hint="--property"
+            ) from None
+    if name not in TEXT_PROPERTIES:
+        raise click.BadParameter(
+            f"no property {name!r}; choose from {', '.join(TEXT_PROPERTIES + INTEGER_PROPERTIES)}",
+            param_hint="--property",
+        )
+    return name, value
+
+
 COLUMNS = {
     "queues": [
         "name",
@@ -331,6 +361,9 @@ COLUMNS = {
     "consumers": ["queue", "consumer_tag", "connection", "prefetch", "unacked", "active"],
     "connections": ["id", "peer", "client", "opened", "consumers", "unacked"],
 }
+
+
+LABELS = {"publish_rate": "publish/s", "deliver_rate": "deliver/s"}  # column headings
 
 
 @main.command("list")
@@ -372,15 +405,16 @@ def _table(rows: list[dict[str, object]], columns: list[str]) -> str:
         return "" if value is None else str(value)
 
     cells = [[cell(row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    labels = [LABELS.get(c, c) for c in columns]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(labels)]
     numeric = [
-        all(isinstance(row.get(c), int) and not isinstance(row.get(c), bool) for row in rows)
+        all(type(row.get(c)) in (int, float) for row in rows)
         for c in columns
     ]
     lines = [
         "  ".join(
             c.ljust(w) if not n else c.rjust(w)
-            for c, w, n in zip(columns, widths, numeric, strict=True)
+            for c, w, n in zip(labels, widths, numeric, strict=True)
         )
     ]
     for r in cells:
@@ -473,6 +507,16 @@ def declare_queue(
     )
 
 
+async def _swapped(conn: Connection, source: str, destination: str) -> bool:
+    """A queue named like the exchange argument and an exchange named like the queue one."""
+    try:
+        await conn.declare_exchange(destination, passive=True)
+        await conn.declare_queue(source, passive=True)
+    except NotFound:
+        return False
+    return True
+
+
 def _binding_command(bind: bool) -> Callable[..., None]:
     verb = "bind" if bind else "unbind"
 
@@ -497,6 +541,18 @@ def _binding_command(bind: bool) -> Callable[..., None]:
         arguments = dict(_parse_header(a) for a in table)
 
         async def request(conn: Connection) -> None:
+            try:
+                await send(conn)
+            except NotFound:
+                if not to_exchange and await _swapped(conn, source, destination):
+                    raise click.ClickException(
+                        f"no queue {destination!r}, but there is an exchange of that name and "
+                        f"a queue {source!r}: mqroute {verb} takes the exchange first; try "
+                        f"mqroute {verb} {destination} {source} {routing_key}".rstrip()
+                    ) from None
+                raise
+
+        async def send(conn: Connection) -> None:
             if to_exchange and bind:
                 await conn.bind_exchange(destination, source, routing_key, arguments)
             elif to_exchange:
@@ -594,13 +650,15 @@ def publish(
     The body is BODY, or --file, or each line of standard input with --lines. Every message
     is confirmed by the broker before the command ends.
     """
-    props: dict[str, Any] = dict(_parse_header(p) for p in properties)
+    props: dict[str, Any] = dict(_parse_property(p) for p in properties)
     if table:
         props["headers"] = dict(_parse_header(h) for h in table)
     if persistent:
         props["persistent"] = True
-    if "expiration" in props:
-        props["expiration"] = str(props["expiration"])
+    try:
+        Properties(**props)  # every value checked before anything is sent
+    except (TypeError, ValueError) as exc:
+        raise click.BadParameter(str(exc), param_hint="--property") from None
     bodies: Iterable[bytes]
     if lines:
         bodies = _stdin_lines()
