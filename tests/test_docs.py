@@ -113,3 +113,16 @@ async def _run_fragment(compiled: Any, namespace: dict[str, Any], url: str) -> N
             result = eval(compiled, namespace)
             if result is not None:
                 await result
+
+
+def test_every_sdk_call_the_docs_name_exists() -> None:
+    """``mqroute.connect_robust(...)`` in a table is a promise; a renamed function breaks it."""
+    for path in [ROOT / "README.md", *DOCS.glob("*.md")]:
+        for name in re.findall(r"\bmqroute\.([A-Za-z_]\w*)\(", path.read_text()):
+            assert hasattr(mqroute, name), f"{path.name} names mqroute.{name}, which is gone"
+
+
+def test_the_migration_table_maps_robust_connections_to_robust_connections() -> None:
+    text = (DOCS / "from-rabbitmq.md").read_text()
+    [row] = [line for line in text.splitlines() if "aio_pika.connect_robust" in line]
+    assert "mqroute.connect_robust(url)" in row

@@ -187,3 +187,27 @@ async def test_recovery_reads_no_bodies_until_dispatch(tmp_path: Path) -> None:
         async with mqroute.connect(address.url) as conn:
             msg = await conn.get("q", auto_ack=True)
             assert msg is not None and msg.body == b"body" and msg.headers == {"k": [1, "v"]}
+
+
+async def test_an_online_backup_restores_as_an_unclean_shutdown(tmp_path: Path) -> None:
+    """As docs/durability.md says: every message redelivered, nothing lost; a copy made
+    after a clean stop restores cleanly."""
+    import shutil
+    import sqlite3
+
+    live, online, stopped = tmp_path / "live", tmp_path / "online", tmp_path / "stopped"
+    async with running(live) as address, mqroute.connect(address.url) as conn:
+        await conn.declare_queue("q", durable=True)
+        await conn.publish("", "q", b"never delivered", persistent=True)
+        online.mkdir()
+        source = sqlite3.connect(live / "mqroute.db")
+        with sqlite3.connect(online / "mqroute.db") as target:
+            source.backup(target)  # what `sqlite3 mqroute.db ".backup ..."` does
+        source.close()
+    stopped.mkdir()
+    shutil.copy(live / "mqroute.db", stopped / "mqroute.db")
+    for data_dir, redelivered in ((online, True), (stopped, False)):
+        async with running(data_dir) as address, mqroute.connect(address.url) as conn:
+            msg = await conn.get("q", auto_ack=True)
+            assert msg is not None and msg.body == b"never delivered"
+            assert msg.redelivered is redelivered, data_dir.name
