@@ -407,10 +407,7 @@ def _table(rows: list[dict[str, object]], columns: list[str]) -> str:
     cells = [[cell(row.get(c)) for c in columns] for row in rows]
     labels = [LABELS.get(c, c) for c in columns]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(labels)]
-    numeric = [
-        all(type(row.get(c)) in (int, float) for row in rows)
-        for c in columns
-    ]
+    numeric = [all(type(row.get(c)) in (int, float) for row in rows) for c in columns]
     lines = [
         "  ".join(
             c.ljust(w) if not n else c.rjust(w)
