@@ -107,12 +107,13 @@ def main() -> None:
 )
 @click.option(
     "--queue-flow-limit",
-    default="16MiB",
+    default="1MiB",
     show_default=True,
     metavar="SIZE",
     help="A publisher into a queue with consumers waits while that queue holds more ready "
-    "messages than this, so it runs no further ahead of them. Lower it (256KiB) to bound "
-    "end-to-end latency under overload; a queue nobody consumes is never limited by it.",
+    "messages than this, so it runs no further ahead of them and end-to-end latency stays "
+    "bounded. Raise it (16MiB) where busy workers' queues must absorb bigger bursts; a queue "
+    "nobody consumes is never limited by it.",
 )
 @click.option(
     "--log-level",

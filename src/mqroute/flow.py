@@ -52,9 +52,10 @@ PAGED_ENTRY = 200
 #: heads to disk, transient ones included (RabbitMQ's vm_memory_high_watermark_paging_ratio).
 PAGING_RATIO = 0.5
 
-#: Large enough that a queue with workers still absorbs a burst (the point of a queue); set it
-#: lower (256 KiB) where end-to-end latency matters more than absorbing bursts.
-DEFAULT_QUEUE_LIMIT = 16 * 1024 * 1024
+#: How far a queue may run ahead of its consumers before its publishers wait: about 1,600
+#: messages of 256 B, which keeps `mqroute bench`'s end-to-end p99 near 75 ms at full rate
+#: (docs/performance.md). Raise it where a queue with busy workers must absorb larger bursts.
+DEFAULT_QUEUE_LIMIT = 1024 * 1024
 
 
 @attrs.frozen
