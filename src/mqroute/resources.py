@@ -3,10 +3,13 @@ watermark is a fraction of it) and how much disk is free. Sizes as people write 
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import re
 import resource
 from pathlib import Path
+from typing import Any
 
 _UNITS = {
     "": 1,
@@ -98,3 +101,24 @@ def human(size: float) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} GiB"
+
+
+def release_free_memory() -> None:
+    """Return the C heap's free memory to the system (glibc's ``malloc_trim``).
+
+    Message bodies over 512 bytes live in the C heap, not Python's own arenas. When paging
+    frees them, glibc keeps the pages: RSS stays at the high-water mark of bodies in memory
+    (93 MB over a 256 MiB watermark in the soak). Elsewhere (musl, macOS) it does nothing.
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim() -> Any:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None

@@ -114,6 +114,9 @@ BLOCKED_GRACE_BYTES = 256 * 1024  # publishes taken after a Blocked before readi
 PAGE_BATCH_BYTES = 8 * 1024 * 1024  # bodies written to the page file in one transaction
 PAGER_INTERVAL = 0.05  # seconds between looks for bodies to page out, while paging
 PAGER_IDLE_INTERVAL = 1.0  # ... and otherwise (rows of gone messages to delete)
+# Bodies paged out leave freed memory in the C heap (bodies over 512 B are malloc'd): hand it
+# back to the system at most this often while paging (docs/performance.md).
+TRIM_INTERVAL = 1.0
 
 
 @attrs.frozen(kw_only=True)
@@ -484,6 +487,7 @@ async def _pager(shell: Shell, pages: PageFile) -> None:
     broker = shell.broker
     pager = broker.pager
     failing = False
+    next_trim = 0.0
     while True:
         work = pager.take(broker.queues.values(), PAGE_BATCH_BYTES)
         if work.empty:
@@ -509,7 +513,11 @@ async def _pager(shell: Shell, pages: PageFile) -> None:
             log.info("paging: writing to %s again", pages.path)
             failing = False
         pager.written(work)
+        del out, work  # the bodies just paged out are free from here on
         shell.apply_flow()
+        if trio.current_time() >= next_trim:
+            next_trim = trio.current_time() + TRIM_INTERVAL
+            await trio.to_thread.run_sync(resources.release_free_memory)
 
 
 class ServerConnection:
