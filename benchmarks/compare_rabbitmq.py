@@ -11,8 +11,8 @@ Needs a RabbitMQ on 127.0.0.1:5672 (guest/guest); without one it says so and exi
       RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \\
       HOME=/var/lib/rabbitmq rabbitmq-server &
 
-Each workload runs through ``mqroute.bench.run`` with a driver per broker and client: mqroute's
-SDK, pika's BlockingConnection, aio-pika with pipelined confirms, and (for the transient
+Each workload runs through ``mqroute.bench.runner.run`` with a driver per broker and client:
+mqroute's SDK, pika's BlockingConnection, aio-pika with pipelined confirms, and (for the transient
 workload) the bare relay of benchmarks/relay.py, the ceiling for a broker written this way. Runs
 alternate between the contenders; every number printed is a median over ``--runs``.
 """
@@ -33,7 +33,7 @@ from typing import Any
 
 from common import mqroute_server, relay_server
 
-from mqroute.bench import BenchOptions, MQRouteDriver, RateLimiter, Stats, make_body, run
+from mqroute.bench.runner import BenchOptions, MQRouteDriver, RateLimiter, Stats, make_body, run
 
 # MQROUTE_RABBITMQ_URL points elsewhere (tests use a port where nothing listens).
 RABBIT_URL = os.environ.get("MQROUTE_RABBITMQ_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")

@@ -25,7 +25,7 @@ import trio
 from common import mqroute_server, rss_mb
 
 import mqroute
-from mqroute.resources import parse_size
+from mqroute.server.resources import parse_size
 
 
 def page_file_mb(pid: int) -> float:

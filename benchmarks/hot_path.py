@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mqroute.broker import Broker
-from mqroute.cli import GC_THRESHOLD
+from mqroute.cli.main import GC_THRESHOLD
+from mqroute.core.broker import Broker
 from mqroute.model import Delivery, Message, Properties, QueueSpec
 from mqroute.protocol import (
     NEED_DATA,
@@ -31,7 +31,7 @@ from mqroute.protocol import (
     Welcome,
     encode_deliver_tail,
 )
-from mqroute.store import SqliteStore
+from mqroute.server.store import SqliteStore
 
 BODY = b"x" * 256
 

@@ -21,8 +21,8 @@ import gc
 import statistics
 import time
 
-from mqroute.broker import Broker
-from mqroute.cli import GC_THRESHOLD
+from mqroute.cli.main import GC_THRESHOLD
+from mqroute.core.broker import Broker
 from mqroute.model import ExchangeSpec, Message, QueueSpec
 
 

@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/scenarios.py --runs 3
 
 Each run starts a fresh ``mqroute server`` (data in a temporary directory) and drives it with
-``mqroute.bench.run`` (what ``mqroute bench`` runs). Printed per scenario: medians over
+``mqroute.bench.runner.run`` (what ``mqroute bench`` runs). Printed per scenario: medians over
 ``--runs`` of the publish rate, the end-to-end rate and end-to-end latency p50 / p99.
 
 The durable backlog (publish 1M with no consumer, restart, drain) is benchmarks/backlog.py; the
@@ -18,7 +18,7 @@ import statistics
 import attrs
 from common import mqroute_server
 
-from mqroute.bench import BenchOptions, run
+from mqroute.bench.runner import BenchOptions, run
 
 KIB = 1024
 

@@ -14,7 +14,7 @@ import random
 import statistics
 import time
 
-from mqroute.broker import Broker
+from mqroute.core.broker import Broker
 from mqroute.model import Message, Properties, QueueSpec
 
 

@@ -8,8 +8,8 @@ import pytest
 import trio
 
 import mqroute
-from mqroute.broker import Broker
-from mqroute.server import ServerAddress, ServerConfig, serve
+from mqroute.core.broker import Broker
+from mqroute.server.shell import ServerAddress, ServerConfig, serve
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import mqroute
-from mqroute.bench import BenchError, BenchOptions, Histogram
+from mqroute.bench.runner import BenchError, BenchOptions, Histogram
 
 from .helpers import start_server_process
 

@@ -28,7 +28,7 @@ def test_the_relay_carries_a_bench_run() -> None:
     try:
         from common import relay_server
 
-        from mqroute.bench import BenchOptions, run
+        from mqroute.bench.runner import BenchOptions, run
 
         with relay_server() as (_, url):
             result = run(attrs.evolve(BenchOptions(count=2000, multi_ack_every=50), url=url))

@@ -9,8 +9,8 @@ import threading
 import pytest
 
 import mqroute
-from mqroute.blocking import BlockingPublisher
-from mqroute.client import Publisher
+from mqroute.client.blocking import BlockingPublisher
+from mqroute.client.connection import Publisher
 
 
 def public_names(cls: type) -> set[str]:

@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from mqroute.broker import Broker
+from mqroute.core.broker import Broker
+from mqroute.core.session import Session
 from mqroute.errors import (
     AccessRefused,
     InvalidArgument,
@@ -24,7 +25,6 @@ from mqroute.model import (
     QueueSpec,
     Returned,
 )
-from mqroute.session import Session
 
 
 def msg(exchange: str, key: str, body: bytes = b"", **props: Any) -> Message:

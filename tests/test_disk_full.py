@@ -16,11 +16,11 @@ import trio
 import trio.testing
 
 import mqroute
-from mqroute import resources
+from mqroute.server import resources
+from mqroute.core.journal import Record
 from mqroute.errors import ResourceError
-from mqroute.journal import Record
-from mqroute.server import ServerAddress, ServerConfig, serve
-from mqroute.store import SqliteStore
+from mqroute.server.shell import ServerAddress, ServerConfig, serve
+from mqroute.server.store import SqliteStore
 
 
 class FillingStore(SqliteStore):
@@ -62,7 +62,7 @@ async def running(
 async def test_a_failed_write_nacks_its_publishes_and_the_broker_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mqroute import server as server_module
+    from mqroute.server import shell as server_module
 
     monkeypatch.setattr(server_module, "WRITE_RETRY_SECONDS", 0.01)
     store = FillingStore(tmp_path)
@@ -233,7 +233,7 @@ async def test_a_really_full_disk_nacks_and_recovers_with_nothing_confirmed_lost
 async def test_a_request_waiting_on_a_batch_of_refused_messages_is_answered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mqroute import server as server_module
+    from mqroute.server import shell as server_module
 
     monkeypatch.setattr(server_module, "WRITE_RETRY_SECONDS", 0.01)
     store = FillingStore(tmp_path)

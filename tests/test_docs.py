@@ -13,7 +13,7 @@ import pytest
 import trio
 
 import mqroute
-from mqroute.client import DEFAULT_URL
+from mqroute.client.connection import DEFAULT_URL
 from mqroute.errors import REPLY_CODES
 from mqroute.protocol import _EVENT_TYPES
 from mqroute.testing import running_broker

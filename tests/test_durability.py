@@ -11,13 +11,13 @@ import pytest
 import trio
 
 import mqroute
-from mqroute.broker import Broker
-from mqroute.datadir import DataDirError
+from mqroute.core.broker import Broker
+from mqroute.core.journal import Record
+from mqroute.core.queue import RESIDENT
 from mqroute.errors import NotFound
-from mqroute.journal import Record
-from mqroute.queue import RESIDENT
-from mqroute.server import ServerAddress, ServerConfig, serve
-from mqroute.store import SqliteStore, StoreError
+from mqroute.server.datadir import DataDirError
+from mqroute.server.shell import ServerAddress, ServerConfig, serve
+from mqroute.server.store import SqliteStore, StoreError
 
 
 @asynccontextmanager

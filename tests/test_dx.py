@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import mqroute
-from mqroute.broker import Broker
+from mqroute.core.broker import Broker
 from mqroute.errors import UsageError
 from mqroute.testing import running_broker
 

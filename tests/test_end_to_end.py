@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 import mqroute
-from mqroute.broker import Broker
+from mqroute.core.broker import Broker
 from mqroute.errors import (
     ConnectionClosed,
     ConsumerCancelled,
@@ -18,7 +18,7 @@ from mqroute.errors import (
     UsageError,
 )
 from mqroute.protocol import Ack, Close, Consume, Deliver, Hello
-from mqroute.server import ServerAddress
+from mqroute.server.shell import ServerAddress
 
 from .helpers import RawClient
 

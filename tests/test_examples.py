@@ -9,7 +9,7 @@ from pathlib import Path
 
 import trio
 
-from mqroute.server import ServerAddress
+from mqroute.server.shell import ServerAddress
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 

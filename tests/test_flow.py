@@ -11,9 +11,9 @@ import trio
 import trio.testing
 
 import mqroute
-from mqroute.broker import Broker
-from mqroute.flow import ENTRY_OVERHEAD, FlowControl, MemoryLedger, Pause
-from mqroute.server import BLOCKED_GRACE_BYTES, ServerAddress, ServerConfig, serve
+from mqroute.core.broker import Broker
+from mqroute.core.flow import ENTRY_OVERHEAD, FlowControl, MemoryLedger, Pause
+from mqroute.server.shell import BLOCKED_GRACE_BYTES, ServerAddress, ServerConfig, serve
 
 
 @attrs.define
@@ -313,7 +313,7 @@ async def test_the_memory_alarm_blocks_publishers_until_consumers_free_memory(
 async def test_a_client_ignoring_blocked_is_not_read_past_a_bound(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mqroute import server as server_module
+    from mqroute.server import shell as server_module
     from mqroute.model import Properties
     from mqroute.protocol import Blocked, Publish
 
@@ -342,7 +342,7 @@ async def test_a_client_ignoring_blocked_is_not_read_past_a_bound(
 
 
 async def test_the_outbox_of_a_consumer_that_never_reads_is_bounded_in_bytes() -> None:
-    from mqroute.session import OUTBOX_BYTES
+    from mqroute.core.session import OUTBOX_BYTES
 
     from .helpers import RawClient, consume_frame
 
@@ -371,7 +371,7 @@ async def test_settled_messages_leave_nothing_in_the_deliver_tail_cache(
 ) -> None:
     import gc
 
-    from mqroute import server as server_module
+    from mqroute.server import shell as server_module
 
     await conn.declare_queue("q")
     async with conn.publisher() as pub:
@@ -393,7 +393,7 @@ async def test_settled_messages_leave_nothing_in_the_deliver_tail_cache(
 async def test_a_backlog_a_consumer_took_and_gave_back_is_paged_out_again(tmp_path: object) -> None:
     from pathlib import Path
 
-    from mqroute.queue import RESIDENT
+    from mqroute.core.queue import RESIDENT
 
     from .test_durability import running
 

@@ -12,8 +12,8 @@ import pytest
 import trio
 
 import mqroute
-from mqroute.broker import Broker
-from mqroute.server import ServerAddress
+from mqroute.core.broker import Broker
+from mqroute.server.shell import ServerAddress
 
 
 async def fill(conn: mqroute.Connection, queue: str, n: int) -> None:

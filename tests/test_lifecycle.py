@@ -9,7 +9,8 @@ import pytest
 import trio
 
 import mqroute
-from mqroute.broker import Broker
+from mqroute.core.broker import Broker
+from mqroute.core.session import Session
 from mqroute.errors import MessageNacked, NotFound, PreconditionFailed
 from mqroute.model import (
     Confirm,
@@ -20,7 +21,6 @@ from mqroute.model import (
     Properties,
     QueueSpec,
 )
-from mqroute.session import Session
 
 from .test_durability import running
 
@@ -123,7 +123,7 @@ def test_second_death_in_the_same_queue_counts_up(b: Broker, s: Session) -> None
 def test_a_second_death_keeps_the_first_deaths_details_and_counts(b: Broker) -> None:
     """RabbitMQ 3.10+: the (queue, reason) entry keeps its first exchange, routing keys and
     time; only ``count`` grows, and the entry moves to the front."""
-    from mqroute.broker import death_headers
+    from mqroute.core.broker import death_headers
 
     first = msg("k1", exchange="a")
     headers = death_headers(first, "work", "rejected", now=100.0)
@@ -436,7 +436,7 @@ async def test_message_expiry_survives_a_restart(tmp_path: Path) -> None:
         await conn.declare_queue("q", durable=True)
         await conn.publish("", "q", b"x", persistent=True, expiration="3600000")
     broker = Broker(durable=True)
-    from mqroute.store import SqliteStore
+    from mqroute.server.store import SqliteStore
 
     async with running(tmp_path, broker=broker, store=SqliteStore(tmp_path)):
         [entry] = broker.queues["q"].ready_entries()
@@ -738,7 +738,7 @@ async def test_delay_end_to_end_with_a_mock_clock(
 
 
 async def test_delayed_messages_are_durable_and_kept_on_disk(tmp_path: Path) -> None:
-    from mqroute.store import SqliteStore
+    from mqroute.server.store import SqliteStore
 
     broker = Broker(durable=True)
     async with running(tmp_path, broker=broker, store=SqliteStore(tmp_path)) as address:
@@ -853,7 +853,7 @@ def test_a_multiple_ack_across_a_timed_out_delivery_ignores_that_tag(b: Broker, 
 def test_a_client_that_never_settles_timed_out_tags_does_not_grow_the_session(
     b: Broker, s: Session, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mqroute.broker as broker_module
+    import mqroute.core.broker as broker_module
 
     monkeypatch.setattr(broker_module, "TIMED_OUT_MEMORY", 3)
     declare(b, "q", **{"x-consumer-timeout": 1000})
@@ -1041,7 +1041,7 @@ async def test_unused_queue_expires_through_the_sdk(
 
 
 async def test_a_retry_wait_survives_a_restart(tmp_path: Path) -> None:
-    from mqroute.store import SqliteStore
+    from mqroute.server.store import SqliteStore
 
     args = {"x-delayed-retry-min": 3_600_000}
     async with running(tmp_path) as address, mqroute.connect(address.url) as conn:

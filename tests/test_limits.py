@@ -14,11 +14,11 @@ import trio
 import trio.testing
 
 import mqroute
-from mqroute.broker import Broker, Limits
+from mqroute.core.broker import Broker, Limits
 from mqroute.errors import ConnectionClosed, PreconditionFailed
 from mqroute.model import ExchangeSpec, QueueSpec
 from mqroute.protocol import Close, Heartbeat
-from mqroute.server import ServerAddress, ServerConfig, serve
+from mqroute.server.shell import ServerAddress, ServerConfig, serve
 
 from .helpers import RawClient
 
@@ -123,8 +123,8 @@ def test_object_counts_have_limits_that_change_nothing_when_reached() -> None:
 async def test_out_of_descriptors_the_server_logs_rarely_and_goes_on(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from mqroute.admin import Registry
-    from mqroute.server import Shell, _accept
+    from mqroute.server.admin import Registry
+    from mqroute.server.shell import Shell, _accept
 
     class Exhausted:
         """A listener that is out of descriptors 300 times, then accepts one client."""

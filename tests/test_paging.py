@@ -9,12 +9,12 @@ import pytest
 import trio
 
 import mqroute
-from mqroute.broker import Broker
-from mqroute.flow import ENTRY_OVERHEAD, PAGED_ENTRY, PAGING_RATIO
+from mqroute.core.broker import Broker
+from mqroute.core.flow import ENTRY_OVERHEAD, PAGED_ENTRY, PAGING_RATIO
+from mqroute.core.paging import PageWork
+from mqroute.core.queue import RESIDENT, MessageQueue, QueueEntry
 from mqroute.model import Message, QueueSpec
-from mqroute.paging import PageWork
-from mqroute.queue import RESIDENT, MessageQueue, QueueEntry
-from mqroute.store import PAGE_FILE_NAME, PageFile
+from mqroute.server.store import PAGE_FILE_NAME, PageFile
 
 from .test_durability import running
 
@@ -237,7 +237,7 @@ async def test_persistent_and_paged_transient_messages_share_a_durable_queue(
 
 def test_memory_freed_by_paging_goes_back_to_the_system() -> None:
     """Bodies over 512 B live in the C heap; glibc keeps what they freed unless trimmed."""
-    from mqroute import resources
+    from mqroute.server import resources
 
     if resources._malloc_trim() is None:
         pytest.skip("no malloc_trim here (not glibc)")

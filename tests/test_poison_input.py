@@ -14,11 +14,11 @@ import pytest
 import trio
 
 import mqroute
-from mqroute import broker as broker_module
-from mqroute.broker import Broker
+from mqroute.core import broker as broker_module
+from mqroute.core.broker import Broker
 from mqroute.errors import InvalidArgument
 from mqroute.protocol import Close, Publish
-from mqroute.server import ServerAddress
+from mqroute.server.shell import ServerAddress
 
 from .helpers import RawClient
 from .test_durability import running

@@ -7,9 +7,9 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mqroute.broker import Broker
+from mqroute.core.broker import Broker
+from mqroute.core.queue import MessageQueue
 from mqroute.model import Delivery, Message, QueueSpec
-from mqroute.queue import MessageQueue
 
 OPS = st.lists(
     st.one_of(

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mqroute.core.routing import DirectExchange, FanoutExchange, HeadersExchange, TopicExchange
 from mqroute.errors import PreconditionFailed
 from mqroute.model import Binding, Message, Properties
-from mqroute.routing import DirectExchange, FanoutExchange, HeadersExchange, TopicExchange
 
 
 def binding(dest: str, key: str = "", **arguments: Any) -> Binding:

@@ -12,7 +12,7 @@ import trio.testing
 import mqroute
 from mqroute.errors import ConnectionClosed, PreconditionFailed
 from mqroute.protocol import NEED_DATA, Connection, Hello, Role, Welcome
-from mqroute.server import ServerAddress, ServerConfig, serve
+from mqroute.server.shell import ServerAddress, ServerConfig, serve
 
 
 async def test_the_sdk_runs_under_asyncio(server: ServerAddress) -> None:
@@ -140,7 +140,7 @@ async def test_pipelining_consuming_and_rpc_under_asyncio(server: ServerAddress)
 async def test_a_consume_loop_over_buffered_messages_stays_cancellable(
     conn: mqroute.Connection,
 ) -> None:
-    from mqroute.client import CHECKPOINT_EVERY
+    from mqroute.client.connection import CHECKPOINT_EVERY
 
     await conn.declare_queue("buffered")
     async with conn.publisher() as pub:
@@ -203,7 +203,7 @@ async def test_a_connection_the_application_closed_says_so(server: ServerAddress
 
 
 def test_a_confirmation_shows_its_outcome() -> None:
-    from mqroute.client import Confirmation
+    from mqroute.client.connection import Confirmation
     from mqroute.errors import MessageNacked
 
     confirmation = Confirmation(7)

@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mqroute.topic_trie import TopicTrie, split_words
-from mqroute.topic_trie import pattern_words as canonical_words
+from mqroute.core.topic_trie import TopicTrie, split_words
+from mqroute.core.topic_trie import pattern_words as canonical_words
 
 
 def reference_match(pattern: str, key: str) -> bool:

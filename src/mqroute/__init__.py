@@ -1,13 +1,16 @@
 """mqroute: a RabbitMQ-style message broker in Python on trio, and its client SDK.
 
-The public names live here; the modules behind them are private by convention.
+The public names live here; the modules behind them are private by convention. Importing
+``mqroute`` loads the async SDK only: the server, the store (sqlite3), trio and the blocking
+client are loaded when one of their names is first used.
 """
 
 __version__ = "0.1.0"
 
-from .blocking import BlockingConnection, BlockingMessage, connect_blocking
-from .bodies import Serializer, json_serializer
-from .client import (
+from typing import TYPE_CHECKING
+
+from .client.bodies import Serializer, json_serializer
+from .client.connection import (
     Confirmation,
     Connection,
     Consumer,
@@ -17,6 +20,7 @@ from .client import (
     connect,
     serve_rpc,
 )
+from .client.robust import RobustConnection, connect_robust
 from .errors import (
     AccessRefused,
     BrokerError,
@@ -36,19 +40,40 @@ from .errors import (
     ResourceLocked,
     UsageError,
 )
-from .helpers import ProcessedIds, ProcessedStore, process_once, run_worker
 from .model import Properties
-from .robust import RobustConnection, connect_robust
-from .server import ServerAddress, ServerConfig, serve
+
+#: Public names whose modules load on first use: name -> module (relative to this package).
+_LAZY = {
+    "BlockingConnection": ".client.blocking",
+    "BlockingMessage": ".client.blocking",
+    "connect_blocking": ".client.blocking",
+    "ProcessedIds": ".client.helpers",
+    "ProcessedStore": ".client.helpers",
+    "process_once": ".client.helpers",
+    "run_worker": ".client.helpers",
+    "ServerAddress": ".server",
+    "ServerConfig": ".server",
+    "serve": ".server",
+}
 
 
 def __getattr__(name: str) -> object:
-    """``mqroute.testing`` without ``import mqroute.testing`` (loaded on first use)."""
-    if name == "testing":
-        import importlib
+    import importlib
 
+    if name == "testing":
         return importlib.import_module(".testing", __name__)
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module 'mqroute' has no attribute {name!r}")
+
+
+if TYPE_CHECKING:
+    from . import testing  # noqa: F401
+    from .client.blocking import BlockingConnection, BlockingMessage, connect_blocking
+    from .client.helpers import ProcessedIds, ProcessedStore, process_once, run_worker
+    from .server import ServerAddress, ServerConfig, serve
 
 
 __all__ = [

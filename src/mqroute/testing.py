@@ -26,9 +26,9 @@ from pathlib import Path
 
 import trio
 
-from .broker import Broker
-from .loop_thread import LoopThread
-from .server import ServerAddress, ServerConfig, serve
+from .client.loop_thread import LoopThread
+from .core.broker import Broker
+from .server.shell import ServerAddress, ServerConfig, serve
 
 
 class BrokerThread:

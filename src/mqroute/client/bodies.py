@@ -20,7 +20,7 @@ from typing import Any
 
 import attrs
 
-from .model import Properties
+from ..model import Properties
 
 #: Turns a body value into (bytes, content type).
 Serializer = Callable[[Any], tuple[bytes, str]]

@@ -33,8 +33,7 @@ import anyio
 import anyio.abc
 import attrs
 
-from .bodies import Serializer, encode_body
-from .errors import (
+from ..errors import (
     BrokerError,
     ConnectionClosed,
     ConsumerCancelled,
@@ -47,8 +46,8 @@ from .errors import (
     RequestTimeout,
     UsageError,
 )
-from .model import EMPTY_PROPERTIES, Properties, Table
-from .protocol import (
+from ..model import EMPTY_PROPERTIES, Properties, Table
+from ..protocol import (
     NEED_DATA,
     PROTOCOL_VERSION,
     SUPPORTED_VERSIONS,
@@ -87,9 +86,10 @@ from .protocol import (
     Unblocked,
     Welcome,
 )
-from .protocol import (
+from ..protocol import (
     Connection as ProtocolConnection,
 )
+from .bodies import Serializer, encode_body
 
 DEFAULT_URL = "mqroute://127.0.0.1:5680"
 REPLY_TO = "amq.rabbitmq.reply-to"  # direct reply-to: replies with no queue declared per call

@@ -10,10 +10,10 @@ from __future__ import annotations
 import time
 from typing import Any, Protocol
 
-from . import __version__
-from .broker import Broker
-from .errors import InvalidArgument
-from .session import ConsumerState
+from .. import __version__
+from ..core.broker import Broker
+from ..core.session import ConsumerState
+from ..errors import InvalidArgument
 
 WHAT = ("queues", "exchanges", "bindings", "consumers", "connections", "status")
 PAGE_ROWS = 500  # the most rows one answer holds

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from .errors import PreconditionFailed
-from .model import Table
+from ..errors import PreconditionFailed
+from ..model import Table
 
 
 def window_of(kind: str, name: str, arguments: Table) -> int | None:

@@ -27,8 +27,8 @@ from typing import Any
 import anyio
 import anyio.abc
 
-from .client import Body, Connection, Message, QueueInfo, connect
-from .errors import ConnectionClosed, UsageError
+from ..errors import ConnectionClosed, UsageError
+from .connection import Body, Connection, Message, QueueInfo, connect
 
 log = logging.getLogger("mqroute.robust")
 

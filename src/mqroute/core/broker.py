@@ -19,8 +19,7 @@ from typing import Any
 
 import attrs
 
-from .dedup import SeenIds, window_of
-from .errors import (
+from ..errors import (
     AccessRefused,
     BrokerError,
     InvalidArgument,
@@ -28,25 +27,7 @@ from .errors import (
     PreconditionFailed,
     ResourceLocked,
 )
-from .flow import DEFAULT_QUEUE_LIMIT, ENTRY_OVERHEAD, FlowControl, MemoryLedger
-from .journal import (
-    Batch,
-    DropBinding,
-    DropExchange,
-    DropMessages,
-    DropQueue,
-    ForgetSeen,
-    HoldMessage,
-    Journal,
-    MarkDelivered,
-    PutBinding,
-    PutExchange,
-    PutMessage,
-    PutQueue,
-    PutSeen,
-    Record,
-)
-from .model import (
+from ..model import (
     EXCHANGE_TYPES,
     MAX_MILLISECONDS,
     MAX_SHORT_STRING,
@@ -64,6 +45,25 @@ from .model import (
     Table,
     brief,
     utf8_length_over,
+)
+from .dedup import SeenIds, window_of
+from .flow import DEFAULT_QUEUE_LIMIT, ENTRY_OVERHEAD, FlowControl, MemoryLedger
+from .journal import (
+    Batch,
+    DropBinding,
+    DropExchange,
+    DropMessages,
+    DropQueue,
+    ForgetSeen,
+    HoldMessage,
+    Journal,
+    MarkDelivered,
+    PutBinding,
+    PutExchange,
+    PutMessage,
+    PutQueue,
+    PutSeen,
+    Record,
 )
 from .paging import Pager
 from .queue import Loader, MessageQueue, QueueEntry

@@ -12,7 +12,7 @@ from typing import Any
 
 import attrs
 
-from .model import Binding, ExchangeSpec, Message, QueueSpec
+from ..model import Binding, ExchangeSpec, Message, QueueSpec
 
 
 @attrs.frozen

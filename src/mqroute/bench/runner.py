@@ -330,8 +330,8 @@ class MQRouteDriver:
 
 
 async def _mqroute_setup(opts: BenchOptions) -> None:
-    from .client import connect
-    from .errors import ConnectionClosed
+    from ..client.connection import connect
+    from ..errors import ConnectionClosed
 
     try:
         conn_cm = connect(opts.url, client_name="bench setup")
@@ -356,7 +356,7 @@ async def _mqroute_setup(opts: BenchOptions) -> None:
 
 
 async def _mqroute_teardown(opts: BenchOptions) -> None:
-    from .client import connect
+    from ..client.connection import connect
 
     async with connect(opts.url, client_name="bench teardown") as conn:
         for name in opts.queue_names:
@@ -369,8 +369,8 @@ async def _mqroute_teardown(opts: BenchOptions) -> None:
 async def _mqroute_produce(opts: BenchOptions, stats: Stats) -> None:
     import trio
 
-    from .client import connect
-    from .model import Properties
+    from ..client.connection import connect
+    from ..model import Properties
 
     exchange = opts.exchange_name
     keys = opts.routing_keys
@@ -432,7 +432,7 @@ async def _mqroute_produce(opts: BenchOptions, stats: Stats) -> None:
 async def _mqroute_consume(opts: BenchOptions, queues: list[str], stats: Stats) -> None:
     import trio
 
-    from .client import connect
+    from ..client.connection import connect
 
     every = opts.multi_ack_every
 

@@ -18,14 +18,15 @@ import attrs
 import click
 import trio
 
-from . import __version__, resources
-from .client import Connection, connect
-from .datadir import DataDirError, default_data_dir
-from .errors import MQRouteError, NotFound
-from .model import PROPERTY_NAMES, Properties
-from .protocol import DEFAULT_MAX_FRAME_SIZE, HANDSHAKE_FRAME_SIZE
-from .server import DEFAULT_HOST, DEFAULT_PORT, ServerConfig, serve
-from .store import StoreError
+from .. import __version__
+from ..client.connection import Connection, connect
+from ..errors import MQRouteError, NotFound
+from ..model import PROPERTY_NAMES, Properties
+from ..protocol import DEFAULT_MAX_FRAME_SIZE, HANDSHAKE_FRAME_SIZE
+from ..server import resources
+from ..server.datadir import DataDirError, default_data_dir
+from ..server.shell import DEFAULT_HOST, DEFAULT_PORT, ServerConfig, serve
+from ..server.store import StoreError
 
 T = TypeVar("T")
 
@@ -916,7 +917,7 @@ def bench(
     mqroute bench -z 20 -r 1000 -c 1               # latency at a fixed rate
     mqroute bench -C 50000 --queues 10 -t fanout   # fan-out to 10 queues
     """
-    from .bench import BenchError, BenchOptions, format_result, run
+    from ..bench.runner import BenchError, BenchOptions, format_result, run
 
     opts = BenchOptions(
         url=url,

@@ -13,8 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from .errors import PreconditionFailed
-from .model import Binding, Message, Table, same_value
+from ..errors import PreconditionFailed
+from ..model import Binding, Message, Table, same_value
 from .topic_trie import TopicTrie
 
 X_MATCH_VALUES = ("all", "any", "all-with-x", "any-with-x")

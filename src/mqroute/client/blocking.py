@@ -20,7 +20,9 @@ from typing import Any
 
 import trio
 
-from .client import (
+from ..errors import MQRouteError
+from ..model import Properties, Table
+from .connection import (
     Body,
     Confirmation,
     Connection,
@@ -30,9 +32,7 @@ from .client import (
     QueueInfo,
     connect,
 )
-from .errors import MQRouteError
 from .loop_thread import LoopThread
-from .model import Properties, Table
 
 
 class BlockingMessage:

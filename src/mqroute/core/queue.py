@@ -28,9 +28,9 @@ from typing import Protocol
 
 import attrs
 
+from ..model import Message, QueueSpec, QueueStats
 from .dedup import SeenIds
 from .flow import ENTRY_OVERHEAD, PAGED_ENTRY, MemoryLedger
-from .model import Message, QueueSpec, QueueStats
 from .queue_args import QueueArguments
 
 

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import attrs
 import cbor2
 
-from .journal import (
+from ..core.journal import (
     DropBinding,
     DropExchange,
     DropMessages,
@@ -37,7 +37,7 @@ from .journal import (
     PutSeen,
     Record,
 )
-from .model import Binding, ExchangeSpec, Message, Properties, QueueSpec
+from ..model import Binding, ExchangeSpec, Message, Properties, QueueSpec
 
 log = logging.getLogger("mqroute.store")
 

@@ -24,17 +24,16 @@ from typing import Any
 import attrs
 import trio
 
-from . import __version__, resources
-from .admin import Registry, inspect
-from .broker import Broker, Limits
-from .datadir import DataDirLock
-from .errors import BrokerError, PreconditionFailed, ProtocolError
-from .flow import DEFAULT_QUEUE_LIMIT, Pause
-from .log_limit import LogLimit
-from .model import (
+from .. import __version__
+from ..core.broker import Broker, Limits
+from ..core.flow import DEFAULT_QUEUE_LIMIT, Pause
+from ..core.queue import Loader, MessageQueue, QueueEntry
+from ..core.session import Session
+from ..errors import BrokerError, PreconditionFailed, ProtocolError
+from ..model import (
     Confirm as ConfirmEvent,
 )
-from .model import (
+from ..model import (
     Delivery,
     DeliveryTimedOut,
     Event,
@@ -44,7 +43,7 @@ from .model import (
     QueueSpec,
     Returned,
 )
-from .protocol import (
+from ..protocol import (
     DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_MAX_MESSAGE_SIZE,
     NEED_DATA,
@@ -89,8 +88,10 @@ from .protocol import (
     encode_deliver_tail,
     negotiate_frame_size,
 )
-from .queue import Loader, MessageQueue, QueueEntry
-from .session import Session
+from . import resources
+from .admin import Registry, inspect
+from .datadir import DataDirLock
+from .log_limit import LogLimit
 from .store import MemoryStore, PageFile, SqliteStore, Store, StoreError
 
 log = logging.getLogger("mqroute.server")

@@ -10,9 +10,9 @@ from typing import Any
 
 import attrs
 
+from ..errors import PreconditionFailed
+from ..model import MAX_MILLISECONDS, Table
 from .dedup import window_of
-from .errors import PreconditionFailed
-from .model import MAX_MILLISECONDS, Table
 
 OVERFLOW_MODES = ("drop-head", "reject-publish", "reject-publish-dlx")
 MAX_RETRY_MULTIPLIER = 100

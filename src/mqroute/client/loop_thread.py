@@ -12,7 +12,7 @@ from typing import Any
 
 import trio
 
-from .errors import UsageError
+from ..errors import UsageError
 
 
 class LoopThread:

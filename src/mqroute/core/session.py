@@ -13,8 +13,8 @@ from typing import Any
 
 import attrs
 
+from ..model import Confirm, Delivery, Event, Message, Table
 from .journal import DropMessages, Journal, MarkDelivered
-from .model import Confirm, Delivery, Event, Message, Table
 from .queue import MessageQueue, QueueEntry
 
 #: Dispatch to a session stops while this many bytes of deliveries wait to be written (a

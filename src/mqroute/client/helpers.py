@@ -30,9 +30,9 @@ import anyio
 import anyio.abc
 import attrs
 
-from .client import Connection, Consumer, Message
-from .errors import UsageError
-from .model import Table
+from ..errors import UsageError
+from ..model import Table
+from .connection import Connection, Consumer, Message
 
 log = logging.getLogger("mqroute.worker")
 

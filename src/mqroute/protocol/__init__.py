@@ -25,8 +25,8 @@ from typing import Any, ClassVar
 import attrs
 import cbor2
 
-from .errors import ProtocolError
-from .model import EMPTY_PROPERTIES, PROPERTY_NAMES, Properties, Table
+from ..errors import ProtocolError
+from ..model import EMPTY_PROPERTIES, PROPERTY_NAMES, Properties, Table
 
 PROTOCOL_VERSION = 3
 SUPPORTED_VERSIONS = (2, 3)  # 3 adds Release

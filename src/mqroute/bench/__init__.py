@@ -1,0 +1,1 @@
+"""``mqroute bench``: load generation and measurement against a running broker."""

@@ -1,0 +1,5 @@
+"""The ``mqroute`` command."""
+
+from .main import main
+
+__all__ = ["main"]

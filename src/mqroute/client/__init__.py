@@ -1,0 +1,1 @@
+"""The client SDK: async (``connection``), robust (``robust``) and blocking (``blocking``)."""
