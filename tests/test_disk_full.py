@@ -16,9 +16,9 @@ import trio
 import trio.testing
 
 import mqroute
-from mqroute.server import resources
 from mqroute.core.journal import Record
 from mqroute.errors import ResourceError
+from mqroute.server import resources
 from mqroute.server.shell import ServerAddress, ServerConfig, serve
 from mqroute.server.store import SqliteStore
 

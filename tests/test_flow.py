@@ -313,9 +313,9 @@ async def test_the_memory_alarm_blocks_publishers_until_consumers_free_memory(
 async def test_a_client_ignoring_blocked_is_not_read_past_a_bound(
     autojump_clock: trio.testing.MockClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mqroute.server import shell as server_module
     from mqroute.model import Properties
     from mqroute.protocol import Blocked, Publish
+    from mqroute.server import shell as server_module
 
     from .helpers import RawClient
 
