@@ -20,8 +20,7 @@ from mqroute.model import Message, Properties, QueueSpec
 
 def fill(pending: int, with_ttl: bool, delayed: bool = False) -> tuple[Broker, float]:
     broker = Broker()
-    broker.now = 1_700_000_000.0
-    broker.declare_queue("o", QueueSpec(name="q"))
+    broker.declare_queue("o", QueueSpec(name="q"), now=1_700_000_000.0)
     session = broker.open_session("o")
     messages = [
         Message(
@@ -66,9 +65,8 @@ def main() -> None:
     print(f"next deadline lookup:    {timed(broker.next_deadline) * 1e6:8.1f} µs")
     q = broker.queues["q"]
     due = sorted(e.expires_at for e in q.ready_entries() if e.expires_at)[999]
-    broker.now = due
     started = time.perf_counter()
-    expired = broker.expire()
+    expired = broker.expire(now=due)
     took = time.perf_counter() - started
     print(
         f"expire {expired:,} due messages: {took * 1e3:.2f} ms ({took / expired * 1e6:.1f} µs each)"
@@ -81,9 +79,9 @@ def main() -> None:
     )
     print(f"tick with {args.pending:,} delayed, nothing due: {timed(later.expire) * 1e6:8.1f} µs")
     dq = later.queues["q"]
-    later.now = sorted(e[0] for e in dq._delayed)[999]
+    due = sorted(e[0] for e in dq._delayed)[999]
     started = time.perf_counter()
-    later.expire()
+    later.expire(now=due)
     took = time.perf_counter() - started
     print(f"promote 1,000 due delayed messages: {took * 1e3:.2f} ms; ready now {len(dq):,}")
 

@@ -9,7 +9,7 @@ import pytest
 import trio
 
 import mqroute
-from mqroute.core.broker import Broker
+from mqroute.core.broker import Broker, Redriven
 from mqroute.core.session import Session
 from mqroute.errors import MessageNacked, NotFound, PreconditionFailed
 from mqroute.model import (
@@ -750,16 +750,17 @@ async def test_delayed_messages_are_durable_and_kept_on_disk(tmp_path: Path) -> 
             [(_, _, entry)] = broker.queues["q"]._delayed
             assert entry.message is None  # committed: its body lives on disk only
     broker = Broker(durable=True)
-    async with running(tmp_path, broker=broker, store=SqliteStore(tmp_path)):
+    async with running(tmp_path, broker=broker, store=SqliteStore(tmp_path)) as address:
         q = broker.queues["q"]
         assert q.delayed == 1 and len(q) == 0
         deadline = broker.next_deadline()
         assert deadline is not None and 3590 < deadline - broker.now <= 3600
-        broker.now = deadline
-        broker.expire()
+        broker.expire(now=deadline)
         [entry] = q.ready_entries()
-        assert q.fetch() is entry and entry.message is not None
-        assert entry.message.body == b"in an hour"
+        assert entry.message is None  # still on disk: a get reads it back
+        async with mqroute.connect(address.url) as conn:
+            message = await conn.get("q")
+            assert message is not None and message.body == b"in an hour"
 
 
 # --- retry backoff -----------------------------------------------------------------------------
@@ -919,10 +920,10 @@ def test_redrive_sends_dead_letters_home(b: Broker, s: Session) -> None:
             assert d is not None
             b.reject(s, d.delivery_tag, requeue=False)
     b.publish(s, msg("dead", b"no history"))
-    assert b.redrive("o", "dead", limit=3) == 3
+    assert b.redrive("o", "dead", limit=3) == Redriven(moved=3, more=False)
     assert [m.body for m in ready(b, "orders")] == [b"orders 0", b"orders 1"]
     assert [m.body for m in ready(b, "payments")] == [b"payments 0"]
-    assert b.redrive("o", "dead") == 1
+    assert b.redrive("o", "dead") == Redriven(moved=1, more=False)
     assert [m.body for m in ready(b, "dead")] == [b"no history"]  # nowhere to go: stays
 
 
@@ -931,7 +932,7 @@ def test_redrive_to_an_exchange(b: Broker, s: Session) -> None:
     declare(b, "retry-q")
     b.bind_queue("o", "retry-q", "retry")
     b.publish(s, msg("dead", b"x"))
-    assert b.redrive("o", "dead", to_exchange="retry") == 1
+    assert b.redrive("o", "dead", to_exchange="retry") == Redriven(moved=1, more=False)
     assert [m.body for m in ready(b, "retry-q")] == [b"x"]
     with pytest.raises(NotFound):
         b.redrive("o", "dead", to_exchange="missing")

@@ -10,10 +10,11 @@ import trio
 
 import mqroute
 from mqroute.core.broker import Broker
+from mqroute.core.effects import NeedBodies
 from mqroute.core.flow import ENTRY_OVERHEAD, PAGED_ENTRY, PAGING_RATIO
 from mqroute.core.paging import PageWork
-from mqroute.core.queue import RESIDENT, MessageQueue, QueueEntry
-from mqroute.model import Message, QueueSpec
+from mqroute.core.queue import RESIDENT
+from mqroute.model import ExchangeSpec, Message, QueueSpec
 from mqroute.server.store import PAGE_FILE_NAME, PageFile
 
 from .test_durability import running
@@ -38,15 +39,18 @@ class DictPages:
             for key in [k for k in self.rows if k[0] == uid]:
                 del self.rows[key]
 
-    def load(self, queue: MessageQueue, entries: list[QueueEntry]) -> dict[int, Message]:
-        return {e.seq: self.rows[(queue.uid, e.seq)] for e in entries}
+    def read_back(self, broker: Broker) -> None:
+        """What the shell's page-in task does with what the core asked for."""
+        for request in broker.effects.take_page_ins():
+            uid = request.queue.uid
+            bodies = {e.seq: self.rows[(uid, e.seq)] for e in request.entries}
+            broker.paged_in(request, bodies)
 
 
 def paging_broker(messages_before_paging: int) -> tuple[Broker, DictPages]:
     pages = DictPages()
     broker = Broker(memory_limit=int(messages_before_paging * COST / PAGING_RATIO))
-    broker.can_page = True
-    broker.loader = pages.load
+    broker.can_page = broker.reads_back = True
     return broker, pages
 
 
@@ -68,12 +72,18 @@ def page(broker: Broker, pages: DictPages) -> int:
     return written
 
 
-def drain(broker: Broker, queue: str = "q") -> list[int]:
+def drain(broker: Broker, pages: DictPages, queue: str = "q") -> list[int]:
     session = broker.open_session("consumer")
     got = []
-    while (d := broker.get(session, queue, auto_ack=True)) is not None:
+    while True:
+        try:
+            d = broker.get(session, queue, auto_ack=True)
+        except NeedBodies:
+            pages.read_back(broker)
+            continue
+        if d is None:
+            return got
         got.append(int(d.message.body[:8]))
-    return got
 
 
 def test_no_paging_under_the_paging_mark() -> None:
@@ -95,7 +105,7 @@ def test_past_the_mark_bodies_far_from_the_head_go_to_disk_and_come_back_in_orde
     assert written == 6000 - RESIDENT and len(in_memory) == RESIDENT
     assert broker.ledger.used == RESIDENT * COST + (6000 - RESIDENT) * PAGED_ENTRY
     assert broker.ledger.used < broker.flow.memory_limit * PAGING_RATIO  # no alarm near
-    assert drain(broker) == list(range(6000))
+    assert drain(broker, pages) == list(range(6000))
     assert broker.ledger.used == 0
 
 
@@ -129,7 +139,7 @@ def test_rows_of_gone_messages_and_deleted_queues_are_deleted() -> None:
     publish(broker, 3000, queue="other")
     page(broker, pages)
     assert pages.rows
-    drain(broker)
+    drain(broker, pages)
     broker.delete_queue("o", "other")
     page(broker, pages)
     assert pages.rows == {}
@@ -146,7 +156,7 @@ def test_a_body_whose_page_write_failed_stays_in_memory() -> None:
     assert broker.ledger.used == used
     assert all(e.message is not None for e in broker.queues["q"].ready_entries())
     assert page(broker, pages) == 0  # this round is over; the next publish is tried again
-    assert drain(broker) == list(range(5000))
+    assert drain(broker, pages) == list(range(5000))
 
 
 def test_a_message_taken_while_its_page_write_runs_keeps_its_body() -> None:
@@ -154,12 +164,52 @@ def test_a_message_taken_while_its_page_write_runs_keeps_its_body() -> None:
     broker.declare_queue("o", QueueSpec(name="q"))
     publish(broker, 5000)
     work = broker.pager.take(broker.queues.values(), 1 << 30)
-    got = drain(broker)  # meanwhile a consumer takes everything
+    got = drain(broker, pages)  # meanwhile a consumer takes everything
     pages.apply(work)
     broker.pager.written(work)
     assert got == list(range(5000))
     page(broker, pages)  # the rows of what was taken are deleted after
     assert pages.rows == {}
+
+
+def test_messages_that_expire_on_disk_are_read_back_and_dead_lettered_in_order() -> None:
+    broker, pages = paging_broker(messages_before_paging=2000)
+    dlx = {"x-dead-letter-exchange": "", "x-dead-letter-routing-key": "dead"}
+    broker.declare_queue("o", QueueSpec(name="q", arguments={"x-message-ttl": 1000, **dlx}))
+    broker.declare_queue("o", QueueSpec(name="dead"))
+    publish(broker, 6000)
+    page(broker, pages)
+    broker.expire(now=broker.now + 2)
+    queue = broker.queues["q"]
+    assert len(queue) == 0 and len(broker.queues["dead"]) == RESIDENT  # the rest: on disk
+    asked = broker.effects.page_ins
+    assert [r.dead_letter for r in asked] == ["expired"] and len(
+        asked[0].entries
+    ) == 6000 - RESIDENT
+    pages.read_back(broker)
+    assert drain(broker, pages, "dead") == list(range(6000))
+    assert broker.ledger.used == 0
+
+
+def test_a_redrive_reads_back_what_is_on_disk_and_moves_it_all() -> None:
+    broker, pages = paging_broker(messages_before_paging=2000)
+    broker.declare_queue("o", QueueSpec(name="dead"))
+    broker.declare_queue("o", QueueSpec(name="retry"))
+    broker.declare_exchange(ExchangeSpec(name="retry", type="fanout"))
+    broker.bind_queue("o", "retry", "retry", "", None)
+    publish(broker, 6000, queue="dead")
+    page(broker, pages)
+    moved, rounds = 0, 0
+    while True:
+        result = broker.redrive("o", "dead", to_exchange="retry")
+        moved += result.moved
+        rounds += 1
+        if not result.more:
+            break
+        pages.read_back(broker)  # what the shell does before it calls again
+    assert moved == 6000 and rounds > 1
+    assert len(broker.queues["dead"]) == 0
+    assert drain(broker, pages, "retry") == list(range(6000))
 
 
 def test_the_page_file_starts_empty_and_is_removed_at_close(tmp_path: Path) -> None:

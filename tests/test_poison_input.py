@@ -112,12 +112,12 @@ async def test_a_failure_in_the_timer_does_not_stop_the_broker(
     calls = 0
     real_expire = broker.expire
 
-    def expire_failing_once() -> int:
+    def expire_failing_once(*, now: float | None = None) -> int:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("simulated bug in the timer")
-        return real_expire()
+        return real_expire(now=now)
 
     monkeypatch.setattr(broker, "expire", expire_failing_once)
     await declare_dead_letter_pair(conn, **{"x-message-ttl": 1000})

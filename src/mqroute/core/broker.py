@@ -5,8 +5,9 @@ front end (the native CBOR protocol today, AMQP 0-9-1 later) can drive it and te
 directly. Operations either succeed completely or raise a ``BrokerError`` having changed
 nothing; validation always comes before mutation.
 
-What a front end must send goes into each session's outbox (deliveries, returns, confirms,
-consumer cancellations); the session's ``wakeup`` callback tells the front end there is output.
+Every call takes the time as ``now`` (the core reads no clock) and leaves its consequences in
+``self.effects`` (effects.py), which the shell drains: sessions with output, records to commit,
+the next deadline, bodies to read back from disk. The core holds no callback into the shell.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import attrs
@@ -47,6 +48,7 @@ from ..model import (
     utf8_length_over,
 )
 from .dedup import SeenIds, window_of
+from .effects import Effects, NeedBodies, PageIn
 from .flow import DEFAULT_QUEUE_LIMIT, ENTRY_OVERHEAD, FlowControl, MemoryLedger
 from .journal import (
     Batch,
@@ -66,7 +68,7 @@ from .journal import (
     Record,
 )
 from .paging import Pager
-from .queue import Loader, MessageQueue, QueueEntry
+from .queue import PAGE, MessageQueue, QueueEntry
 from .routing import EXCHANGE_TYPE_CLASSES, ExchangeType
 from .session import TIMED_OUT_MEMORY, ConsumerState, Session, Unacked
 
@@ -117,6 +119,12 @@ class DeclareOk:
 
 
 @attrs.frozen(kw_only=True)
+class Redriven:
+    moved: int
+    more: bool  # it stopped at a body on disk: call again once it is read back
+
+
+@attrs.frozen(kw_only=True)
 class RouteStep:
     """One binding a message followed, for route explanations."""
 
@@ -152,13 +160,16 @@ class Broker:
         self.limits = limits
         self._binding_count = 0
         self.journal: Journal | None = Journal() if durable else None
+        self.effects = Effects(journal=self.journal)
         self.ledger = MemoryLedger()
         self.flow = FlowControl(
             self.ledger, memory_limit=memory_limit, queue_limit=queue_flow_limit
         )
-        self.loader: Loader | None = None  # reads paged-out bodies back; set with the store
         self.pager = Pager(self.flow)
-        self.can_page = False  # the front end has a page file (and a task writing it)
+        # Set by the shell before it serves: whether it reads bodies back from disk (it has a
+        # store), and whether it has a page file (and a task writing it).
+        self.reads_back = False
+        self.can_page = False
         self.exchanges: dict[str, Exchange] = {}
         self.queues: dict[str, MessageQueue] = {}
         self.sessions: dict[int, Session] = {}
@@ -167,31 +178,34 @@ class Broker:
         self._session_ids = itertools.count(1)
         self._queue_names = itertools.count(1)
         self._published = self._delivered = self._acked = self._dead_lettered = 0
-        # Seconds since the epoch. The front end sets it; the core never reads a clock.
+        # Seconds since the epoch, as the latest call's ``now`` said; the core reads no clock.
         self.now = 0.0
-        # Timers: queues holding messages that can expire, the deadline the front end's timer
-        # is sleeping until, and how to wake it when an earlier one appears.
+        # Timers: queues holding messages that can expire, lease or become ready.
         self._expiring: dict[int, MessageQueue] = {}
         self._leased: dict[int, MessageQueue] = {}  # queues with x-expires
         self._delaying: dict[int, MessageQueue] = {}  # queues holding delayed messages
         self._reply_sessions: dict[int, Session] = {}  # sessions consuming amq.rabbitmq.reply-to
         self._ack_deadlines: list[tuple[float, int, int]] = []  # (deadline, session id, tag)
         self._last_forget = 0.0
-        self.scheduled: float | None = None
-        self.timer_wakeup: Callable[[], None] | None = None
         for name, kind in PREDECLARED.items():
             self.exchanges[name] = Exchange(ExchangeSpec(name=name, type=kind, durable=True))
 
     # --- sessions ------------------------------------------------------------------------
 
+    def _at(self, now: float | None) -> None:
+        """Time moves to ``now`` (None: it stays where the latest call left it)."""
+        if now is not None:
+            self.now = now
+
     def open_session(self, owner: str) -> Session:
-        session = Session(next(self._session_ids), owner, self.journal)
+        session = Session(next(self._session_ids), owner, self.journal, self.effects)
         session.on_timeout = self._start_deadline
         self.sessions[session.id] = session
         return session
 
-    def close_session(self, session: Session) -> None:
+    def close_session(self, session: Session, *, now: float | None = None) -> None:
         """Requeue everything unacked, cancel its consumers. Idempotent."""
+        self._at(now)
         if session.closed:
             return
         session.closed = True
@@ -201,14 +215,16 @@ class Broker:
             self._remove_consumer(session, tag)
         self._requeue(session.take_all_unacked())
         del self.sessions[session.id]
+        self.effects.output.discard(session.id)
 
     def release_owner(self, owner: str) -> None:
         """The connection ``owner`` is gone: delete its exclusive queues."""
         for queue in [q for q in self.queues.values() if q.spec.exclusive and q.owner == owner]:
             self._delete_queue(queue)
 
-    def take_events(self, session: Session) -> list[Event]:
+    def take_events(self, session: Session, *, now: float | None = None) -> list[Event]:
         """Everything ``session`` should send now. Dispatch starved by a full outbox resumes."""
+        self._at(now)
         events = session.take_events()
         if session.starved:
             session.starved = False
@@ -273,7 +289,10 @@ class Broker:
 
     # --- queues --------------------------------------------------------------------------
 
-    def declare_queue(self, owner: str, spec: QueueSpec, *, passive: bool = False) -> DeclareOk:
+    def declare_queue(
+        self, owner: str, spec: QueueSpec, *, passive: bool = False, now: float | None = None
+    ) -> DeclareOk:
+        self._at(now)
         existing = self.queues.get(spec.name) if spec.name else None
         if passive:
             if existing is None:
@@ -299,20 +318,23 @@ class Broker:
             raise PreconditionFailed(
                 f"cannot declare queue {spec.name!r}: queue limit ({self.limits.queues}) is reached"
             )
-        queue = MessageQueue(
-            spec, owner=owner if spec.exclusive else None, ledger=self.ledger, pager=self.pager
-        )
-        if queue.keeps_messages or self.can_page:
-            queue.loader = self.loader
+        queue = self._new_queue(spec, owner=owner if spec.exclusive else None)
         self.queues[spec.name] = queue
         if queue.keeps_messages:
             self._record(PutQueue(spec))
         return self._declare_ok(queue)
 
     def delete_queue(
-        self, owner: str, name: str, *, if_unused: bool = False, if_empty: bool = False
+        self,
+        owner: str,
+        name: str,
+        *,
+        if_unused: bool = False,
+        if_empty: bool = False,
+        now: float | None = None,
     ) -> int:
         """Delete a queue; returns how many ready messages it held."""
+        self._at(now)
         queue = self._queue(name)
         self._check_access(owner, queue)
         if if_unused and queue.consumers:
@@ -465,12 +487,21 @@ class Broker:
 
     # --- publishing ----------------------------------------------------------------------
 
-    def publish(self, session: Session, message: Message, *, mandatory: bool = False) -> int:
+    def publish(
+        self,
+        session: Session,
+        message: Message,
+        *,
+        mandatory: bool = False,
+        now: float | None = None,
+    ) -> int:
         """Route and enqueue ``message``; returns its publish sequence number.
 
         A publish that fails (no such exchange, body too large) is nacked with the reason and
         the error is raised too, so a front end can choose between reporting and closing.
         """
+        if now is not None:
+            self.now = now
         seq = session.begin_publish()
         try:
             if len(message.routing_key) * 4 > MAX_SHORT_STRING:  # short ones need no encoding
@@ -588,10 +619,9 @@ class Broker:
                 else:
                     self._due_at(expires_at)
             while queue.over_limit():  # drop-head: the oldest ready messages make room
-                head = queue.fetch()
+                head = queue.fetch(body=False)
                 assert head is not None
-                self._gone(queue, (head,))
-                self.dead_letter(queue, head, "maxlen")
+                self._dead_letter(queue, [head], "maxlen")
         return stored, refused
 
     def _route(
@@ -697,7 +727,9 @@ class Broker:
         auto_ack: bool = False,
         exclusive: bool = False,
         arguments: Table | None = None,
+        now: float | None = None,
     ) -> str:
+        self._at(now)
         check_short_string("consumer tag", consumer_tag)
         if queue == REPLY_TO:
             return self._consume_replies(session, consumer_tag, auto_ack)
@@ -748,8 +780,9 @@ class Broker:
         self._dispatch(q)
         return tag
 
-    def cancel(self, session: Session, consumer_tag: str) -> None:
+    def cancel(self, session: Session, consumer_tag: str, *, now: float | None = None) -> None:
         """Stop a consumer. Its unacked messages stay unacked (ack them or close to requeue)."""
+        self._at(now)
         if consumer_tag and consumer_tag == session.reply_consumer:
             session.reply_consumer = None
             self._reply_sessions.pop(session.id, None)
@@ -766,12 +799,19 @@ class Broker:
         if queue.spec.auto_delete and not queue.consumers and not queue.deleted:
             self._delete_queue(queue)
 
-    def get(self, session: Session, queue: str, *, auto_ack: bool = False) -> Delivery | None:
+    def get(
+        self, session: Session, queue: str, *, auto_ack: bool = False, now: float | None = None
+    ) -> Delivery | None:
+        """The next ready message, or None. Raises ``NeedBodies`` (having changed nothing) if
+        its body is on disk: the shell reads it back and asks again."""
+        self._at(now)
         q = self._queue(queue)
         self._check_access(session.owner, q)
         self._touch(q)
         entry = q.fetch()
         if entry is None:
+            if len(q):
+                raise NeedBodies(q)
             return None
         self._delivered += 1
         delivery = session.record_delivery(q, entry, None, track=not auto_ack)
@@ -782,28 +822,52 @@ class Broker:
 
     # --- settling ------------------------------------------------------------------------
 
-    def ack(self, session: Session, delivery_tag: int, *, multiple: bool = False) -> None:
+    def ack(
+        self,
+        session: Session,
+        delivery_tag: int,
+        *,
+        multiple: bool = False,
+        now: float | None = None,
+    ) -> None:
+        if now is not None:
+            self.now = now
         settled = self._take(session, delivery_tag, multiple)
         self._acked += len(settled)
         self._forget_settled(settled)
         self._release(settled)
 
     def nack(
-        self, session: Session, delivery_tag: int, *, multiple: bool = False, requeue: bool = True
+        self,
+        session: Session,
+        delivery_tag: int,
+        *,
+        multiple: bool = False,
+        requeue: bool = True,
+        now: float | None = None,
     ) -> None:
+        self._at(now)
         settled = self._take(session, delivery_tag, multiple)
         if requeue:
             self._requeue(settled, backoff=True)
         else:
             for item in settled:
-                self.dead_letter(item.queue, item.entry, "rejected")
+                self._dead_letter_message(item.queue, item.entry.message, "rejected")
             self._forget_settled(settled)
             self._release(settled)
 
-    def release(self, session: Session, delivery_tag: int, *, multiple: bool = False) -> None:
+    def release(
+        self,
+        session: Session,
+        delivery_tag: int,
+        *,
+        multiple: bool = False,
+        now: float | None = None,
+    ) -> None:
         """Give back deliveries the application never saw (AMQP 1.0's "released"): each goes
         back to its place as if it had not been handed out. Unlike a nack, it is no delivery
         attempt: no ``x-delivery-count``, no delivery limit, no retry backoff."""
+        self._at(now)
         settled = self._take(session, delivery_tag, multiple)
         for item in settled:
             entry = item.entry
@@ -813,30 +877,39 @@ class Broker:
                     self._record(MarkDelivered(item.queue.name, entry.seq, entry.delivery_count))
         self._requeue(settled, counted=False)
 
-    def reject(self, session: Session, delivery_tag: int, *, requeue: bool = True) -> None:
-        self.nack(session, delivery_tag, multiple=False, requeue=requeue)
+    def reject(
+        self, session: Session, delivery_tag: int, *, requeue: bool = True, now: float | None = None
+    ) -> None:
+        self.nack(session, delivery_tag, multiple=False, requeue=requeue, now=now)
 
-    def dead_letter(self, queue: MessageQueue, entry: QueueEntry, reason: str) -> None:
-        """A message leaves ``queue`` unsuccessfully: republish it to the queue's DLX, if any.
+    def _dead_letter(self, queue: MessageQueue, entries: list[QueueEntry], reason: str) -> None:
+        """Messages leave ``queue`` unsuccessfully: republish them to the queue's DLX, if any.
 
-        ``reason`` is RabbitMQ's: rejected, expired, maxlen or delivery_limit.
+        ``reason`` is RabbitMQ's: rejected, expired, maxlen or delivery_limit. Those whose
+        bodies are on disk are read back first (``Effects.page_ins``); until then the store
+        keeps them in ``queue``, and ``paged_in`` finishes the job.
         """
         if queue.args.dead_letter_exchange is None:
+            self._gone(queue, entries)
             return
-        if entry.message is None:
-            try:
-                assert queue.loader is not None
-                entry.message = queue.loader(queue, [entry])[entry.seq]
-            except Exception:
-                log.exception("could not read a message to dead-letter from queue %r", queue.name)
-                return
-        self._dead_letter_message(queue, entry.message, reason)
+        paged = [e for e in entries if e.message is None]
+        resident = [e for e in entries if e.message is not None] if paged else entries
+        self._gone(queue, resident)
+        for entry in resident:
+            self._dead_letter_message(queue, entry.message, reason)
+        if paged:
+            self.effects.page_ins.append(PageIn(queue, paged, dead_letter=reason))
 
-    def _dead_letter_message(self, queue: MessageQueue, message: Message, reason: str) -> None:
+    def _dead_letter_message(
+        self, queue: MessageQueue, message: Message | None, reason: str
+    ) -> None:
         """Dead-letter one message. A failure here (a bug, or input nobody foresaw) loses
         this one message with a log line; it must never reach the caller, which is settling
         or expiring other messages too."""
+        if queue.args.dead_letter_exchange is None:
+            return
         try:
+            assert message is not None, "a message dead-lettered has its body"
             self._dead_letter_or_raise(queue, message, reason)
         except Exception:
             log.exception(
@@ -848,8 +921,6 @@ class Broker:
     def _dead_letter_or_raise(self, queue: MessageQueue, message: Message, reason: str) -> None:
         args = queue.args
         dlx = args.dead_letter_exchange
-        if dlx is None:
-            return
         if dlx != DEFAULT_EXCHANGE and dlx not in self.exchanges:
             return  # a DLX that does not exist drops the message, as RabbitMQ
         routing_key = args.dead_letter_routing_key or message.routing_key
@@ -921,12 +992,10 @@ class Broker:
                 continue
             limit = queue.args.delivery_limit
             if counted and limit is not None and entry.delivery_count > limit:
-                self._gone(queue, (entry,))
-                self.dead_letter(queue, entry, "delivery_limit")
+                self._dead_letter(queue, [entry], "delivery_limit")
                 continue
             if entry.expires_at is not None and entry.expires_at <= self.now:
-                self._gone(queue, (entry,))
-                self.dead_letter(queue, entry, "expired")  # TTL runs on while it was out
+                self._dead_letter(queue, [entry], "expired")  # TTL runs on while it was out
                 continue
             delay = queue.args.retry_delay(entry.delivery_count) if backoff else None
             if delay is not None:
@@ -989,15 +1058,24 @@ class Broker:
     # --- redrive ----------------------------------------------------------------------
 
     def redrive(
-        self, owner: str, queue: str, *, to_exchange: str | None = None, limit: int = 0
-    ) -> int:
-        """Move ready messages out of a dead-letter queue; returns how many moved.
+        self,
+        owner: str,
+        queue: str,
+        *,
+        to_exchange: str | None = None,
+        limit: int = 0,
+        now: float | None = None,
+    ) -> Redriven:
+        """Move ready messages out of a dead-letter queue.
 
         Each goes back to the queue it last died in (``x-last-death-queue``, through the
         default exchange), or, with ``to_exchange``, is published there with its routing key.
         Messages with nowhere to go stay. ``limit`` 0 moves them all. A persistent message's
-        removal and its new copy are written in the same commit.
+        removal and its new copy are written in the same commit. It stops at a message whose
+        body is on disk, having asked for it (``more``): the shell reads it back and calls
+        again for the rest.
         """
+        self._at(now)
         source = self._queue(queue)
         self._check_access(owner, source)
         if to_exchange is not None:
@@ -1005,27 +1083,58 @@ class Broker:
         if limit < 0:
             raise InvalidArgument(f"limit must be 0 (all) or more, not {limit}")
         moved = 0
-        stay = []
-        for _ in range(len(source)):
+        ready = source.ready_entries()
+        for i, entry in enumerate(ready):
             if limit and moved == limit:
                 break
-            entry = source.fetch()
-            assert entry is not None and entry.message is not None
             message = entry.message
+            if message is None:
+                source.want([e for e in ready[i : i + PAGE * 4] if e.message is None])
+                return Redriven(moved=moved, more=True)
             if to_exchange is None:
                 home = (message.properties.headers or {}).get("x-last-death-queue")
                 if not isinstance(home, str) or home not in self.queues or home == queue:
-                    stay.append(entry)
-                    continue
+                    continue  # stays where it is
                 message = attrs.evolve(message, exchange="", routing_key=home)
             else:
                 message = attrs.evolve(message, exchange=to_exchange)
+            source.take(entry)
             self._gone(source, (entry,))
             self._enqueue(message, self._route(message, from_client=False))
             moved += 1
-        for entry in stay:
-            source.requeue(entry)  # back where they were, in order
-        return moved
+        return Redriven(moved=moved, more=False)
+
+    # --- reading back from disk ---------------------------------------------------------
+
+    def paged_in(
+        self, request: PageIn, bodies: dict[int, Message], *, now: float | None = None
+    ) -> None:
+        """The shell read back what ``request`` asked for (``bodies`` by seq; a body it could
+        not find is left out). The head of a queue dispatches again; messages that died
+        while on disk go to the dead-letter exchange."""
+        self._at(now)
+        queue = request.queue
+        if request.dead_letter is None:
+            queue.paging_in = False
+            queue.paged_in(request.entries, bodies)
+            if not queue.deleted:
+                self._dispatch(queue)
+            return
+        self._gone(queue, request.entries)
+        lost = 0
+        for entry in request.entries:
+            message = bodies.get(entry.seq)
+            if message is None:
+                lost += 1
+            else:
+                self._dead_letter_message(queue, message, request.dead_letter)
+        if lost and not queue.deleted:
+            log.error(
+                "could not read %d messages to dead-letter (%s) from queue %r; they are dropped",
+                lost,
+                request.dead_letter,
+                queue.name,
+            )
 
     # --- deduplication -------------------------------------------------------------------
 
@@ -1091,15 +1200,16 @@ class Broker:
         return self.now + delay / 1000
 
     def _due_at(self, when: float) -> None:
-        if self.scheduled is None or when < self.scheduled:
-            self._wake_timer()
+        self.effects.due_at(when)
 
     def _touch(self, queue: MessageQueue) -> None:
         """The queue was used: its x-expires lease starts again."""
         queue.last_used = self.now
         if queue.args.expires is not None:
             self._leased[id(queue)] = queue
-            self._wake_timer()
+            end = self._lease_end(queue)
+            if end is not None:
+                self._due_at(end)
 
     def _lease_end(self, queue: MessageQueue) -> float | None:
         if queue.args.expires is None or queue.consumers or queue.deleted:
@@ -1111,8 +1221,11 @@ class Broker:
         heapq.heappush(self._ack_deadlines, (item.deadline, session.id, item.tag))
         self._due_at(item.deadline)
 
-    def extend(self, session: Session, delivery_tag: int, milliseconds: int) -> None:
+    def extend(
+        self, session: Session, delivery_tag: int, milliseconds: int, *, now: float | None = None
+    ) -> None:
         """Give an unacked delivery ``milliseconds`` more from now before it times out."""
+        self._at(now)
         item = session.unacked.get(delivery_tag)
         if item is None:
             if delivery_tag in session.timed_out:
@@ -1172,9 +1285,10 @@ class Broker:
                 deadline = due
         return deadline
 
-    def expire(self) -> int:
-        """Expire (and dead-letter) every message due by ``self.now``, and delete queues unused
+    def expire(self, *, now: float | None = None) -> int:
+        """Expire (and dead-letter) every message due by ``now``, and delete queues unused
         for their x-expires. Returns how many messages expired."""
+        self._at(now)
         self._time_out_deliveries()
         for queue in list(self._delaying.values()):
             if not queue.deleted and queue.promote(self.now):
@@ -1191,21 +1305,15 @@ class Broker:
             self._expiring[id(queue)] = queue
         self._dispatch(queue)
         while queue.over_limit():
-            head = queue.fetch()
+            head = queue.fetch(body=False)
             assert head is not None
-            self._gone(queue, (head,))
-            self.dead_letter(queue, head, "maxlen")
+            self._dead_letter(queue, [head], "maxlen")
 
     def _expire_queue(self, queue: MessageQueue) -> int:
         expired = queue.expire(self.now)
-        self._gone(queue, expired)
-        for entry in expired:
-            self.dead_letter(queue, entry, "expired")
+        if expired:
+            self._dead_letter(queue, expired, "expired")
         return len(expired)
-
-    def _wake_timer(self) -> None:
-        if self.timer_wakeup is not None:
-            self.timer_wakeup()
 
     # --- durability --------------------------------------------------------------------
 
@@ -1257,11 +1365,11 @@ class Broker:
             if not queue.deleted:
                 queue.page_out(entry)
 
-    def batch_failed(self, batch: Batch, reason: str) -> list[Callable[[], None]]:
+    def batch_failed(self, batch: Batch, reason: str) -> bool:
         """The store could not write ``batch`` (a full disk): its publishes are nacked, and
         their messages stay queued in memory only; everything else is written again with the
-        next batch (declarations are answered once they are on disk). Returns the waiters
-        that may be released now."""
+        next batch (declarations are answered once they are on disk). Returns whether what
+        else waited on ``batch`` may be released now (``Journal.retry``)."""
         for session, seq in batch.confirms:
             if not session.closed:
                 session.settle_publish(seq, ok=False, code="RESOURCE_ERROR", text=reason)
@@ -1270,22 +1378,20 @@ class Broker:
         for seen, message_id in batch.remembered:  # nacked, so not taken: a retry is welcome
             seen.forget(message_id)
         assert self.journal is not None
-        return self.journal.retry(batch)  # waiters the front end may release now
+        return self.journal.retry(batch)
 
-    def restore(self, snapshot: Any) -> int:
+    def restore(self, snapshot: Any, *, now: float | None = None) -> int:
         """Rebuild durable state from a store snapshot (at start). Returns the message count.
 
         After an unclean shutdown every restored message is marked redelivered: it may have
         been delivered without the store hearing of it.
         """
+        self._at(now)
         for spec in snapshot.exchanges:
             if spec.name not in self.exchanges:
                 self.exchanges[spec.name] = Exchange(spec)
         for spec in snapshot.queues:
-            self.queues[spec.name] = queue = MessageQueue(
-                spec, ledger=self.ledger, pager=self.pager
-            )
-            queue.loader = self.loader
+            self.queues[spec.name] = self._new_queue(spec)
         for binding in snapshot.bindings:
             source = self.exchanges.get(binding.source)
             index = self._bindings_to.setdefault(
@@ -1325,6 +1431,17 @@ class Broker:
         return count
 
     # --- lookups and statistics ------------------------------------------------------------
+
+    def _new_queue(self, spec: QueueSpec, owner: str | None = None) -> MessageQueue:
+        keeps = spec.durable and not spec.exclusive
+        return MessageQueue(
+            spec,
+            owner=owner,
+            ledger=self.ledger,
+            pager=self.pager,
+            effects=self.effects,
+            pageable=self.reads_back and (keeps or self.can_page),
+        )
 
     def _exchange(self, name: str, *, writable: bool = False) -> Exchange:
         if name == DEFAULT_EXCHANGE and writable:

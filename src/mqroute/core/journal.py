@@ -1,18 +1,24 @@
 """Records of changes to durable state, produced by the broker for a store to keep.
 
-The core only describes what must be kept; ``store.py`` decides how. A ``Journal`` collects the
-records of one scheduling round together with what waits on them (publish confirms, request
-answers), so the front end can commit them as one batch and release the waiters after it.
+The core only describes what must be kept; ``server/store.py`` decides how. A ``Journal``
+collects the records of one scheduling round together with the publish confirms that wait on
+them, so the shell can commit them as one batch and release the confirms after it. Batches are
+numbered: a front end that holds other answers until "what is pending now" is durable (a
+durable declare) waits for the number of the batch being filled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import attrs
 
 from ..model import Binding, ExchangeSpec, Message, QueueSpec
+
+if TYPE_CHECKING:
+    from .dedup import SeenIds
+    from .queue import MessageQueue, QueueEntry
+    from .session import Session
 
 
 @attrs.frozen
@@ -117,51 +123,44 @@ Record = (
 class Batch:
     """One round's records and what to release once they are durable."""
 
+    number: int = 1
     records: list[Record] = attrs.Factory(list)
-    confirms: list[tuple[Any, int]] = attrs.Factory(list)  # (session, publish seq)
-    stored: list[tuple[Any, Any]] = attrs.Factory(list)  # (queue, entry) written by this batch
-    remembered: list[tuple[Any, str]] = attrs.Factory(list)  # (SeenIds, id) of its publishes
-    after_commit: list[Callable[[], None]] = attrs.Factory(list)
+    confirms: list[tuple[Session, int]] = attrs.Factory(list)  # (session, publish seq)
+    stored: list[tuple[MessageQueue, QueueEntry]] = attrs.Factory(list)  # written by it
+    remembered: list[tuple[SeenIds, str]] = attrs.Factory(list)  # message ids of its publishes
 
 
 class Journal:
-    """The batch being filled. ``wakeup`` tells the front end a batch waits to be committed."""
+    """The batch being filled; the shell commits it when it is not empty."""
 
     def __init__(self) -> None:
         self.batch = Batch()
-        self.wakeup: Callable[[], None] | None = None
 
     def __len__(self) -> int:
         return len(self.batch.records)
 
+    @property
+    def number(self) -> int:
+        """The batch being filled: what is journaled now is durable once it is committed."""
+        return self.batch.number
+
     def add(self, record: Record) -> None:
-        batch = self.batch
-        if not batch.records and self.wakeup is not None:
-            self.wakeup()
-        batch.records.append(record)
+        self.batch.records.append(record)
 
     def take(self) -> Batch:
-        batch, self.batch = self.batch, Batch()
+        batch, self.batch = self.batch, Batch(self.batch.number + 1)
         return batch
 
-    def retry(self, batch: Batch) -> list[Callable[[], None]]:
+    def retry(self, batch: Batch) -> bool:
         """A batch the store could not write goes in front of the one being filled. Its
         messages are left out: the caller nacked them (they stay queued, in memory only).
 
-        Returns what waited on it and may be released now: if only messages were in it,
-        nothing of the waiters' own is left to write.
+        Returns whether what waited on ``batch`` may be released now: true if only messages
+        were in it, as nothing of the waiters' own is left to write. Otherwise they wait for
+        the batch being filled, which now holds their records.
         """
         kept = [r for r in batch.records if type(r) is not PutMessage]
         if not kept:
-            return batch.after_commit
-        current = self.batch
-        self.batch = Batch(
-            records=kept + current.records,
-            confirms=current.confirms,
-            stored=current.stored,
-            remembered=current.remembered,
-            after_commit=batch.after_commit + current.after_commit,
-        )
-        if not current.records and self.wakeup is not None:
-            self.wakeup()
-        return []
+            return True
+        self.batch.records[:0] = kept
+        return False

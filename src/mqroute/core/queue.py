@@ -8,10 +8,12 @@ back at its original position, as RabbitMQ's classic queues do, in O(log n).
 A queue's backlog need not fit in memory: once a copy of a message is on disk and it is
 beyond the first ``RESIDENT`` ready ones (or ``RESIDENT_BYTES`` of them), its body is dropped
 (``message = None``) and read back, a page at a time, when it comes near the head. That holds
-for messages that come back (requeued) too. The copy is the store's (``persisted``: a
-persistent message in a durable queue) or, under memory pressure, the page file's (``paged``:
-any other message; see ``page_candidates``). Every entry and every body a queue holds in
-memory is charged to the broker's ``MemoryLedger``, which paging and the memory alarm read.
+for messages that come back (requeued) too. The queue never reads a disk: it asks for a page
+(``Effects.page_ins``) ``AHEAD`` messages before the head reaches it, and the shell reads it off
+the event loop and hands the bodies back (``paged_in``). Dispatch waits at a paged-out head.
+The copy is the store's (``persisted``: a persistent message in a durable queue) or, under
+memory pressure, the page file's (``paged``: any other message; see ``page_candidates``).
+Every entry and every body a queue holds in memory is charged to the broker's ``MemoryLedger``, which paging and the memory alarm read.
 
 Dispatch walks a ring of consumers that have credit, so a message costs the same whether the
 queue has one consumer or a thousand; a consumer that runs out of credit leaves the ring and
@@ -23,13 +25,14 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Protocol
 
 import attrs
 
 from ..model import Message, QueueSpec, QueueStats
 from .dedup import SeenIds
+from .effects import Effects, PageIn
 from .flow import ENTRY_OVERHEAD, PAGED_ENTRY, MemoryLedger
 from .queue_args import QueueArguments
 
@@ -59,9 +62,7 @@ class QueueEntry:
 RESIDENT = 1024  # ready messages whose bodies stay in memory
 RESIDENT_BYTES = 8 * 1024 * 1024  # ... and at most about this many bytes of them
 PAGE = 256  # bodies read back from the store at once
-
-#: Reads bodies back from disk (the store's or the page file's copy): entries → {seq: message}.
-Loader = Callable[["MessageQueue", list[QueueEntry]], dict[int, Message]]
+AHEAD = PAGE // 2  # the next page is asked for while this many resident ones are left
 
 #: What an entry costs while its body is in memory, beyond PAGED_ENTRY.
 BODY_OVERHEAD = ENTRY_OVERHEAD - PAGED_ENTRY
@@ -93,6 +94,8 @@ class MessageQueue:
         owner: str | None = None,
         ledger: MemoryLedger | None = None,
         pager: PageRows | None = None,
+        effects: Effects | None = None,
+        pageable: bool = False,
     ) -> None:
         self.spec = spec
         self.uid = next(_uids)
@@ -103,7 +106,11 @@ class MessageQueue:
         self.resident = 0  # bytes of its messages in memory, ready or not (with overhead)
         self.seen = SeenIds(self.args.dedup_window) if self.args.dedup_window else None
         self.owner = owner  # the connection an exclusive queue belongs to
-        self.loader: Loader | None = None  # set where copies on disk can be read back
+        # Whether a shell can read copies on disk back (a store, a page file): only then
+        # may a body leave memory.
+        self.pageable = pageable
+        self.effects = effects or Effects()
+        self.paging_in = False  # a page of its head is being read back
         self.deleted = False
         self.unacked = 0
         self.ever_consumed = False  # auto-delete only applies once a consumer came and went
@@ -274,7 +281,7 @@ class MessageQueue:
 
     def page_out(self, entry: QueueEntry) -> None:
         """A copy of ``entry`` is on disk: drop its body if it waits far from the head."""
-        if self.loader is None or entry.message is None or not (entry.persisted or entry.paged):
+        if not self.pageable or entry.message is None or not (entry.persisted or entry.paged):
             return
         if entry.ready_at is not None or (entry.ready and self.far()):  # delayed, or far back
             entry.message = None
@@ -287,7 +294,7 @@ class MessageQueue:
         It walks copies of the queue's containers, so the queue may change while it is
         consumed; an entry delivered or gone by then is skipped.
         """
-        if self.loader is None:
+        if not self.pageable:
             return
         for _, _, entry in list(self._delayed):
             if entry.message is not None and not entry.persisted and not entry.paged:
@@ -306,9 +313,10 @@ class MessageQueue:
                 ):
                     yield entry
 
-    def fetch(self) -> QueueEntry | None:
+    def fetch(self, *, body: bool = True) -> QueueEntry | None:
         """Take the next ready message: highest priority first; within one, requeued ones
-        first, in their original order.
+        first, in their original order. None if there is none, or (with ``body``) if its body
+        is on disk: a page-in is asked for, and dispatch goes on once it is back.
 
         Entries that expired while waiting are skipped here (they were already counted out).
         """
@@ -316,19 +324,35 @@ class MessageQueue:
         while True:
             level = self._top_level()
             if requeued and -requeued[0][0] >= level:
-                if requeued[0][2].message is None and requeued[0][2].ready:
-                    self._page_in_requeued()
+                head = requeued[0][2]
+                if body and head.message is None and head.ready:
+                    self.want(heapq.nsmallest(PAGE, self._requeued))
+                    return None
                 entry = heapq.heappop(requeued)[2]
             elif level >= 0:
                 waiting = self._levels[level]
-                if waiting[0].message is None and waiting[0].ready:
-                    self._page_in(waiting)
+                head = waiting[0]
+                if body and head.message is None and head.ready:
+                    self._want_from(waiting, 0)
+                    return None
                 entry = waiting.popleft()
+                if self.pageable and len(waiting) > AHEAD:
+                    ahead = waiting[AHEAD]
+                    if ahead.message is None and ahead.ready:
+                        self._want_from(waiting, AHEAD)  # before the head gets there
             else:
                 return None
             if entry.ready:
                 self._not_ready(entry)
                 return entry
+
+    def head_paged_out(self) -> bool:
+        """Whether the next message's body is on disk (dispatch and get wait for it)."""
+        level = self._top_level()
+        requeued = self._requeued
+        if requeued and -requeued[0][0] >= level:
+            return requeued[0][2].message is None
+        return level >= 0 and self._levels[level][0].message is None
 
     def _top_level(self) -> int:
         levels = self._levels
@@ -337,32 +361,42 @@ class MessageQueue:
                 return level
         return -1
 
-    def _page_in(self, waiting: deque[QueueEntry]) -> None:
-        """Read the bodies of the next page of paged-out messages from the store."""
-        assert self.loader is not None
+    def _want_from(self, waiting: deque[QueueEntry], start: int) -> None:
+        """Ask for the next page of paged-out messages of ``waiting`` from ``start`` on."""
+        if self.paging_in:
+            return
         wanted: list[QueueEntry] = []
-        for entry in waiting:
+        for i in range(start, len(waiting)):
+            entry = waiting[i]
             if len(wanted) == PAGE:
                 break
             if entry.message is None and entry.ready:
                 wanted.append(entry)
-        self._load(wanted)
+        self.want(wanted)
 
-    def _page_in_requeued(self) -> None:
-        """Read the bodies of the next requeued messages that were paged out again."""
-        wanted = [
-            item[2]
-            for item in heapq.nsmallest(PAGE, self._requeued)
-            if item[2].message is None and item[2].ready
-        ]
-        self._load(wanted)
+    def want(self, items: list[QueueEntry] | list[tuple[int, int, QueueEntry]]) -> None:
+        """Ask for the bodies of these entries (those still on disk and ready)."""
+        if self.paging_in:
+            return
+        entries = [i if isinstance(i, QueueEntry) else i[2] for i in items]
+        entries = [e for e in entries if e.message is None and e.ready]
+        if entries:
+            self.paging_in = True
+            self.effects.page_ins.append(PageIn(self, entries))
 
-    def _load(self, wanted: list[QueueEntry]) -> None:
-        assert self.loader is not None
-        bodies = self.loader(self, wanted)
-        for entry in wanted:
-            entry.message = bodies[entry.seq]
-            self._charge(entry)
+    def paged_in(self, entries: list[QueueEntry], bodies: dict[int, Message]) -> None:
+        """Bodies asked for are back (those of entries gone meanwhile are not kept)."""
+        for entry in entries:
+            if entry.message is None and entry.ready:
+                message = bodies.get(entry.seq)
+                if message is not None:
+                    entry.message = message
+                    self._charge(entry)
+
+    def take(self, entry: QueueEntry) -> None:
+        """Take one ready message out, wherever it is (its place is skipped later)."""
+        if entry.ready:
+            self._not_ready(entry)
 
     def requeue(self, entry: QueueEntry) -> None:
         """Put a delivered message back at its original position (paged out again if the
@@ -480,7 +514,9 @@ class MessageQueue:
                     self._in_ring.discard(consumer.tag)
                     continue
                 entry = self.fetch()
-                assert entry is not None
+                if entry is None:  # its body is being read back: dispatch goes on then
+                    ring.appendleft(consumer)
+                    return sent
                 consumer.deliver(self, entry)
                 sent += 1
                 if consumer.has_credit():

@@ -14,6 +14,7 @@ from typing import Any
 import attrs
 
 from ..model import Confirm, Delivery, Event, Message, Table
+from .effects import Effects
 from .journal import DropMessages, Journal, MarkDelivered
 from .queue import MessageQueue, QueueEntry
 
@@ -66,10 +67,17 @@ class ConsumerState:
 class Session:
     """Per-client state. ``owner`` names the connection (for exclusive queues)."""
 
-    def __init__(self, session_id: int, owner: str, journal: Journal | None = None) -> None:
+    def __init__(
+        self,
+        session_id: int,
+        owner: str,
+        journal: Journal | None = None,
+        effects: Effects | None = None,
+    ) -> None:
         self.id = session_id
         self.owner = owner
         self.journal = journal  # where deliveries of stored messages are recorded
+        self.effects = effects or Effects()  # where "this session has output" is noted
         self.closed = False
         # Dispatch stops while this many events wait to be written (slow reader), and resumes
         # when the front end takes them; so a session's buffered output stays bounded.
@@ -86,7 +94,6 @@ class Session:
         self._next_publish_seq = 1
         self._pending: deque[list[Any]] = deque()  # [seq, ok, error code, error text]
         self._outbox: list[Event] = []
-        self.wakeup: Callable[[], None] | None = None  # the front end's "you have output"
         # The broker's hook to start a delivery's ack deadline, and tags that passed theirs
         # (settling one of those is a no-op, not an error: the two may cross on the wire).
         self.on_timeout: Callable[[Session, Unacked, int], None] | None = None
@@ -100,8 +107,8 @@ class Session:
         self._outbox.append(event)
         if type(event) is Delivery:
             self._outbox_bytes += len(event.message.body)
-        if was_idle and self.wakeup is not None:
-            self.wakeup()
+        if was_idle:
+            self.effects.output.add(self.id)
 
     def take_events(self) -> list[Event]:
         """Everything to send, in order, with settled confirms coalesced at the end."""
@@ -223,8 +230,8 @@ class Session:
         if item is None:
             item = next(i for i in pending if i[0] == seq)
         item[1], item[2], item[3] = ok, code, text
-        if pending[0][1] is not None and not self._outbox and self.wakeup is not None:
-            self.wakeup()
+        if pending[0][1] is not None and not self._outbox:
+            self.effects.output.add(self.id)
 
     def _flush_confirms(self) -> None:
         pending = self._pending

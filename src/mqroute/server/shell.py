@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import itertools
 import logging
 import math
@@ -25,9 +26,10 @@ import attrs
 import trio
 
 from .. import __version__
-from ..core.broker import Broker, Limits
+from ..core.broker import Broker, Limits, Redriven
+from ..core.effects import NeedBodies, PageIn
 from ..core.flow import DEFAULT_QUEUE_LIMIT, Pause
-from ..core.queue import Loader, MessageQueue, QueueEntry
+from ..core.queue import MessageQueue
 from ..core.session import Session
 from ..errors import BrokerError, PreconditionFailed, ProtocolError
 from ..model import (
@@ -195,8 +197,7 @@ async def serve(
         if pages is not None:
             stack.callback(pages.close)
             broker.can_page = True
-        broker.loader = _loader(store, pages)
-        broker.now = time.time()  # recovery compares remembered deadlines with it
+        broker.reads_back = True
         if own_broker:  # what the process holds already counts against the watermark
             broker.flow.memory_baseline = resources.process_memory()  # recovery charges its own
         await _recover(broker, store)
@@ -218,26 +219,24 @@ def _open_page_file(data_dir: Path | None) -> PageFile | None:
         return None
 
 
-def _loader(store: Store, pages: PageFile | None) -> Loader:
-    """Bodies read back from disk: the store has persisted ones, the page file the rest."""
-
-    def load(queue: MessageQueue, entries: list[QueueEntry]) -> dict[int, Message]:
-        stored = [e.seq for e in entries if e.persisted]
-        bodies = store.read_messages(queue.name, stored) if stored else {}
-        paged = [e.seq for e in entries if not e.persisted]
-        if paged:
-            assert pages is not None, "only a page file lets a queue drop such a body"
-            bodies.update(pages.read(queue.uid, paged))
-        return bodies
-
-    return load
+def _read_bodies(
+    store: Store, pages: PageFile | None, queue: str, uid: int, stored: list[int], paged: list[int]
+) -> dict[int, Message]:
+    """Bodies read back from disk (in a worker thread): the store has the persisted ones
+    (``stored``, by seq), the page file the rest."""
+    bodies = store.read_messages(queue, stored) if stored else {}
+    if paged:
+        assert pages is not None, "only a page file lets a queue drop such a body"
+        bodies.update(pages.read(uid, paged))
+    return bodies
 
 
 async def _recover(broker: Broker, store: Store) -> None:
     started = time.monotonic()
     # Off the event loop: nothing else runs yet, and the rows stream from the store's cursor.
     snapshot = await trio.to_thread.run_sync(store.load)
-    count = await trio.to_thread.run_sync(broker.restore, snapshot)
+    now = time.time()  # recovery compares remembered deadlines with it
+    count = await trio.to_thread.run_sync(functools.partial(broker.restore, snapshot, now=now))
     if snapshot.queues or snapshot.exchanges:
         log.info(
             "recovered %d exchanges, %d queues, %d bindings, %d messages in %.2fs%s",
@@ -288,9 +287,9 @@ async def _serve(
         finally:
             shell.leave(host)
 
-    broker.now = clock()
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_timer, shell, epoch)
+        nursery.start_soon(_page_in, shell, store, pages)
         nursery.start_soon(_sample_rates, broker, registry)
         if broker.journal is not None:
             disk = DiskWatch(shell, config.data_dir, config.disk_free_limit)
@@ -307,8 +306,8 @@ async def _serve(
 
 @attrs.define(eq=False)
 class Shell:
-    """What every connection of one server shares, and the carrying out of the core's
-    flow-control decisions."""
+    """What every connection of one server shares, and the carrying out of what the core's
+    calls left behind (``drain``)."""
 
     broker: Broker
     config: ServerConfig
@@ -319,6 +318,16 @@ class Shell:
     by_session: dict[int, ServerConnection] = attrs.Factory(dict)
     open_connections: int = 0
     by_host: dict[str, int] = attrs.Factory(dict)
+    # What drain wakes: the timer (and the deadline it sleeps until), the committer, the
+    # page-in task (and the page-ins it has to do), and who waits for a queue's page-in.
+    timer_wake: trio.Event = attrs.Factory(trio.Event)
+    timer_at: float | None = None
+    commit_wake: trio.Event = attrs.Factory(trio.Event)
+    page_in_wake: trio.Event = attrs.Factory(trio.Event)
+    page_ins: deque[PageIn] = attrs.Factory(deque)
+    read_back: dict[int, trio.Event] = attrs.Factory(dict)  # by queue uid
+    # Answers held until the batch then being filled is committed: (batch number, slot, conn).
+    after_commit: deque[tuple[int, list[Any], ServerConnection]] = attrs.Factory(deque)
 
     def admit(self, host: str) -> str | None:
         """Count a new client in; the reason to refuse it, if over a connection limit."""
@@ -352,9 +361,59 @@ class Shell:
                 logging.ERROR if exc_info else logging.WARNING, message, *args, exc_info=exc_info
             )
 
+    def drain(self) -> None:
+        """Carry out what the core's calls left in ``broker.effects`` (see core/effects.py).
+        Cheap when nothing is there: every task runs it after its round of calls, before it
+        waits."""
+        effects = self.broker.effects
+        if effects.output:
+            by_session = self.by_session
+            for session_id in effects.output:
+                conn = by_session.get(session_id)
+                if conn is not None:
+                    conn._wake()
+            effects.output.clear()
+        if effects.deadline is not None:
+            if self.timer_at is None or effects.deadline < self.timer_at:
+                self.timer_wake.set()
+            effects.deadline = None
+        if effects.page_ins:
+            self.page_ins.extend(effects.take_page_ins())
+            self.page_in_wake.set()
+        journal = effects.journal
+        if journal is not None and len(journal):
+            self.commit_wake.set()
+        self.apply_flow()
+
+    def hold_until_committed(self, conn: ServerConnection, slot: list[Any]) -> None:
+        """Send this answer once what is journaled now is on disk."""
+        journal = self.broker.journal
+        assert journal is not None
+        slot[1] = False
+        self.after_commit.append((journal.number, slot, conn))
+
+    def committed(self, number: int) -> None:
+        """Batch ``number`` is on disk: the answers that waited for it go out."""
+        waiting = self.after_commit
+        while waiting and waiting[0][0] <= number:
+            _, slot, conn = waiting.popleft()
+            slot[1] = True
+            conn._wake()
+
+    async def wait_read_back(self, queue: MessageQueue) -> None:
+        """Until a page-in of ``queue``'s messages is done (drain first: it may be the one
+        just asked for)."""
+        self.drain()
+        if not queue.paging_in:
+            return
+        event = self.read_back.get(queue.uid)
+        if event is None:
+            event = self.read_back[queue.uid] = trio.Event()
+        await event.wait()
+
     def apply_flow(self) -> None:
         """Tell each connection the core blocked or unblocked whether it may publish. Cheap
-        when nothing changed: callers run it after every round of work."""
+        when nothing changed."""
         flow = self.broker.flow
         flow.check()
         for session, reason in flow.take_changes().items():
@@ -367,19 +426,58 @@ async def _timer(shell: Shell, epoch: float) -> None:
     """Sleep until the broker's next deadline (or until an earlier one appears), then act."""
     broker, clock = shell.broker, shell.clock
     while True:
-        wake = trio.Event()
-        broker.timer_wakeup = wake.set
-        deadline = broker.scheduled = broker.next_deadline()
+        wake = shell.timer_wake = trio.Event()
+        deadline = shell.timer_at = broker.next_deadline()
         with trio.move_on_at(math.inf if deadline is None else deadline - epoch):
             await wake.wait()
-        broker.now = clock()
         try:
-            broker.expire()
+            broker.expire(now=clock())
         except Exception:
             # The core fails single messages, not the timer; this is the last line of defence.
             log.exception("timer: internal error while expiring; the broker goes on")
             await trio.sleep(TIMER_FAILURE_BACKOFF)  # never a hot loop on a failing deadline
-        shell.apply_flow()
+        shell.drain()
+
+
+async def _page_in(shell: Shell, store: Store, pages: PageFile | None) -> None:
+    """Read back the bodies the core asked for, off the event loop, one page at a time; a
+    read that fails is tried again (the messages wait on disk, nothing is lost)."""
+    broker, waiting = shell.broker, shell.page_ins
+    failing = False
+    while True:
+        if not waiting:
+            shell.page_in_wake = trio.Event()
+            await shell.page_in_wake.wait()
+            continue
+        request = waiting[0]
+        queue = request.queue
+        stored = [e.seq for e in request.entries if e.persisted]
+        paged = [e.seq for e in request.entries if not e.persisted]
+        try:
+            bodies = await trio.to_thread.run_sync(
+                _read_bodies, store, pages, queue.name, queue.uid, stored, paged
+            )
+        except Exception as exc:
+            if not failing:
+                log.error(
+                    "cannot read messages of queue %r back from disk (%s); retrying",
+                    queue.name,
+                    exc,
+                )
+            failing = True
+            await trio.sleep(WRITE_RETRY_SECONDS)
+            continue
+        if failing:
+            log.info("reading messages back from disk again")
+            failing = False
+        waiting.popleft()
+        broker.paged_in(request, bodies, now=shell.clock())
+        del bodies, request
+        if not queue.paging_in:
+            event = shell.read_back.pop(queue.uid, None)
+            if event is not None:
+                event.set()
+        shell.drain()
 
 
 async def _sample_rates(broker: Broker, registry: Registry) -> None:
@@ -436,7 +534,7 @@ class DiskWatch:
             else:
                 log.warning("%s; publishers of persistent messages are blocked", reason)
         flow.set_disk_alarm(reason)
-        self.shell.apply_flow()
+        self.shell.drain()
 
 
 async def _committer(shell: Shell, store: Store, disk: DiskWatch) -> None:
@@ -449,8 +547,7 @@ async def _committer(shell: Shell, store: Store, disk: DiskWatch) -> None:
     journal = broker.journal
     assert journal is not None
     while True:
-        pending = trio.Event()
-        journal.wakeup = pending.set
+        pending = shell.commit_wake = trio.Event()
         if not len(journal):
             if disk.write_error is None:
                 await pending.wait()
@@ -470,16 +567,16 @@ async def _committer(shell: Shell, store: Store, disk: DiskWatch) -> None:
         except Exception as exc:
             reason = f"the store could not write ({exc})"
             log.error("%s: nacked %d publishes; retrying the rest", reason, len(batch.confirms))
-            for release in broker.batch_failed(batch, reason):
-                release()
+            if broker.batch_failed(batch, reason):
+                shell.committed(batch.number)
             disk.write_failed(reason)
+            shell.drain()
             await trio.sleep(WRITE_RETRY_SECONDS)
             continue
         disk.write_succeeded()
         broker.batch_committed(batch)
-        for release in batch.after_commit:
-            release()
-        shell.apply_flow()
+        shell.committed(batch.number)
+        shell.drain()
 
 
 async def _pager(shell: Shell, pages: PageFile) -> None:
@@ -492,7 +589,7 @@ async def _pager(shell: Shell, pages: PageFile) -> None:
     while True:
         work = pager.take(broker.queues.values(), PAGE_BATCH_BYTES)
         if work.empty:
-            shell.apply_flow()  # take may have found paging caught up: its publishers go on
+            shell.drain()  # take may have found paging caught up: its publishers go on
             await trio.sleep(PAGER_INTERVAL if broker.flow.paging else PAGER_IDLE_INTERVAL)
             continue
         out = [(q.uid, e.seq, e.message) for q, e in work.out if e.message is not None]
@@ -515,7 +612,7 @@ async def _pager(shell: Shell, pages: PageFile) -> None:
             failing = False
         pager.written(work)
         del out, work  # the bodies just paged out are free from here on
-        shell.apply_flow()
+        shell.drain()
         if trio.current_time() >= next_trim:
             next_trim = trio.current_time() + TRIM_INTERVAL
             await trio.to_thread.run_sync(resources.release_free_memory)
@@ -556,6 +653,7 @@ class ServerConnection:
         self._unblocked.set()
         self._published_while_blocked = 0  # bytes: publishes already on their way are taken
         self._reading_paused = False  # we stopped reading it (flow control, unsent output)
+        self._now = shell.clock()  # the time of the calls the frames being read make
         self._partial_since: float | None = None  # when the frame being received began
         self._partial_received = 0
 
@@ -575,7 +673,6 @@ class ServerConnection:
             if hello is None:
                 return
             self.session = self.broker.open_session(self.id)
-            self.session.wakeup = self._wake
             self.registry.connections[self.id] = self
             self.shell.by_session[self.session.id] = self
             log.info("%s opened from %s (client %r)", self.id, self.peer, self.client_name)
@@ -612,12 +709,12 @@ class ServerConnection:
     def _release(self) -> None:
         """Requeue what this connection holds and drop its exclusive queues. Idempotent."""
         assert self.session is not None
-        self.session.wakeup = None  # no cycle keeps a closed connection alive
         self.registry.connections.pop(self.id, None)
         self.shell.by_session.pop(self.session.id, None)
         self._unblocked.set()
-        self.broker.close_session(self.session)
+        self.broker.close_session(self.session, now=self._clock())
         self.broker.release_owner(self.id)
+        self.shell.drain()  # what it held went back: other consumers get it
 
     def _close_reason(self) -> str:
         if self._close is None or self._close.code is None:
@@ -693,6 +790,7 @@ class ServerConnection:
                 # A flood of publishes from one connection (or a few costly ones) must not hold
                 # up the others: their acks give consumers credit, and the writers deliver.
                 handled = 0
+                self.shell.drain()
                 await trio.lowlevel.checkpoint()
                 turn_started = trio.current_time()
             try:
@@ -703,7 +801,7 @@ class ServerConnection:
                 return
             if event is NEED_DATA:
                 assert self.session is not None
-                self.shell.apply_flow()
+                self.shell.drain()
                 if len(self._replies) + self.session.outbox_size() > PENDING_OUTPUT_LIMIT:
                     self._drained = trio.Event()  # a client not reading: stop reading it
                     await self._paused(self._drained)
@@ -717,7 +815,7 @@ class ServerConnection:
                     )
                     return
                 self._last_received = trio.current_time()
-                self.broker.now = self._clock()  # the core reads no clock
+                self._now = self._clock()  # the time of the calls these frames make
                 proto.receive_data(data)
                 continue
             self._partial_since = None  # a whole frame came: any slow one starts again
@@ -727,7 +825,7 @@ class ServerConnection:
                     await self._publish_while_blocked(len(event.body))
                 self._publish(event)
                 if self.broker.flow.changed:  # this publish may have paused its sender
-                    self.shell.apply_flow()
+                    self.shell.drain()
             elif kind is Ack:
                 self._settle(self.broker.ack, event.delivery_tag, multiple=event.multiple)
             elif kind is Nack:
@@ -740,9 +838,7 @@ class ServerConnection:
             elif kind is Release:
                 self._settle(self.broker.release, event.delivery_tag, multiple=event.multiple)
             elif kind is Extend:
-                self._settle(
-                    self.broker.extend, event.delivery_tag, milliseconds=event.milliseconds
-                )
+                self._settle(self.broker.extend, event.delivery_tag, event.milliseconds)
             elif kind is Heartbeat:
                 pass
             elif kind is PublishTooLarge:
@@ -763,7 +859,7 @@ class ServerConnection:
             elif isinstance(event, PeerClosed):
                 return
             else:
-                self._request(event)
+                await self._request(event)
 
     def set_blocked(self, pause: Pause | None) -> None:
         """The core decided whether this connection may publish. For an alarm, or a
@@ -809,6 +905,7 @@ class ServerConnection:
         neither a missed heartbeat nor a slow frame (RabbitMQ pauses its heartbeat monitor
         for a blocked connection too)."""
         self._reading_paused = True
+        self.shell.drain()
         try:
             await until.wait()
         finally:
@@ -855,21 +952,40 @@ class ServerConnection:
             properties=event.properties,
         )
         try:
-            self.broker.publish(self.session, message, mandatory=event.mandatory)
+            self.broker.publish(self.session, message, mandatory=event.mandatory, now=self._now)
         except BrokerError:
             pass  # the publish was nacked with the reason; the connection goes on
 
-    def _settle(self, op: Callable[..., None], tag: int, **kwargs: Any) -> None:
+    def _settle(self, op: Callable[..., None], *args: Any, **kwargs: Any) -> None:
         try:
-            op(self.session, tag, **kwargs)
+            op(self.session, *args, now=self._now, **kwargs)
         except BrokerError as exc:
             # As RabbitMQ closes the channel: the client's view of its deliveries is wrong.
             log.warning("%s: %s", self.id, exc)
             self._closing(exc.code, exc.reason)
 
-    def _request(self, event: Any) -> None:
+    async def _request(self, event: Any) -> None:
+        handler = _REQUEST_HANDLERS[type(event)]
+        moved = 0
         try:
-            result = _REQUEST_HANDLERS[type(event)](self, event)
+            while True:
+                try:
+                    result = handler(self, event)
+                except NeedBodies as need:  # nothing changed: read them back, then again
+                    await self.shell.wait_read_back(need.queue)
+                    continue
+                if type(result) is Redriven:
+                    # It moves what is in memory and asks for the rest: wait, then go on.
+                    moved += result.moved
+                    left = event.limit - moved if event.limit else 0
+                    if result.more and (left > 0 or not event.limit):
+                        queue = self.broker.queues.get(event.queue)
+                        if queue is not None:
+                            await self.shell.wait_read_back(queue)
+                        event = attrs.evolve(event, limit=left)
+                        continue
+                    result = {"moved": moved}
+                break
         except BrokerError as exc:
             reply: Frame = Error(rid=event.rid, code=exc.code, text=exc.reason)
         else:
@@ -879,14 +995,9 @@ class ServerConnection:
         journal = self.broker.journal
         if journal is not None and len(journal):
             # Answer once what is pending (this declaration, or an equal one) is on disk.
-            slot[1] = False
-            journal.batch.after_commit.append(lambda: self._release_reply(slot))
+            self.shell.hold_until_committed(self, slot)
         else:
             self._wake()
-
-    def _release_reply(self, slot: list[Any]) -> None:
-        slot[1] = True
-        self._wake()
 
     # --- requests ------------------------------------------------------------------------
 
@@ -912,7 +1023,7 @@ class ServerConnection:
             auto_delete=ev.auto_delete,
             arguments=ev.arguments,
         )
-        ok = self.broker.declare_queue(self.id, spec, passive=ev.passive)
+        ok = self.broker.declare_queue(self.id, spec, passive=ev.passive, now=self._now)
         return {
             "queue": ok.queue,
             "message_count": ok.message_count,
@@ -954,6 +1065,7 @@ class ServerConnection:
             auto_ack=ev.auto_ack,
             exclusive=ev.exclusive,
             arguments=ev.arguments,
+            now=self._now,
         )
         return {"consumer_tag": tag}
 
@@ -982,17 +1094,18 @@ class ServerConnection:
         rows, total = inspect(self.broker, self.registry, ev.what, ev.offset, ev.limit)
         return {"result": rows, "total": total}
 
-    def _redrive(self, ev: Redrive) -> dict[str, Any]:
-        moved = self.broker.redrive(self.id, ev.queue, to_exchange=ev.exchange, limit=ev.limit)
-        return {"moved": moved}
+    def _redrive(self, ev: Redrive) -> Redriven:
+        return self.broker.redrive(
+            self.id, ev.queue, to_exchange=ev.exchange, limit=ev.limit, now=self._now
+        )
 
     def _cancel(self, ev: Cancel) -> None:
         assert self.session is not None
-        self.broker.cancel(self.session, ev.consumer_tag)
+        self.broker.cancel(self.session, ev.consumer_tag, now=self._now)
 
     def _get(self, ev: Get) -> Frame | None:
         assert self.session is not None
-        d = self.broker.get(self.session, ev.queue, auto_ack=ev.auto_ack)
+        d = self.broker.get(self.session, ev.queue, auto_ack=ev.auto_ack, now=self._now)
         if d is None:
             return None
         return GetOk(
@@ -1042,8 +1155,8 @@ class ServerConnection:
         """The session's output as frames. A function of its own so that no local keeps the
         last message alive after it is written."""
         assert self.session is not None
-        events = self.broker.take_events(self.session)
-        self.shell.apply_flow()  # dispatch may have drained a queue publishers wait for
+        events = self.broker.take_events(self.session, now=self._clock())
+        self.shell.drain()  # dispatch may have drained a queue publishers wait for
         send, send_deliver = self.proto.send, self.proto.send_deliver
         for e in events:
             if type(e) is Delivery:
