@@ -13,7 +13,8 @@ for messages that come back (requeued) too. The queue never reads a disk: it ask
 the event loop and hands the bodies back (``paged_in``). Dispatch waits at a paged-out head.
 The copy is the store's (``persisted``: a persistent message in a durable queue) or, under
 memory pressure, the page file's (``paged``: any other message; see ``page_candidates``).
-Every entry and every body a queue holds in memory is charged to the broker's ``MemoryLedger``, which paging and the memory alarm read.
+Every entry and every body a queue holds in memory is charged to the broker's
+``MemoryLedger``, which paging and the memory alarm read.
 
 Dispatch walks a ring of consumers that have credit, so a message costs the same whether the
 queue has one consumer or a thousand; a consumer that runs out of credit leaves the ring and
