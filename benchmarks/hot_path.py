@@ -18,7 +18,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mqroute.cli.main import GC_THRESHOLD
 from mqroute.core.broker import Broker
 from mqroute.model import Delivery, Message, Properties, QueueSpec
 from mqroute.protocol import (
@@ -31,6 +30,7 @@ from mqroute.protocol import (
     Welcome,
     encode_deliver_tail,
 )
+from mqroute.server.startup import GC_THRESHOLD
 from mqroute.server.store import SqliteStore
 
 BODY = b"x" * 256

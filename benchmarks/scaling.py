@@ -21,9 +21,9 @@ import gc
 import statistics
 import time
 
-from mqroute.cli.main import GC_THRESHOLD
 from mqroute.core.broker import Broker
 from mqroute.model import ExchangeSpec, Message, QueueSpec
+from mqroute.server.startup import GC_THRESHOLD
 
 
 def topic_publish_us(bindings: int, messages: int) -> float:

@@ -57,26 +57,30 @@ class RawClient:
 
 
 async def start_server_process(
-    data_dir: object, *args: str, port: int = 0, env: dict[str, str] | None = None
+    data_dir: object,
+    *args: str,
+    port: int = 0,
+    env: dict[str, str] | None = None,
+    kill_at: tuple[str, int] | None = None,
 ) -> tuple[trio.Process, str, list[str]]:
-    """``mqroute server`` as a subprocess; returns it, its URL and its log up to listening."""
+    """``mqroute server`` as a subprocess; returns it, its URL and its log up to listening.
+
+    With ``kill_at`` (``("before-commit", n)`` or ``("after-commit", n)``) it is
+    tests/crashing_server.py instead, which kills itself at the n-th batch with a message.
+    """
     import os
     import re
     import subprocess
     import sys
+    from pathlib import Path
 
+    if kill_at is None:
+        command = [sys.executable, "-m", "mqroute", "server"]
+    else:
+        script = Path(__file__).parent / "crashing_server.py"
+        command = [sys.executable, str(script), kill_at[0], str(kill_at[1])]
     process = await trio.lowlevel.open_process(
-        [
-            sys.executable,
-            "-m",
-            "mqroute",
-            "server",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data_dir),
-            *args,
-        ],
+        [*command, "--port", str(port), "--data-dir", str(data_dir), *args],
         stderr=subprocess.PIPE,
         env={**os.environ, **(env or {})},
     )

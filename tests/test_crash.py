@@ -29,7 +29,7 @@ def free_port() -> int:
 
 
 async def test_killed_after_commit_before_confirm_keeps_the_message(tmp_path: Path) -> None:
-    server, url, _ = await start_server_process(tmp_path, env={"MQROUTE_FAULT": "after-commit:1"})
+    server, url, _ = await start_server_process(tmp_path, kill_at=("after-commit", 1))
     async with mqroute.connect(url) as conn:
         await conn.declare_queue("q", durable=True)
         with pytest.raises(ConnectionClosed):
@@ -46,7 +46,7 @@ async def test_killed_after_commit_before_confirm_keeps_the_message(tmp_path: Pa
 
 
 async def test_killed_before_commit_loses_only_the_unconfirmed(tmp_path: Path) -> None:
-    server, url, _ = await start_server_process(tmp_path, env={"MQROUTE_FAULT": "before-commit:2"})
+    server, url, _ = await start_server_process(tmp_path, kill_at=("before-commit", 2))
     async with mqroute.connect(url) as conn:
         await conn.declare_queue("q", durable=True)
         await conn.publish("", "q", b"confirmed", persistent=True)

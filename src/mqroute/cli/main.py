@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import math
-import os
-import resource
-import signal
 import sys
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
@@ -23,14 +19,13 @@ from ..client.connection import Connection, connect
 from ..errors import MQRouteError, NotFound
 from ..model import PROPERTY_NAMES, Properties
 from ..protocol import DEFAULT_MAX_FRAME_SIZE, HANDSHAKE_FRAME_SIZE
-from ..server import resources
+from ..server import resources, startup
 from ..server.datadir import DataDirError, default_data_dir
-from ..server.shell import DEFAULT_HOST, DEFAULT_PORT, ServerConfig, serve
+from ..server.shell import DEFAULT_HOST, DEFAULT_PORT, ServerConfig
 from ..server.store import StoreError
 
 T = TypeVar("T")
 
-GC_THRESHOLD = 50_000
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
@@ -145,7 +140,6 @@ def server(
     logging.basicConfig(level=log_level.upper(), format=LOG_FORMAT)
     log = logging.getLogger("mqroute")
     data_dir = data_dir or default_data_dir()
-    fault, fault_at = _fault_injection()
     config = ServerConfig(
         host=host,
         port=port,
@@ -156,8 +150,6 @@ def server(
         disk_free_limit=disk_limit,
         queue_flow_limit=flow_limit,
         data_dir=data_dir,
-        fault=fault,
-        fault_at=fault_at,
     )
     log.info("data directory %s", data_dir)
     log.info(
@@ -169,43 +161,13 @@ def server(
         resources.human(disk_limit),
         resources.human(flow_limit),
     )
-    # A broker holds many small long-lived objects (queued messages) and makes few cycles: with
-    # the default threshold of 700 the collector ran every few hundred publishes and cost more
-    # than 10 % of throughput with a large backlog (docs/performance.md).
-    gc.set_threshold(GC_THRESHOLD, 20, 10)
-    _raise_file_limit(log)
     try:
-        trio.run(_run_until_signal, config)
+        startup.run(config)
     except (DataDirError, StoreError) as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     log.info("stopped")
-
-
-def _raise_file_limit(log: logging.Logger) -> None:
-    """Each connection is a file descriptor: allow as many as the system lets this process."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    log.debug("open file limit %d", hard)
-
-
-def _fault_injection() -> tuple[str | None, int]:
-    """Crash tests set MQROUTE_FAULT=before-commit:N or after-commit:N (kill at batch N)."""
-    point, _, at = os.environ.get("MQROUTE_FAULT", "").partition(":")
-    return (point or None), int(at or 1)
-
-
-async def _run_until_signal(config: ServerConfig) -> None:
-    log = logging.getLogger("mqroute")
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(serve, config)
-            async for signum in signals:
-                log.info("received %s; shutting down", signal.Signals(signum).name)
-                nursery.cancel_scope.cancel()
-                break
 
 
 URL_OPTION = click.option(

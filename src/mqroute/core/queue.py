@@ -337,8 +337,8 @@ class MessageQueue:
                     self._want_from(waiting, 0)
                     return None
                 entry = waiting.popleft()
-                if self.pageable and len(waiting) > AHEAD:
-                    ahead = waiting[AHEAD]
+                if self.pageable and not entry.seq & 31 and len(waiting) > AHEAD:
+                    ahead = waiting[AHEAD]  # looked at now and then: it is on the hot path
                     if ahead.message is None and ahead.ready:
                         self._want_from(waiting, AHEAD)  # before the head gets there
             else:

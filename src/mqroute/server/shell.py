@@ -147,8 +147,6 @@ class ServerConfig:
     frame_grace: float = 10.0
     limits: Limits = attrs.Factory(Limits)
     data_dir: Path | None = None  # None: nothing is kept on disk
-    fault: str | None = None  # crash tests only: see SqliteStore
-    fault_at: int = 1
 
 
 @attrs.frozen
@@ -182,7 +180,7 @@ async def serve(
     with contextlib.ExitStack() as stack:
         if store is None and config.data_dir is not None:
             stack.enter_context(DataDirLock(config.data_dir))
-            store = SqliteStore(config.data_dir, fault=config.fault, fault_at=config.fault_at)
+            store = SqliteStore(config.data_dir)
         own_broker = broker is None
         if broker is None:
             broker = Broker(

@@ -139,18 +139,10 @@ CREATE TABLE IF NOT EXISTS seen (
 
 
 class SqliteStore:
-    """The durable store: one SQLite file in the data directory.
+    """The durable store: one SQLite file in the data directory."""
 
-    ``fault`` names a fault-injection point for crash tests: ``"before-commit"`` or
-    ``"after-commit"`` kills the process (SIGKILL) at that point of the ``fault_at``-th batch
-    that holds a message.
-    """
-
-    def __init__(self, data_dir: Path, *, fault: str | None = None, fault_at: int = 1) -> None:
+    def __init__(self, data_dir: Path) -> None:
         self.path = Path(data_dir) / DB_NAME
-        self._fault = fault
-        self._fault_at = fault_at
-        self._message_batches = 0
         self._failed = False  # the last write failed: what is on disk may lack something
         self._marked_in_use = False  # clean_shutdown=0 is on disk (written with the first batch)
         existed = self.path.exists()
@@ -246,17 +238,12 @@ class SqliteStore:
         if not records:
             return
         db = self._db
-        has_message = any(type(r) is PutMessage for r in records)
-        if has_message:
-            self._message_batches += 1
         db.execute("BEGIN")
         try:
             if not self._marked_in_use:
                 db.execute("INSERT OR REPLACE INTO meta VALUES ('clean_shutdown', '0')")
             for record in records:
                 _APPLY[type(record)](db, record)
-            if self._fault == "before-commit" and self._at_fault(has_message):
-                _die()
             db.execute("COMMIT")
         except BaseException:
             self._failed = True
@@ -265,8 +252,6 @@ class SqliteStore:
             raise
         self._failed = False
         self._marked_in_use = True
-        if self._fault == "after-commit" and self._at_fault(has_message):
-            _die()
 
     def probe(self) -> None:
         db = self._db
@@ -288,9 +273,6 @@ class SqliteStore:
             (queue, min(seqs), max(seqs)),
         )
         return _messages(rows, seqs)
-
-    def _at_fault(self, has_message: bool) -> bool:
-        return has_message and self._message_batches == self._fault_at
 
     def close(self) -> None:
         if not self._failed:
@@ -398,10 +380,6 @@ def _messages(rows: Iterable[tuple[Any, ...]], seqs: list[int]) -> dict[int, Mes
         for seq, exchange, routing_key, props, body in rows
         if seq in wanted
     }
-
-
-def _die() -> None:
-    os.kill(os.getpid(), 9)
 
 
 def _dump(value: Any) -> bytes:
