@@ -9,7 +9,7 @@ import trio
 
 import mqroute
 from mqroute.core.broker import Broker
-from mqroute.server.shell import ServerAddress, ServerConfig, serve
+from mqroute.server import ServerAddress, ServerConfig, serve
 
 
 @pytest.fixture

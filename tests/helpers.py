@@ -5,7 +5,7 @@ from __future__ import annotations
 import trio
 
 from mqroute.protocol import NEED_DATA, Connection, Consume, Frame, Hello, PeerClosed, Role, Welcome
-from mqroute.server.shell import ServerAddress
+from mqroute.server import ServerAddress
 
 
 def consume_frame(queue: str, consumer_tag: str, *, prefetch: int = 0) -> Consume:

@@ -10,7 +10,7 @@ import trio
 
 import mqroute
 from mqroute.errors import InvalidArgument, NotFound
-from mqroute.server.shell import ServerAddress
+from mqroute.server import ServerAddress
 
 
 async def cli(server: ServerAddress, *args: str) -> str:
@@ -260,7 +260,7 @@ def test_rates_come_from_counts_between_samples() -> None:
 
 
 async def test_listings_of_any_length_come_in_pages_of_bounded_size(nursery: trio.Nursery) -> None:
-    from mqroute.server.shell import ServerConfig, serve
+    from mqroute.server import ServerConfig, serve
 
     # A small maximum message size makes a listing of 3,000 queues larger than one frame.
     address = await nursery.start(

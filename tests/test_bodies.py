@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 import mqroute
-from mqroute.server.shell import ServerAddress
+from mqroute.server import ServerAddress
 
 
 @pytest.mark.parametrize("body", [5, True, None, {"id": 1}, [1, 2], 1.5, object()])

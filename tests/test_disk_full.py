@@ -18,8 +18,7 @@ import trio.testing
 import mqroute
 from mqroute.core.journal import Record
 from mqroute.errors import ResourceError
-from mqroute.server import resources
-from mqroute.server.shell import ServerAddress, ServerConfig, serve
+from mqroute.server import ServerAddress, ServerConfig, resources, serve
 from mqroute.server.store import SqliteStore
 
 

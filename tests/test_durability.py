@@ -15,8 +15,8 @@ from mqroute.core.broker import Broker
 from mqroute.core.journal import Record
 from mqroute.core.queue import RESIDENT
 from mqroute.errors import NotFound
+from mqroute.server import ServerAddress, ServerConfig, serve
 from mqroute.server.datadir import DataDirError
-from mqroute.server.shell import ServerAddress, ServerConfig, serve
 from mqroute.server.store import SqliteStore, StoreError
 
 

@@ -18,7 +18,7 @@ from mqroute.errors import (
     UsageError,
 )
 from mqroute.protocol import Ack, Close, Consume, Deliver, Hello
-from mqroute.server.shell import ServerAddress
+from mqroute.server import ServerAddress
 
 from .helpers import RawClient
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import trio
 
-from mqroute.server.shell import ServerAddress
+from mqroute.server import ServerAddress
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 

@@ -13,7 +13,8 @@ import trio.testing
 import mqroute
 from mqroute.core.broker import Broker
 from mqroute.core.flow import ENTRY_OVERHEAD, FlowControl, MemoryLedger, Pause
-from mqroute.server.shell import BLOCKED_GRACE_BYTES, ServerAddress, ServerConfig, serve
+from mqroute.server import ServerAddress, ServerConfig, serve
+from mqroute.server.connection import BLOCKED_GRACE_BYTES
 
 
 @attrs.define
@@ -315,7 +316,7 @@ async def test_a_client_ignoring_blocked_is_not_read_past_a_bound(
 ) -> None:
     from mqroute.model import Properties
     from mqroute.protocol import Blocked, Publish
-    from mqroute.server import shell as server_module
+    from mqroute.server import connection as server_module
 
     from .helpers import RawClient
 
@@ -371,7 +372,7 @@ async def test_settled_messages_leave_nothing_in_the_deliver_tail_cache(
 ) -> None:
     import gc
 
-    from mqroute.server import shell as server_module
+    from mqroute.server import connection as server_module
 
     await conn.declare_queue("q")
     async with conn.publisher() as pub:

@@ -13,7 +13,7 @@ import trio
 
 import mqroute
 from mqroute.core.broker import Broker
-from mqroute.server.shell import ServerAddress
+from mqroute.server import ServerAddress
 
 
 async def fill(conn: mqroute.Connection, queue: str, n: int) -> None:

@@ -20,7 +20,7 @@ import trio.testing
 
 import mqroute
 from mqroute.protocol import Close, Heartbeat, Publish
-from mqroute.server.shell import ServerAddress
+from mqroute.server import ServerAddress
 
 from .helpers import RawClient, consume_frame
 from .test_durability import running
@@ -43,7 +43,7 @@ async def test_a_missed_heartbeat_closes_with_a_close_frame(
 async def test_an_internal_error_closes_with_a_close_frame(
     server: ServerAddress, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mqroute.server.shell import ServerConnection
+    from mqroute.server.connection import ServerConnection
 
     def broken(self: object, event: object) -> None:
         raise RuntimeError("simulated bug")
@@ -161,7 +161,7 @@ async def test_a_closed_connection_is_freed_without_a_full_collection(
     import gc
     import weakref
 
-    from mqroute.server.shell import ServerConnection
+    from mqroute.server.connection import ServerConnection
 
     made: list[weakref.ref[ServerConnection]] = []
     finished = trio.Semaphore(0)
@@ -200,7 +200,7 @@ async def test_a_closed_connection_is_freed_without_a_full_collection(
 
 
 async def small_limit_server(nursery: trio.Nursery, limit: int) -> ServerAddress:
-    from mqroute.server.shell import ServerConfig, serve
+    from mqroute.server import ServerConfig, serve
 
     return await nursery.start(  # type: ignore[no-any-return]
         lambda task_status: serve(

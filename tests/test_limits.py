@@ -18,7 +18,7 @@ from mqroute.core.broker import Broker, Limits
 from mqroute.errors import ConnectionClosed, PreconditionFailed
 from mqroute.model import ExchangeSpec, QueueSpec
 from mqroute.protocol import Close, Heartbeat
-from mqroute.server.shell import ServerAddress, ServerConfig, serve
+from mqroute.server import ServerAddress, ServerConfig, serve
 
 from .helpers import RawClient
 

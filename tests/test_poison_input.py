@@ -18,7 +18,7 @@ from mqroute.core import broker as broker_module
 from mqroute.core.broker import Broker
 from mqroute.errors import InvalidArgument
 from mqroute.protocol import Close, Publish
-from mqroute.server.shell import ServerAddress
+from mqroute.server import ServerAddress
 
 from .helpers import RawClient
 from .test_durability import running

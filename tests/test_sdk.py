@@ -12,7 +12,7 @@ import trio.testing
 import mqroute
 from mqroute.errors import ConnectionClosed, PreconditionFailed
 from mqroute.protocol import NEED_DATA, Connection, Hello, Role, Welcome
-from mqroute.server.shell import ServerAddress, ServerConfig, serve
+from mqroute.server import ServerAddress, ServerConfig, serve
 
 
 async def test_the_sdk_runs_under_asyncio(server: ServerAddress) -> None:

@@ -28,7 +28,7 @@ import trio
 
 from .client.loop_thread import LoopThread
 from .core.broker import Broker
-from .server.shell import ServerAddress, ServerConfig, serve
+from .server import ServerAddress, ServerConfig, serve
 
 
 class BrokerThread:

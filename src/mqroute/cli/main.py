@@ -20,8 +20,8 @@ from ..errors import MQRouteError, NotFound
 from ..model import PROPERTY_NAMES, Properties
 from ..protocol import DEFAULT_MAX_FRAME_SIZE, HANDSHAKE_FRAME_SIZE
 from ..server import resources, startup
+from ..server.config import DEFAULT_HOST, DEFAULT_PORT, ServerConfig
 from ..server.datadir import DataDirError, default_data_dir
-from ..server.shell import DEFAULT_HOST, DEFAULT_PORT, ServerConfig
 from ..server.store import StoreError
 
 T = TypeVar("T")

@@ -1,21 +1,29 @@
-"""Starting a broker process: what ``mqroute server``, the benchmarks and the crash tests share.
+"""Starting a broker: what ``mqroute server``, the benchmarks, tests and the crash tests share.
 
-``serve`` (shell.py) locks the data directory, opens the store and recovers it; this module
-readies the process around it (the garbage collector's threshold, the open file limit) and
-runs it until SIGINT or SIGTERM.
+``serve`` locks the data directory, opens the store and the page file, recovers what the store
+holds (off the event loop), then runs the shell's tasks. ``run`` readies the process around it
+(the garbage collector's threshold, the open file limit) and runs it until SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import gc
 import logging
 import resource
 import signal
+import time
+from pathlib import Path
 
 import trio
 
-from .shell import ServerConfig, serve
-from .store import Store
+from ..core.broker import Broker
+from . import resources
+from .config import ServerAddress, ServerConfig
+from .datadir import DataDirLock
+from .shell import run_shell
+from .store import MemoryStore, PageFile, SqliteStore, Store, StoreError
 
 log = logging.getLogger("mqroute")
 
@@ -38,6 +46,81 @@ def run(config: ServerConfig, *, store: Store | None = None) -> None:
     """Run a broker in this process until SIGINT or SIGTERM (``prepare_process`` first)."""
     prepare_process()
     trio.run(_until_signal, config, store)
+
+
+async def serve(
+    config: ServerConfig = ServerConfig(),
+    *,
+    broker: Broker | None = None,
+    store: Store | None = None,
+    task_status: trio.TaskStatus[ServerAddress] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run a broker until cancelled. ``task_status.started`` gets the bound address.
+
+    Use port 0 for an ephemeral port (tests)::
+
+        address = await nursery.start(serve, ServerConfig(port=0))
+
+    With ``config.data_dir`` the broker locks that directory, recovers what its SQLite store
+    holds and keeps durable state there; without it (or with a ``store`` given) nothing is
+    written unless that store writes it.
+    """
+    with contextlib.ExitStack() as stack:
+        if store is None and config.data_dir is not None:
+            stack.enter_context(DataDirLock(config.data_dir))
+            store = SqliteStore(config.data_dir)
+        own_broker = broker is None
+        if broker is None:
+            broker = Broker(
+                max_message_size=config.max_message_size,
+                durable=store is not None,
+                memory_limit=resources.memory_limit(config.memory_high_watermark),
+                queue_flow_limit=config.queue_flow_limit,
+                limits=config.limits,
+            )
+        store = store or MemoryStore()
+        pages = _open_page_file(config.data_dir)
+        if pages is not None:
+            stack.callback(pages.close)
+            broker.can_page = True
+        broker.reads_back = True
+        if own_broker:  # what the process holds already counts against the watermark
+            broker.flow.memory_baseline = resources.process_memory()  # recovery charges its own
+        await _recover(broker, store)
+        try:
+            await run_shell(broker, store, pages, config, task_status)
+        finally:
+            store.close()  # marks a clean shutdown unless a write failed
+
+
+def _open_page_file(data_dir: Path | None) -> PageFile | None:
+    """The page file, or None (no data directory, or no room for it: paging is then off and
+    the memory alarm is all there is)."""
+    if data_dir is None:
+        return None
+    try:
+        return PageFile(data_dir)
+    except StoreError as exc:
+        log.warning("%s; messages will not be paged to disk under memory pressure", exc)
+        return None
+
+
+async def _recover(broker: Broker, store: Store) -> None:
+    started = time.monotonic()
+    # Off the event loop: nothing else runs yet, and the rows stream from the store's cursor.
+    snapshot = await trio.to_thread.run_sync(store.load)
+    now = time.time()  # recovery compares remembered deadlines with it
+    count = await trio.to_thread.run_sync(functools.partial(broker.restore, snapshot, now=now))
+    if snapshot.queues or snapshot.exchanges:
+        log.info(
+            "recovered %d exchanges, %d queues, %d bindings, %d messages in %.2fs%s",
+            len(snapshot.exchanges),
+            len(snapshot.queues),
+            len(snapshot.bindings),
+            count,
+            time.monotonic() - started,
+            "" if snapshot.clean_shutdown else " (after an unclean shutdown: marked redelivered)",
+        )
 
 
 async def _until_signal(config: ServerConfig, store: Store | None) -> None:

@@ -1,0 +1,52 @@
+"""How a server is set up (``ServerConfig``) and where it listens (``ServerAddress``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+
+from ..core.broker import Limits
+from ..core.flow import DEFAULT_QUEUE_LIMIT
+from ..protocol import DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 5680
+
+
+@attrs.frozen(kw_only=True)
+class ServerConfig:
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    heartbeat_ms: int = 60_000  # the server's wish; the smaller non-zero of both sides wins
+    handshake_timeout: float = 10.0
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE  # the server's wish; the client may lower it
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+    # Publishers are blocked while queued messages take more memory than this: a fraction of
+    # the machine's memory (float) or bytes (int). RabbitMQ's vm_memory_high_watermark.
+    memory_high_watermark: float | int = 0.4
+    # Publishers into a consumed queue wait while it holds more ready bytes than this.
+    queue_flow_limit: int = DEFAULT_QUEUE_LIMIT
+    # Publishers of persistent messages are blocked while the data directory's disk has less
+    # free space than this. RabbitMQ's disk_free_limit (default 50 MB there).
+    disk_free_limit: int = 200 * 1024 * 1024
+    close_timeout: float = 2.0  # how long a closing connection may take to flush
+    # None: the open-file limit less a reserve for the store and the listeners.
+    max_connections: int | None = None
+    max_connections_per_host: int = 1000
+    # A frame begun must go on arriving at this rate (bytes/s) once its grace has passed.
+    min_frame_rate: int = 1024
+    frame_grace: float = 10.0
+    limits: Limits = attrs.Factory(Limits)
+    data_dir: Path | None = None  # None: nothing is kept on disk
+
+
+@attrs.frozen
+class ServerAddress:
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"mqroute://{host}:{self.port}"
