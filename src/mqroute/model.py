@@ -257,17 +257,6 @@ Event = Delivery | Returned | Confirm | ConsumerCancelled | DeliveryTimedOut
 
 
 @attrs.frozen(kw_only=True)
-class QueueStats:
-    name: str
-    durable: bool
-    exclusive: bool
-    auto_delete: bool
-    ready: int
-    unacked: int
-    consumers: int
-
-
-@attrs.frozen(kw_only=True)
 class BrokerStats:
     exchanges: int
     queues: int

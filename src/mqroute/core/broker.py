@@ -41,7 +41,6 @@ from ..model import (
     ExchangeSpec,
     Message,
     QueueSpec,
-    QueueStats,
     Returned,
     Table,
     brief,
@@ -177,7 +176,7 @@ class Broker:
         self._bindings_to: dict[tuple[str, str], dict[tuple[Any, ...], Binding]] = {}
         self._session_ids = itertools.count(1)
         self._queue_names = itertools.count(1)
-        self._published = self._delivered = self._acked = self._dead_lettered = 0
+        self._published = self._delivered = self._acked = 0
         # Seconds since the epoch, as the latest call's ``now`` said; the core reads no clock.
         self.now = 0.0
         # Timers: queues holding messages that can expire, lease or become ready.
@@ -940,7 +939,6 @@ class Broker:
             # message already died in) would go on for ever: drop those targets, as RabbitMQ.
             seen = _death_queues(dead)
             targets = [q for q in targets if q.name not in seen]
-        self._dead_lettered += 1
         self._enqueue(dead, targets)
 
     def _take(self, session: Session, tag: int, multiple: bool) -> list[Unacked]:
@@ -1479,9 +1477,6 @@ class Broker:
             name = f"mqr.gen-{next(self._queue_names)}"
             if name not in self.queues:
                 return name
-
-    def queue_stats(self) -> list[QueueStats]:
-        return [q.stats() for q in self.queues.values()]
 
     def stats(self) -> BrokerStats:
         return BrokerStats(

@@ -31,7 +31,7 @@ from typing import Protocol
 
 import attrs
 
-from ..model import Message, QueueSpec, QueueStats
+from ..model import Message, QueueSpec
 from .dedup import SeenIds
 from .effects import Effects, PageIn
 from .flow import ENTRY_OVERHEAD, PAGED_ENTRY, MemoryLedger
@@ -114,7 +114,6 @@ class MessageQueue:
         self.paging_in = False  # a page of its head is being read back
         self.deleted = False
         self.unacked = 0
-        self.ever_consumed = False  # auto-delete only applies once a consumer came and went
         self.last_used = 0.0  # broker time of the last declare, get or consumer change
         self.published = self.delivered = 0  # totals, for rates
         self.consumers: dict[str, Consumer] = {}
@@ -473,7 +472,6 @@ class MessageQueue:
 
     def add_consumer(self, consumer: Consumer) -> None:
         self.consumers[consumer.tag] = consumer
-        self.ever_consumed = True
         if self.args.single_active_consumer and self.active_tag is None:
             self.active_tag = consumer.tag
         self.activate(consumer)
@@ -527,14 +525,3 @@ class MessageQueue:
             if not self.ready_count:
                 break
         return sent
-
-    def stats(self) -> QueueStats:
-        return QueueStats(
-            name=self.name,
-            durable=self.spec.durable,
-            exclusive=self.spec.exclusive,
-            auto_delete=self.spec.auto_delete,
-            ready=len(self),
-            unacked=self.unacked,
-            consumers=len(self.consumers),
-        )

@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 import io
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import attrs
@@ -1036,10 +1036,6 @@ class Connection:
             raise ProtocolError(f"{self.role.value} may not send a Publish frame now")
         data = encode_publish(exchange, routing_key, body, properties, mandatory)
         return data if len(data) <= self._send_limit + 4 else _fragment(data, self._send_limit)
-
-    def send_many(self, events: Iterable[Frame]) -> bytes:
-        """Bytes for several events, for one write."""
-        return b"".join([self.send(e) for e in events])
 
     def _check(self, sender: Role, event: Frame) -> None:
         kind = type(event)
