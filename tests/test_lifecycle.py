@@ -123,7 +123,7 @@ def test_second_death_in_the_same_queue_counts_up(b: Broker, s: Session) -> None
 def test_a_second_death_keeps_the_first_deaths_details_and_counts(b: Broker) -> None:
     """RabbitMQ 3.10+: the (queue, reason) entry keeps its first exchange, routing keys and
     time; only ``count`` grows, and the entry moves to the front."""
-    from mqroute.core.broker import death_headers
+    from mqroute.core.dead_letter import death_headers
 
     first = msg("k1", exchange="a")
     headers = death_headers(first, "work", "rejected", now=100.0)

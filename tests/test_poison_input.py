@@ -14,7 +14,7 @@ import pytest
 import trio
 
 import mqroute
-from mqroute.core import broker as broker_module
+from mqroute.core import dead_letter
 from mqroute.core.broker import Broker
 from mqroute.errors import InvalidArgument
 from mqroute.protocol import Close, Publish
@@ -91,7 +91,7 @@ async def test_a_failure_while_dead_lettering_drops_that_message_with_a_log_line
     await declare_dead_letter_pair(conn)
     await conn.publish("", "work", b"one")
     await conn.publish("", "work", b"two")
-    monkeypatch.setattr(broker_module, "death_headers", broken)
+    monkeypatch.setattr(dead_letter, "death_headers", broken)
     with caplog.at_level(logging.ERROR, logger="mqroute"):
         first = await conn.get("work")
         assert first is not None

@@ -46,6 +46,7 @@ from ..model import (
     brief,
     utf8_length_over,
 )
+from . import dead_letter
 from .dedup import SeenIds, window_of
 from .effects import Effects, NeedBodies, PageIn
 from .flow import DEFAULT_QUEUE_LIMIT, ENTRY_OVERHEAD, FlowControl, MemoryLedger
@@ -930,14 +931,14 @@ class Broker:
             properties=attrs.evolve(
                 message.properties,
                 expiration=None,
-                headers=death_headers(message, queue.name, reason, self.now),
+                headers=dead_letter.death_headers(message, queue.name, reason, self.now),
             ),
         )
         targets = self._route(dead, from_client=False)
-        if reason != "rejected" and not _rejected_in_history(dead):
+        if reason != "rejected" and not dead_letter.rejected_before(dead):
             # An automatic cycle (expired / maxlen / delivery_limit back into a queue the
             # message already died in) would go on for ever: drop those targets, as RabbitMQ.
-            seen = _death_queues(dead)
+            seen = dead_letter.queues_died_in(dead)
             targets = [q for q in targets if q.name not in seen]
         self._enqueue(dead, targets)
 
@@ -1518,56 +1519,3 @@ def _describe_queue(spec: QueueSpec) -> str:
         f"durable={spec.durable} exclusive={spec.exclusive} "
         f"auto_delete={spec.auto_delete} arguments={spec.arguments}"
     )
-
-
-def death_headers(message: Message, queue: str, reason: str, now: float) -> Table:
-    """The message's headers with its death in ``queue`` recorded as RabbitMQ writes it.
-
-    ``x-death`` holds one entry per (queue, reason), most recent first, with a count; a
-    repeated death keeps the entry's first exchange, routing keys and time (RabbitMQ 3.10+).
-    ``x-first-death-*`` are set once, ``x-last-death-*`` every time.
-    """
-    headers = dict(message.properties.headers or {})
-    deaths = _deaths(headers)
-    previous = next(
-        (d for d in deaths if d.get("queue") == queue and d.get("reason") == reason), None
-    )
-    entry: Table
-    if previous is not None:  # the first death's details stay; only the count grows
-        count = previous.get("count")
-        entry = dict(previous)
-        entry["count"] = count + 1 if type(count) is int and 0 <= count < 2**62 else 1
-    else:
-        entry = {
-            "queue": queue,
-            "reason": reason,
-            "count": 1,
-            "time": int(now),
-            "exchange": message.exchange,
-            "routing-keys": [message.routing_key],
-        }
-        if message.properties.expiration is not None:
-            entry["original-expiration"] = message.properties.expiration
-    headers["x-death"] = [entry] + [d for d in deaths if d is not previous]
-    for key, value in (("queue", queue), ("reason", reason), ("exchange", message.exchange)):
-        headers.setdefault(f"x-first-death-{key}", value)
-        headers[f"x-last-death-{key}"] = value
-    return headers
-
-
-def _deaths(headers: Table) -> list[Table]:
-    """The x-death entries the broker can read. A publisher may send anything under that
-    name: a value that is not a list is ignored (and replaced), as RabbitMQ does, and so is
-    any entry that is not a table."""
-    deaths = headers.get("x-death")
-    if type(deaths) is not list:
-        return []
-    return [d for d in deaths if type(d) is dict]
-
-
-def _death_queues(message: Message) -> set[str]:
-    return {str(d.get("queue")) for d in _deaths(message.properties.headers or {})}
-
-
-def _rejected_in_history(message: Message) -> bool:
-    return any(d.get("reason") == "rejected" for d in _deaths(message.properties.headers or {}))
