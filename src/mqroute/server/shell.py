@@ -226,6 +226,7 @@ class Shell:
         just asked for)."""
         self.drain()
         if not queue.paging_in:
+            await trio.lowlevel.checkpoint()  # it came back already; never a hot loop
             return
         event = self.read_back.get(queue.uid)
         if event is None:
