@@ -210,3 +210,19 @@ def test_a_confirmation_shows_its_outcome() -> None:
     assert repr(confirmation) == "<Confirmation of publish 7: pending>"
     confirmation._settle(MessageNacked("queue 'q' is full"))
     assert repr(confirmation) == "<Confirmation of publish 7: MessageNacked: queue 'q' is full>"
+
+
+async def test_wait_closed_returns_once_the_connection_ended(server: ServerAddress) -> None:
+    ended = trio.Event()
+
+    async def watch(conn: mqroute.Connection) -> None:
+        await conn.wait_closed()
+        ended.set()
+
+    async with trio.open_nursery() as nursery, mqroute.connect(server.url) as conn:
+        nursery.start_soon(watch, conn)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not ended.is_set()
+        await conn.close()
+        await ended.wait()
+    assert not conn.is_open

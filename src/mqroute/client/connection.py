@@ -466,6 +466,10 @@ class Connection:
     def is_open(self) -> bool:
         return self._state is _State.OPEN
 
+    async def wait_closed(self) -> None:
+        """Until the connection has ended, whoever ended it (the server, the network, us)."""
+        await self._closed_by_server.wait()
+
     def _check_open(self) -> None:
         if self._state is _State.OPEN:
             return

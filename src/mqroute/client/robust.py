@@ -92,7 +92,7 @@ class RobustConnection:
                     async with anyio.create_task_group() as pumps:
                         for consumer in self._consumers:
                             pumps.start_soon(consumer._pump, conn)
-                        await conn._closed_by_server.wait()  # set by _fail: the connection ended
+                        await conn.wait_closed()
                         pumps.cancel_scope.cancel()
             except ConnectionClosed as exc:
                 if not first.is_set():
