@@ -96,3 +96,19 @@ def test_rpc_call(mqroute_broker: str) -> None:
         reply = client.call("", "rpc", b"ping", timeout=10)
         thread.join()
         assert reply.body == b"PING"
+
+
+def test_wait_closed_blocks_until_the_connection_ends(mqroute_broker: str) -> None:
+    conn = mqroute.connect_blocking(mqroute_broker)
+    ended = threading.Event()
+
+    def watch() -> None:
+        conn.wait_closed()
+        ended.set()
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    assert not ended.wait(0.05)  # still open
+    conn.close()
+    watcher.join(timeout=10)
+    assert ended.is_set()

@@ -201,6 +201,10 @@ class BlockingConnection:
 
     # The same names as the async SDK.
 
+    def wait_closed(self) -> None:
+        """Block until the connection has ended, whoever ended it."""
+        self._call(self._conn.wait_closed)
+
     def declare_exchange(self, name: str, type: str = "direct", **options: Any) -> None:
         self._call(self._conn.declare_exchange, name, type, **options)
 
