@@ -326,7 +326,7 @@ class MessageQueue:
             if requeued and -requeued[0][0] >= level:
                 head = requeued[0][2]
                 if body and head.message is None and head.ready:
-                    self.want(heapq.nsmallest(PAGE, self._requeued))
+                    self.want([item[2] for item in heapq.nsmallest(PAGE, self._requeued)])
                     return None
                 entry = heapq.heappop(requeued)[2]
             elif level >= 0:
@@ -374,11 +374,10 @@ class MessageQueue:
                 wanted.append(entry)
         self.want(wanted)
 
-    def want(self, items: list[QueueEntry] | list[tuple[int, int, QueueEntry]]) -> None:
+    def want(self, entries: list[QueueEntry]) -> None:
         """Ask for the bodies of these entries (those still on disk and ready)."""
         if self.paging_in:
             return
-        entries = [i if isinstance(i, QueueEntry) else i[2] for i in items]
         entries = [e for e in entries if e.message is None and e.ready]
         if entries:
             self.paging_in = True
