@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from mqroute.core.broker import Broker
+from mqroute.core.vhost import Vhost
 from mqroute.model import Delivery, Message, Properties, QueueSpec
 from mqroute.protocol import (
     NEED_DATA,
@@ -68,8 +68,8 @@ def stage_decode_publish(n: int) -> float:
     return time.perf_counter() - started
 
 
-def broker_with_queue(consumer: bool) -> tuple[Broker, object, object]:
-    broker = Broker()
+def broker_with_queue(consumer: bool) -> tuple[Vhost, object, object]:
+    broker = Vhost()
     producer = broker.open_session("p")
     broker.declare_queue("p", QueueSpec(name="q"))
     cons = broker.open_session("c")
@@ -122,7 +122,7 @@ def stage_store(n: int) -> tuple[float, float]:
     """
     with tempfile.TemporaryDirectory(dir=Path.home()) as tmp:
         store = SqliteStore(Path(tmp))
-        broker = Broker(durable=True)
+        broker = Vhost(durable=True)
         producer = broker.open_session("p")
         broker.declare_queue("p", QueueSpec(name="q", durable=True))
         assert broker.journal is not None
@@ -164,7 +164,7 @@ def main() -> None:
     commit_ms = statistics.median(w for _, w in stores) / (n / 1000) * 1e3
     rows = [
         ("decode Publish (frame → event, properties cached)", decode),
-        ("route + enqueue + confirm bookkeeping (Broker.publish)", route),
+        ("route + enqueue + confirm bookkeeping (Vhost.publish)", route),
         ("dispatch to a consumer (tag, unacked, Delivery)", with_dispatch - route),
         ("encode Deliver (shared tail + per-delivery head)", encode),
         ("decode Ack (multiple, every 50) + settle + credit", ack),

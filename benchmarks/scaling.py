@@ -21,13 +21,13 @@ import gc
 import statistics
 import time
 
-from mqroute.core.broker import Broker
+from mqroute.core.vhost import Vhost
 from mqroute.model import ExchangeSpec, Message, QueueSpec
 from mqroute.server.startup import GC_THRESHOLD
 
 
 def topic_publish_us(bindings: int, messages: int) -> float:
-    broker = Broker()
+    broker = Vhost()
     session = broker.open_session("bench")
     broker.declare_exchange(ExchangeSpec(name="t", type="topic"))
     for q in range(100):
@@ -52,7 +52,7 @@ def topic_publish_us(bindings: int, messages: int) -> float:
 
 
 def dispatch_us(consumers: int, messages: int) -> float:
-    broker = Broker()
+    broker = Vhost()
     producer = broker.open_session("producer")
     broker.declare_queue("producer", QueueSpec(name="work"))
     sessions = []

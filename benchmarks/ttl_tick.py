@@ -14,12 +14,12 @@ import random
 import statistics
 import time
 
-from mqroute.core.broker import Broker
+from mqroute.core.vhost import Vhost
 from mqroute.model import Message, Properties, QueueSpec
 
 
-def fill(pending: int, with_ttl: bool, delayed: bool = False) -> tuple[Broker, float]:
-    broker = Broker()
+def fill(pending: int, with_ttl: bool, delayed: bool = False) -> tuple[Vhost, float]:
+    broker = Vhost()
     broker.declare_queue("o", QueueSpec(name="q"), now=1_700_000_000.0)
     session = broker.open_session("o")
     messages = [

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mqroute.core.broker import Broker
 from mqroute.core.session import Session
+from mqroute.core.vhost import Vhost
 from mqroute.model import Delivery, Message, Properties, QueueSpec
 
 
@@ -14,14 +14,14 @@ def msg(key: str, body: bytes = b"", exchange: str = "", **props: Any) -> Messag
     return Message(exchange=exchange, routing_key=key, body=body, properties=Properties(**props))
 
 
-def declare(b: Broker, name: str, **arguments: Any) -> None:
+def declare(b: Vhost, name: str, **arguments: Any) -> None:
     b.declare_queue("o", QueueSpec(name=name, arguments=arguments))
 
 
-def ready(b: Broker, queue: str) -> list[Message]:
+def ready(b: Vhost, queue: str) -> list[Message]:
     return [e.message for e in b.queues[queue].ready_entries() if e.message is not None]
 
 
-def bodies_for(b: Broker, session: Session) -> list[bytes]:
+def bodies_for(b: Vhost, session: Session) -> list[bytes]:
     """The bodies of the deliveries ``session`` has to send now."""
     return [e.message.body for e in b.take_events(session) if isinstance(e, Delivery)]

@@ -241,11 +241,11 @@ async def test_cli_rates_say_their_unit(server: ServerAddress, conn: mqroute.Con
 
 
 def test_rates_come_from_counts_between_samples() -> None:
-    from mqroute.core.broker import Broker
+    from mqroute.core.vhost import Vhost
     from mqroute.model import Message, QueueSpec
     from mqroute.server.admin import Registry, inspect
 
-    broker, registry = Broker(), Registry()
+    broker, registry = Vhost(), Registry()
     broker.declare_queue("o", QueueSpec(name="q"))
     session = broker.open_session("o")
     registry.sample(broker, 100.0)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mqroute.core.broker import Broker
 from mqroute.core.session import Session
+from mqroute.core.vhost import Vhost
 from mqroute.model import (
     Confirm,
     ExchangeSpec,
@@ -14,7 +14,7 @@ from .core_helpers import declare, msg, ready
 # --- alternate exchange ------------------------------------------------------------------------
 
 
-def test_alternate_exchange_takes_unroutable_messages(b: Broker, s: Session) -> None:
+def test_alternate_exchange_takes_unroutable_messages(b: Vhost, s: Session) -> None:
     b.declare_exchange(
         ExchangeSpec(name="orders", type="direct", arguments={"alternate-exchange": "dlx"})
     )
@@ -29,7 +29,7 @@ def test_alternate_exchange_takes_unroutable_messages(b: Broker, s: Session) -> 
     assert steps[0].binding.routing_key == "(alternate-exchange)"
 
 
-def test_alternate_exchange_cycles_end(b: Broker, s: Session) -> None:
+def test_alternate_exchange_cycles_end(b: Vhost, s: Session) -> None:
     b.declare_exchange(ExchangeSpec(name="a", type="direct", arguments={"alternate-exchange": "b"}))
     b.declare_exchange(ExchangeSpec(name="b", type="direct", arguments={"alternate-exchange": "a"}))
     b.publish(s, msg("k", exchange="a"), mandatory=True)

@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from mqroute.core.broker import Broker
 from mqroute.core.session import Session
+from mqroute.core.vhost import Vhost
 from mqroute.errors import (
     AccessRefused,
     InvalidArgument,
@@ -31,32 +31,32 @@ def msg(exchange: str, key: str, body: bytes = b"", **props: Any) -> Message:
     return Message(exchange=exchange, routing_key=key, body=body, properties=Properties(**props))
 
 
-def deliveries(broker: Broker, session: Session) -> list[Delivery]:
+def deliveries(broker: Vhost, session: Session) -> list[Delivery]:
     return [e for e in broker.take_events(session) if isinstance(e, Delivery)]
 
 
-def bodies(broker: Broker, session: Session) -> list[bytes]:
+def bodies(broker: Vhost, session: Session) -> list[bytes]:
     return [d.message.body for d in deliveries(broker, session)]
 
 
 @pytest.fixture
-def b() -> Broker:
-    return Broker()
+def b() -> Vhost:
+    return Vhost()
 
 
 @pytest.fixture
-def s(b: Broker) -> Session:
+def s(b: Vhost) -> Session:
     return b.open_session("c1")
 
 
-def queue(b: Broker, name: str, owner: str = "c1", **kw: Any) -> str:
+def queue(b: Vhost, name: str, owner: str = "c1", **kw: Any) -> str:
     return b.declare_queue(owner, QueueSpec(name=name, **kw)).queue
 
 
 # --- declarations ----------------------------------------------------------------------------
 
 
-def test_predeclared_exchanges_exist(b: Broker) -> None:
+def test_predeclared_exchanges_exist(b: Vhost) -> None:
     for name, kind in [
         ("amq.direct", "direct"),
         ("amq.fanout", "fanout"),
@@ -66,7 +66,7 @@ def test_predeclared_exchanges_exist(b: Broker) -> None:
         assert b.exchanges[name].spec.type == kind
 
 
-def test_redeclare_same_exchange_is_idempotent(b: Broker) -> None:
+def test_redeclare_same_exchange_is_idempotent(b: Vhost) -> None:
     b.declare_exchange(ExchangeSpec(name="x", type="topic", durable=True))
     b.declare_exchange(ExchangeSpec(name="x", type="topic", durable=True))
     assert len(b.exchanges) == 5
@@ -76,7 +76,7 @@ def test_redeclare_same_exchange_is_idempotent(b: Broker) -> None:
     "change",
     [{"type": "direct"}, {"durable": False}, {"auto_delete": True}, {"arguments": {"a": 1}}],
 )
-def test_redeclare_with_other_properties_fails(b: Broker, change: dict[str, Any]) -> None:
+def test_redeclare_with_other_properties_fails(b: Vhost, change: dict[str, Any]) -> None:
     b.declare_exchange(ExchangeSpec(name="x", type="topic", durable=True))
     spec = dict(name="x", type="topic", durable=True) | change
     with pytest.raises(PreconditionFailed, match="exists with different properties"):
@@ -84,19 +84,19 @@ def test_redeclare_with_other_properties_fails(b: Broker, change: dict[str, Any]
     assert b.exchanges["x"].spec == ExchangeSpec(name="x", type="topic", durable=True)
 
 
-def test_passive_exchange_declare(b: Broker) -> None:
+def test_passive_exchange_declare(b: Vhost) -> None:
     with pytest.raises(NotFound):
         b.declare_exchange(ExchangeSpec(name="nope", type="direct"), passive=True)
     b.declare_exchange(ExchangeSpec(name="amq.topic", type="fanout"), passive=True)  # type ignored
 
 
-def test_unknown_exchange_type(b: Broker) -> None:
+def test_unknown_exchange_type(b: Vhost) -> None:
     with pytest.raises(InvalidArgument, match="unknown exchange type 'x-weird'"):
         b.declare_exchange(ExchangeSpec(name="x", type="x-weird"))
     assert "x" not in b.exchanges
 
 
-def test_reserved_names(b: Broker) -> None:
+def test_reserved_names(b: Vhost) -> None:
     with pytest.raises(AccessRefused):
         b.declare_exchange(ExchangeSpec(name="amq.mine", type="direct"))
     with pytest.raises(AccessRefused):
@@ -110,7 +110,7 @@ def test_reserved_names(b: Broker) -> None:
         b.bind_queue("c1", "q", "", "q")
 
 
-def test_delete_exchange_if_unused(b: Broker) -> None:
+def test_delete_exchange_if_unused(b: Vhost) -> None:
     b.declare_exchange(ExchangeSpec(name="x", type="fanout"))
     queue(b, "q")
     b.bind_queue("c1", "q", "x")
@@ -122,20 +122,20 @@ def test_delete_exchange_if_unused(b: Broker) -> None:
         b.delete_exchange("x")
 
 
-def test_server_named_queue(b: Broker) -> None:
+def test_server_named_queue(b: Vhost) -> None:
     name = queue(b, "")
     assert name.startswith("mqr.gen-") and name in b.queues
     assert queue(b, "") != name
 
 
-def test_redeclare_queue_mismatch(b: Broker) -> None:
+def test_redeclare_queue_mismatch(b: Vhost) -> None:
     queue(b, "q", durable=True)
     with pytest.raises(PreconditionFailed, match="durable=True"):
         queue(b, "q", durable=False)
     assert b.declare_queue("c1", QueueSpec(name="q", durable=True)).queue == "q"
 
 
-def test_passive_queue_declare_reports_counts(b: Broker, s: Session) -> None:
+def test_passive_queue_declare_reports_counts(b: Vhost, s: Session) -> None:
     with pytest.raises(NotFound):
         b.declare_queue("c1", QueueSpec(name="q"), passive=True)
     queue(b, "q")
@@ -144,7 +144,7 @@ def test_passive_queue_declare_reports_counts(b: Broker, s: Session) -> None:
     assert (ok.message_count, ok.consumer_count) == (1, 0)
 
 
-def test_delete_queue_conditions_and_count(b: Broker, s: Session) -> None:
+def test_delete_queue_conditions_and_count(b: Vhost, s: Session) -> None:
     queue(b, "q")
     b.publish(s, msg("", "q"))
     with pytest.raises(PreconditionFailed, match="not empty"):
@@ -157,7 +157,7 @@ def test_delete_queue_conditions_and_count(b: Broker, s: Session) -> None:
     assert [e for e in s.take_events() if isinstance(e, ConsumerCancelled)]
 
 
-def test_purge_returns_ready_count(b: Broker, s: Session) -> None:
+def test_purge_returns_ready_count(b: Vhost, s: Session) -> None:
     queue(b, "q")
     for _ in range(3):
         b.publish(s, msg("", "q"))
@@ -168,7 +168,7 @@ def test_purge_returns_ready_count(b: Broker, s: Session) -> None:
 # --- exclusive and auto-delete -----------------------------------------------------------------
 
 
-def test_exclusive_queue_is_locked_to_its_connection(b: Broker) -> None:
+def test_exclusive_queue_is_locked_to_its_connection(b: Vhost) -> None:
     queue(b, "mine", exclusive=True)
     other = b.open_session("c2")
     with pytest.raises(ResourceLocked):
@@ -185,14 +185,14 @@ def test_exclusive_queue_is_locked_to_its_connection(b: Broker) -> None:
     assert len(b.queues["mine"]) == 1
 
 
-def test_exclusive_queue_goes_with_its_connection(b: Broker) -> None:
+def test_exclusive_queue_goes_with_its_connection(b: Vhost) -> None:
     queue(b, "mine", exclusive=True)
     queue(b, "shared")
     b.release_owner("c1")
     assert list(b.queues) == ["shared"]
 
 
-def test_auto_delete_queue_goes_with_its_last_consumer(b: Broker, s: Session) -> None:
+def test_auto_delete_queue_goes_with_its_last_consumer(b: Vhost, s: Session) -> None:
     queue(b, "q", auto_delete=True)
     t1 = b.consume(s, "q")
     t2 = b.consume(s, "q")
@@ -202,13 +202,13 @@ def test_auto_delete_queue_goes_with_its_last_consumer(b: Broker, s: Session) ->
     assert "q" not in b.queues
 
 
-def test_auto_delete_queue_without_consumers_stays(b: Broker, s: Session) -> None:
+def test_auto_delete_queue_without_consumers_stays(b: Vhost, s: Session) -> None:
     queue(b, "q", auto_delete=True)
     b.close_session(s)
     assert "q" in b.queues
 
 
-def test_auto_delete_exchange_goes_with_its_last_binding(b: Broker) -> None:
+def test_auto_delete_exchange_goes_with_its_last_binding(b: Vhost) -> None:
     b.declare_exchange(ExchangeSpec(name="x", type="fanout", auto_delete=True))
     queue(b, "q1")
     queue(b, "q2")
@@ -223,14 +223,14 @@ def test_auto_delete_exchange_goes_with_its_last_binding(b: Broker) -> None:
 # --- routing -------------------------------------------------------------------------------
 
 
-def test_default_exchange_routes_by_queue_name(b: Broker, s: Session) -> None:
+def test_default_exchange_routes_by_queue_name(b: Vhost, s: Session) -> None:
     queue(b, "tasks")
     b.publish(s, msg("", "tasks", b"1"))
     b.publish(s, msg("", "nothing", b"2"))
     assert len(b.queues["tasks"]) == 1
 
 
-def test_topic_exchange_routes_to_matching_queues(b: Broker, s: Session) -> None:
+def test_topic_exchange_routes_to_matching_queues(b: Vhost, s: Session) -> None:
     b.declare_exchange(ExchangeSpec(name="shop", type="topic"))
     for q, key in [("inventory", "order.*"), ("audit", "#"), ("mail", "*.created")]:
         queue(b, q)
@@ -241,7 +241,7 @@ def test_topic_exchange_routes_to_matching_queues(b: Broker, s: Session) -> None
     assert {n: len(q) for n, q in b.queues.items()} == {"inventory": 2, "audit": 3, "mail": 2}
 
 
-def test_a_queue_gets_one_copy_even_through_many_bindings(b: Broker, s: Session) -> None:
+def test_a_queue_gets_one_copy_even_through_many_bindings(b: Vhost, s: Session) -> None:
     b.declare_exchange(ExchangeSpec(name="t", type="topic"))
     queue(b, "q")
     for key in ["a.*", "*.b", "#", "a.b"]:
@@ -250,7 +250,7 @@ def test_a_queue_gets_one_copy_even_through_many_bindings(b: Broker, s: Session)
     assert len(b.queues["q"]) == 1
 
 
-def test_exchange_to_exchange_with_cycle(b: Broker, s: Session) -> None:
+def test_exchange_to_exchange_with_cycle(b: Vhost, s: Session) -> None:
     for name in ("x1", "x2", "x3"):
         b.declare_exchange(ExchangeSpec(name=name, type="fanout"))
     b.bind_exchange("x2", "x1")
@@ -266,7 +266,7 @@ def test_exchange_to_exchange_with_cycle(b: Broker, s: Session) -> None:
     assert {step.exchange for step in result.steps} == {"x1", "x2", "x3"}
 
 
-def test_exchange_binding_removed_with_either_end(b: Broker, s: Session) -> None:
+def test_exchange_binding_removed_with_either_end(b: Vhost, s: Session) -> None:
     b.declare_exchange(ExchangeSpec(name="up", type="fanout"))
     b.declare_exchange(ExchangeSpec(name="down", type="fanout"))
     b.bind_exchange("down", "up")
@@ -274,7 +274,7 @@ def test_exchange_binding_removed_with_either_end(b: Broker, s: Session) -> None
     assert b.bindings() == []
 
 
-def test_unbind_missing_binding_is_not_found(b: Broker) -> None:
+def test_unbind_missing_binding_is_not_found(b: Vhost) -> None:
     queue(b, "q")
     with pytest.raises(NotFound, match="no binding"):
         b.unbind_queue("c1", "q", "amq.direct", "k")
@@ -284,7 +284,7 @@ def test_unbind_missing_binding_is_not_found(b: Broker) -> None:
         b.bind_queue("c1", "missing", "amq.direct", "k")
 
 
-def test_invalid_headers_binding_changes_nothing(b: Broker) -> None:
+def test_invalid_headers_binding_changes_nothing(b: Vhost) -> None:
     queue(b, "q")
     with pytest.raises(PreconditionFailed):
         b.bind_queue("c1", "q", "amq.headers", "", {"x-match": "some"})
@@ -294,14 +294,14 @@ def test_invalid_headers_binding_changes_nothing(b: Broker) -> None:
 # --- publishing ------------------------------------------------------------------------------
 
 
-def test_confirms_coalesce_into_one_multiple_ack(b: Broker, s: Session) -> None:
+def test_confirms_coalesce_into_one_multiple_ack(b: Vhost, s: Session) -> None:
     queue(b, "q")
     for _ in range(5):
         b.publish(s, msg("", "q"))
     assert s.take_events() == [Confirm(seq=5, multiple=True)]
 
 
-def test_publish_to_missing_exchange_is_nacked_with_reason(b: Broker, s: Session) -> None:
+def test_publish_to_missing_exchange_is_nacked_with_reason(b: Vhost, s: Session) -> None:
     queue(b, "q")
     b.publish(s, msg("", "q"))
     with pytest.raises(NotFound):
@@ -320,7 +320,7 @@ def test_publish_to_missing_exchange_is_nacked_with_reason(b: Broker, s: Session
     ]
 
 
-def test_mandatory_unroutable_is_returned_before_confirm(b: Broker, s: Session) -> None:
+def test_mandatory_unroutable_is_returned_before_confirm(b: Vhost, s: Session) -> None:
     b.publish(s, msg("amq.direct", "nowhere", b"x"), mandatory=True)
     b.publish(s, msg("amq.direct", "nowhere", b"y"))  # not mandatory: silently dropped
     events = s.take_events()
@@ -330,7 +330,7 @@ def test_mandatory_unroutable_is_returned_before_confirm(b: Broker, s: Session) 
 
 
 def test_body_over_the_limit_is_refused() -> None:
-    b = Broker(max_message_size=10)
+    b = Vhost(max_message_size=10)
     s = b.open_session("c1")
     queue(b, "q")
     with pytest.raises(PreconditionFailed, match="exceeds the maximum"):
@@ -338,7 +338,7 @@ def test_body_over_the_limit_is_refused() -> None:
     assert len(b.queues["q"]) == 0
 
 
-def test_internal_exchange_refuses_direct_publish(b: Broker, s: Session) -> None:
+def test_internal_exchange_refuses_direct_publish(b: Vhost, s: Session) -> None:
     b.declare_exchange(ExchangeSpec(name="inner", type="fanout", internal=True))
     with pytest.raises(AccessRefused):
         b.publish(s, msg("inner", ""))
@@ -347,7 +347,7 @@ def test_internal_exchange_refuses_direct_publish(b: Broker, s: Session) -> None
 # --- consuming -------------------------------------------------------------------------------
 
 
-def test_round_robin_between_consumers(b: Broker) -> None:
+def test_round_robin_between_consumers(b: Vhost) -> None:
     queue(b, "q")
     s1, s2 = b.open_session("c1"), b.open_session("c2")
     b.consume(s1, "q")
@@ -358,7 +358,7 @@ def test_round_robin_between_consumers(b: Broker) -> None:
     assert bodies(b, s2) == [b"\x01", b"\x03", b"\x05"]
 
 
-def test_prefetch_limits_unacked_deliveries(b: Broker, s: Session) -> None:
+def test_prefetch_limits_unacked_deliveries(b: Vhost, s: Session) -> None:
     queue(b, "q")
     b.consume(s, "q", prefetch=2)
     for i in range(5):
@@ -373,7 +373,7 @@ def test_prefetch_limits_unacked_deliveries(b: Broker, s: Session) -> None:
     assert len(b.queues["q"]) == 0
 
 
-def test_fair_dispatch_with_prefetch_one(b: Broker) -> None:
+def test_fair_dispatch_with_prefetch_one(b: Vhost) -> None:
     queue(b, "q")
     busy, idle = b.open_session("busy"), b.open_session("idle")
     b.consume(busy, "q", prefetch=1)
@@ -387,7 +387,7 @@ def test_fair_dispatch_with_prefetch_one(b: Broker) -> None:
     assert len(deliveries(b, idle)) == 1  # the idle worker took the rest
 
 
-def test_nack_requeue_puts_messages_back_in_original_order(b: Broker, s: Session) -> None:
+def test_nack_requeue_puts_messages_back_in_original_order(b: Vhost, s: Session) -> None:
     queue(b, "q")
     b.consume(s, "q", prefetch=3)
     for i in range(5):
@@ -400,7 +400,7 @@ def test_nack_requeue_puts_messages_back_in_original_order(b: Broker, s: Session
     assert [d.delivery_count for d in again] == [2, 2, 2]
 
 
-def test_reject_without_requeue_drops(b: Broker, s: Session) -> None:
+def test_reject_without_requeue_drops(b: Vhost, s: Session) -> None:
     queue(b, "q")
     b.publish(s, msg("", "q"))
     d = b.get(s, "q")
@@ -409,7 +409,7 @@ def test_reject_without_requeue_drops(b: Broker, s: Session) -> None:
     assert len(b.queues["q"]) == 0 and b.queues["q"].unacked == 0
 
 
-def test_closing_a_session_requeues_its_unacked(b: Broker) -> None:
+def test_closing_a_session_requeues_its_unacked(b: Vhost) -> None:
     queue(b, "q")
     worker = b.open_session("w1")
     b.consume(worker, "q", prefetch=10)
@@ -424,7 +424,7 @@ def test_closing_a_session_requeues_its_unacked(b: Broker) -> None:
     assert all(d.redelivered for d in got)
 
 
-def test_unknown_delivery_tag_is_precondition_failed(b: Broker, s: Session) -> None:
+def test_unknown_delivery_tag_is_precondition_failed(b: Vhost, s: Session) -> None:
     with pytest.raises(PreconditionFailed, match="unknown delivery tag 42"):
         b.ack(s, 42)
     queue(b, "q")
@@ -436,7 +436,7 @@ def test_unknown_delivery_tag_is_precondition_failed(b: Broker, s: Session) -> N
         b.ack(s, d.delivery_tag)
 
 
-def test_auto_ack_consumer_needs_no_acks(b: Broker, s: Session) -> None:
+def test_auto_ack_consumer_needs_no_acks(b: Vhost, s: Session) -> None:
     queue(b, "q")
     b.consume(s, "q", auto_ack=True, prefetch=1)  # prefetch does not apply to auto-ack
     for _ in range(3):
@@ -445,7 +445,7 @@ def test_auto_ack_consumer_needs_no_acks(b: Broker, s: Session) -> None:
     assert b.queues["q"].unacked == 0
 
 
-def test_get_reports_remaining_count(b: Broker, s: Session) -> None:
+def test_get_reports_remaining_count(b: Vhost, s: Session) -> None:
     queue(b, "q")
     assert b.get(s, "q") is None
     b.publish(s, msg("", "q", b"a"))
@@ -455,7 +455,7 @@ def test_get_reports_remaining_count(b: Broker, s: Session) -> None:
     assert s.unacked == {}
 
 
-def test_cancel_keeps_unacked_messages_ackable(b: Broker, s: Session) -> None:
+def test_cancel_keeps_unacked_messages_ackable(b: Vhost, s: Session) -> None:
     queue(b, "q")
     tag = b.consume(s, "q")
     b.publish(s, msg("", "q"))
@@ -465,14 +465,14 @@ def test_cancel_keeps_unacked_messages_ackable(b: Broker, s: Session) -> None:
     assert b.queues["q"].unacked == 0
 
 
-def test_exclusive_consumer(b: Broker, s: Session) -> None:
+def test_exclusive_consumer(b: Vhost, s: Session) -> None:
     queue(b, "q")
     b.consume(s, "q", exclusive=True)
     with pytest.raises(ResourceLocked, match="exclusive consumer"):
         b.consume(b.open_session("c2"), "q")
 
 
-def test_full_outbox_stops_dispatch_until_taken(b: Broker, s: Session) -> None:
+def test_full_outbox_stops_dispatch_until_taken(b: Vhost, s: Session) -> None:
     s.outbox_limit = 3
     queue(b, "q")
     b.consume(s, "q", auto_ack=True)
@@ -483,7 +483,7 @@ def test_full_outbox_stops_dispatch_until_taken(b: Broker, s: Session) -> None:
     assert len(deliveries(b, s)) == 3  # taking the events let dispatch go on
 
 
-def test_requeued_messages_go_to_other_waiting_consumers(b: Broker) -> None:
+def test_requeued_messages_go_to_other_waiting_consumers(b: Vhost) -> None:
     queue(b, "q")
     first, second = b.open_session("a"), b.open_session("b")
     b.consume(first, "q", prefetch=1)

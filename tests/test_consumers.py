@@ -8,8 +8,8 @@ import pytest
 import trio
 
 import mqroute
-from mqroute.core.broker import Broker
 from mqroute.core.session import Session
+from mqroute.core.vhost import Vhost
 from mqroute.errors import PreconditionFailed
 from mqroute.model import (
     Delivery,
@@ -22,7 +22,7 @@ from .test_durability import running
 # --- competition between consumers --------------------------------------------------------------
 
 
-def test_single_active_consumer_gets_everything_until_it_goes(b: Broker) -> None:
+def test_single_active_consumer_gets_everything_until_it_goes(b: Vhost) -> None:
     declare(b, "q", **{"x-single-active-consumer": True})
     first, second = b.open_session("a"), b.open_session("b")
     b.consume(first, "q", prefetch=1)
@@ -35,7 +35,7 @@ def test_single_active_consumer_gets_everything_until_it_goes(b: Broker) -> None
     assert b.queues["q"].active_tag in second.consumers
 
 
-def test_consumer_priority_serves_higher_first_while_it_has_credit(b: Broker) -> None:
+def test_consumer_priority_serves_higher_first_while_it_has_credit(b: Vhost) -> None:
     declare(b, "q")
     low, high = b.open_session("low"), b.open_session("high")
     b.consume(low, "q", prefetch=10)
@@ -46,7 +46,7 @@ def test_consumer_priority_serves_higher_first_while_it_has_credit(b: Broker) ->
     assert bodies_for(b, low) == [b"\x02", b"\x03"]
 
 
-def test_bad_consumer_priority_is_refused(b: Broker, s: Session) -> None:
+def test_bad_consumer_priority_is_refused(b: Vhost, s: Session) -> None:
     declare(b, "q")
     with pytest.raises(PreconditionFailed, match="x-priority"):
         b.consume(s, "q", arguments={"x-priority": "high"})
@@ -56,7 +56,7 @@ def test_bad_consumer_priority_is_refused(b: Broker, s: Session) -> None:
 # --- priority queues ---------------------------------------------------------------------------
 
 
-def test_priority_queue_delivers_higher_first_fifo_within(b: Broker, s: Session) -> None:
+def test_priority_queue_delivers_higher_first_fifo_within(b: Vhost, s: Session) -> None:
     declare(b, "q", **{"x-max-priority": 5})
     for body, priority in [
         (b"low1", 1),
@@ -73,7 +73,7 @@ def test_priority_queue_delivers_higher_first_fifo_within(b: Broker, s: Session)
     assert got == [b"high1", b"capped", b"high2", b"low1", b"low2", b"none"]
 
 
-def test_requeued_message_returns_ahead_within_its_priority(b: Broker, s: Session) -> None:
+def test_requeued_message_returns_ahead_within_its_priority(b: Vhost, s: Session) -> None:
     declare(b, "q", **{"x-max-priority": 9})
     b.publish(s, msg("q", b"a", priority=3))
     b.publish(s, msg("q", b"b", priority=3))
@@ -88,7 +88,7 @@ def test_requeued_message_returns_ahead_within_its_priority(b: Broker, s: Sessio
     assert order == [b"urgent2", b"a", b"b"]
 
 
-def test_priority_with_max_length_drops_from_the_head(b: Broker, s: Session) -> None:
+def test_priority_with_max_length_drops_from_the_head(b: Vhost, s: Session) -> None:
     declare(b, "q", **{"x-max-priority": 2, "x-max-length": 2})
     b.publish(s, msg("q", b"p0", priority=0))
     b.publish(s, msg("q", b"p2", priority=2))
@@ -111,7 +111,7 @@ async def test_priorities_survive_a_restart(tmp_path: Path) -> None:
 
 
 def test_an_unacked_delivery_past_its_deadline_is_requeued_and_reported(
-    b: Broker, s: Session
+    b: Vhost, s: Session
 ) -> None:
     declare(b, "q", **{"x-consumer-timeout": 1000})
     other = b.open_session("other")
@@ -119,8 +119,7 @@ def test_an_unacked_delivery_past_its_deadline_is_requeued_and_reported(
     b.publish(s, msg("q", b"slow"))
     [first] = [e for e in b.take_events(s) if isinstance(e, Delivery)]
     b.consume(other, "q", prefetch=1)
-    b.now += 1.0
-    b.expire()
+    b.expire(now=b.now + 1.0)
     events = b.take_events(s)
     assert (
         DeliveryTimedOut(consumer_tag=first.consumer_tag, delivery_tag=first.delivery_tag) in events
@@ -130,15 +129,13 @@ def test_an_unacked_delivery_past_its_deadline_is_requeued_and_reported(
     b.ack(s, first.delivery_tag)  # crossed on the wire with the timeout: ignored, no error
 
 
-def test_a_multiple_ack_across_a_timed_out_delivery_ignores_that_tag(b: Broker, s: Session) -> None:
+def test_a_multiple_ack_across_a_timed_out_delivery_ignores_that_tag(b: Vhost, s: Session) -> None:
     declare(b, "q", **{"x-consumer-timeout": 1000})
     b.consume(s, "q", prefetch=3)
     b.publish(s, msg("q", b"slow"))
-    b.now += 0.5
-    b.publish(s, msg("q", b"fast"))
+    b.publish(s, msg("q", b"fast"), now=b.now + 0.5)
     slow, fast = [e for e in b.take_events(s) if isinstance(e, Delivery)]
-    b.now += 0.5
-    b.expire()  # "slow" timed out and went back to the queue; it is delivered again
+    b.expire(now=b.now + 0.5)  # "slow" timed out and went back to the queue; it is delivered again
     [again] = [e for e in b.take_events(s) if isinstance(e, Delivery)]
     assert again.redelivered and slow.delivery_tag < fast.delivery_tag < again.delivery_tag
     b.ack(s, slow.delivery_tag, multiple=True)  # covers only the timed-out tag: no error
@@ -149,37 +146,33 @@ def test_a_multiple_ack_across_a_timed_out_delivery_ignores_that_tag(b: Broker, 
 
 
 def test_a_client_that_never_settles_timed_out_tags_does_not_grow_the_session(
-    b: Broker, s: Session, monkeypatch: pytest.MonkeyPatch
+    b: Vhost, s: Session, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import mqroute.core.broker as broker_module
+    import mqroute.core.session as session_module
 
-    monkeypatch.setattr(broker_module, "TIMED_OUT_MEMORY", 3)
+    monkeypatch.setattr(session_module, "TIMED_OUT_MEMORY", 3)
     declare(b, "q", **{"x-consumer-timeout": 1000})
     b.consume(s, "q", prefetch=1)
     b.publish(s, msg("q", b"never acked"))
     for _ in range(10):  # times out, is delivered again, times out again ...
-        b.now += 1.0
-        b.expire()
+        b.expire(now=b.now + 1.0)
     assert len(s.timed_out) == 3 and max(s.timed_out) == 10
 
 
-def test_extend_moves_the_deadline(b: Broker, s: Session) -> None:
+def test_extend_moves_the_deadline(b: Vhost, s: Session) -> None:
     declare(b, "q")
     b.consume(s, "q", arguments={"x-consumer-timeout": 1000})  # a consumer argument
     b.publish(s, msg("q", b"long job"))
     [d] = [e for e in b.take_events(s) if isinstance(e, Delivery)]
-    b.now += 0.9
-    b.extend(s, d.delivery_tag, 5000)
-    b.now += 1.0
-    b.expire()
+    b.extend(s, d.delivery_tag, 5000, now=b.now + 0.9)
+    b.expire(now=b.now + 1.0)
     assert b.queues["q"].unacked == 1
-    b.now += 4.0
-    b.expire()
+    b.expire(now=b.now + 4.0)
     assert b.queues["q"].unacked == 1  # redelivered to the same consumer
     assert any(isinstance(e, DeliveryTimedOut) for e in b.take_events(s))
 
 
-def test_extending_an_unknown_tag_is_precondition_failed(b: Broker, s: Session) -> None:
+def test_extending_an_unknown_tag_is_precondition_failed(b: Vhost, s: Session) -> None:
     with pytest.raises(PreconditionFailed, match="unknown delivery tag 9"):
         b.extend(s, 9, 1000)
 

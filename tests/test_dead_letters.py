@@ -10,8 +10,9 @@ import pytest
 import trio
 
 import mqroute
-from mqroute.core.broker import Broker, Redriven
+from mqroute.core.dead_letter import Redriven
 from mqroute.core.session import Session
+from mqroute.core.vhost import Vhost
 from mqroute.errors import MessageNacked, NotFound, PreconditionFailed
 from mqroute.model import (
     Confirm,
@@ -24,7 +25,7 @@ from .core_helpers import declare, msg, ready
 from .test_durability import running
 
 
-def test_rejected_message_goes_to_the_dlx_with_x_death(b: Broker, s: Session) -> None:
+def test_rejected_message_goes_to_the_dlx_with_x_death(b: Vhost, s: Session) -> None:
     declare(b, "work", **{"x-dead-letter-exchange": "dlx"})
     b.publish(s, msg("work", b"job", expiration="60000", headers={"app": 1}))
     d = b.get(s, "work")
@@ -51,7 +52,7 @@ def test_rejected_message_goes_to_the_dlx_with_x_death(b: Broker, s: Session) ->
     assert headers["x-first-death-exchange"] == ""
 
 
-def test_dead_letter_routing_key_replaces_the_key(b: Broker, s: Session) -> None:
+def test_dead_letter_routing_key_replaces_the_key(b: Vhost, s: Session) -> None:
     b.declare_exchange(ExchangeSpec(name="dlx-direct", type="direct"))
     declare(b, "parked")
     b.bind_queue("o", "parked", "dlx-direct", "parked")
@@ -65,7 +66,7 @@ def test_dead_letter_routing_key_replaces_the_key(b: Broker, s: Session) -> None
     assert [m.routing_key for m in ready(b, "parked")] == ["parked"]
 
 
-def test_second_death_in_the_same_queue_counts_up(b: Broker, s: Session) -> None:
+def test_second_death_in_the_same_queue_counts_up(b: Vhost, s: Session) -> None:
     # work → (rejected) → retry queue, consumed and republished to work by hand, rejected again
     b.declare_exchange(ExchangeSpec(name="to-retry", type="fanout"))
     declare(b, "retry")
@@ -92,7 +93,7 @@ def test_second_death_in_the_same_queue_counts_up(b: Broker, s: Session) -> None
     assert [(x["queue"], x["reason"], x["count"]) for x in deaths] == [("work", "rejected", 2)]
 
 
-def test_a_second_death_keeps_the_first_deaths_details_and_counts(b: Broker) -> None:
+def test_a_second_death_keeps_the_first_deaths_details_and_counts(b: Vhost) -> None:
     """RabbitMQ 3.10+: the (queue, reason) entry keeps its first exchange, routing keys and
     time; only ``count`` grows, and the entry moves to the front."""
     from mqroute.core.dead_letter import death_headers
@@ -113,7 +114,7 @@ def test_a_second_death_keeps_the_first_deaths_details_and_counts(b: Broker) -> 
     assert [(d["queue"], d["count"]) for d in deaths] == [("work", 2), ("other", 1)]
 
 
-def test_automatic_dead_letter_cycle_is_dropped(b: Broker, s: Session) -> None:
+def test_automatic_dead_letter_cycle_is_dropped(b: Vhost, s: Session) -> None:
     declare(b, "loop", **{"x-dead-letter-exchange": "", "x-max-length": 1})
     # drop-head dead-letters the older message back to "loop" itself: a cycle, dropped
     b.publish(s, msg("loop", b"1"))
@@ -121,7 +122,7 @@ def test_automatic_dead_letter_cycle_is_dropped(b: Broker, s: Session) -> None:
     assert [m.body for m in ready(b, "loop")] == [b"2"]
 
 
-def test_rejected_messages_may_cycle(b: Broker, s: Session) -> None:
+def test_rejected_messages_may_cycle(b: Vhost, s: Session) -> None:
     declare(b, "again", **{"x-dead-letter-exchange": ""})
     b.publish(s, msg("again", b"x"))
     for _ in range(3):
@@ -132,7 +133,7 @@ def test_rejected_messages_may_cycle(b: Broker, s: Session) -> None:
     assert (back.properties.headers or {})["x-death"][0]["count"] == 3
 
 
-def test_max_length_drop_head_dead_letters_the_oldest(b: Broker, s: Session) -> None:
+def test_max_length_drop_head_dead_letters_the_oldest(b: Vhost, s: Session) -> None:
     declare(b, "q", **{"x-max-length": 2, "x-dead-letter-exchange": "dlx"})
     for i in range(4):
         b.publish(s, msg("q", bytes([i])))
@@ -142,7 +143,7 @@ def test_max_length_drop_head_dead_letters_the_oldest(b: Broker, s: Session) -> 
     assert (dead[0].properties.headers or {})["x-death"][0]["reason"] == "maxlen"
 
 
-def test_max_length_bytes_counts_ready_bodies(b: Broker, s: Session) -> None:
+def test_max_length_bytes_counts_ready_bodies(b: Vhost, s: Session) -> None:
     declare(b, "q", **{"x-max-length-bytes": 10})
     for body in (b"aaaa", b"bbbb", b"cccc"):
         b.publish(s, msg("q", body))
@@ -150,7 +151,7 @@ def test_max_length_bytes_counts_ready_bodies(b: Broker, s: Session) -> None:
     assert b.queues["q"].ready_bytes == 8
 
 
-def test_reject_publish_nacks_the_publisher(b: Broker, s: Session) -> None:
+def test_reject_publish_nacks_the_publisher(b: Vhost, s: Session) -> None:
     declare(
         b,
         "q",
@@ -164,7 +165,7 @@ def test_reject_publish_nacks_the_publisher(b: Broker, s: Session) -> None:
     assert [m.body for m in ready(b, "q")] == [b"in"] and ready(b, "dead") == []
 
 
-def test_reject_publish_dlx_also_dead_letters(b: Broker, s: Session) -> None:
+def test_reject_publish_dlx_also_dead_letters(b: Vhost, s: Session) -> None:
     declare(
         b,
         "q",
@@ -175,7 +176,7 @@ def test_reject_publish_dlx_also_dead_letters(b: Broker, s: Session) -> None:
     assert (dead.properties.headers or {})["x-death"][0]["reason"] == "maxlen"
 
 
-def test_delivery_limit_dead_letters_after_too_many_failures(b: Broker, s: Session) -> None:
+def test_delivery_limit_dead_letters_after_too_many_failures(b: Vhost, s: Session) -> None:
     declare(b, "q", **{"x-delivery-limit": 2, "x-dead-letter-exchange": "dlx"})
     b.publish(s, msg("q", b"poison"))
     counts = []
@@ -190,7 +191,7 @@ def test_delivery_limit_dead_letters_after_too_many_failures(b: Broker, s: Sessi
     assert (dead.properties.headers or {})["x-death"][0]["reason"] == "delivery_limit"
 
 
-def test_delivery_limit_applies_when_a_consumer_dies(b: Broker) -> None:
+def test_delivery_limit_applies_when_a_consumer_dies(b: Vhost) -> None:
     declare(b, "q", **{"x-delivery-limit": 0})
     worker = b.open_session("w")
     b.consume(worker, "q")
@@ -200,7 +201,7 @@ def test_delivery_limit_applies_when_a_consumer_dies(b: Broker) -> None:
     assert ready(b, "q") == []  # dropped: no DLX
 
 
-def test_a_released_delivery_is_no_attempt(b: Broker, s: Session) -> None:
+def test_a_released_delivery_is_no_attempt(b: Vhost, s: Session) -> None:
     """Released (never seen by the application): back to its place, not counted, so neither
     the delivery limit nor x-delivery-count nor the retry backoff sees it."""
     declare(
@@ -219,7 +220,7 @@ def test_a_released_delivery_is_no_attempt(b: Broker, s: Session) -> None:
     assert ready(b, "dead") == []
 
 
-def test_a_multiple_release_gives_back_every_delivery_up_to_the_tag(b: Broker, s: Session) -> None:
+def test_a_multiple_release_gives_back_every_delivery_up_to_the_tag(b: Vhost, s: Session) -> None:
     declare(b, "q", **{"x-delivery-limit": 0})
     b.consume(s, "q", prefetch=10)
     for body in (b"1", b"2", b"3"):
@@ -248,7 +249,7 @@ def test_a_multiple_release_gives_back_every_delivery_up_to_the_tag(b: Broker, s
     ],
 )
 def test_invalid_queue_arguments_are_refused(
-    b: Broker, arguments: dict[str, Any], problem: str
+    b: Vhost, arguments: dict[str, Any], problem: str
 ) -> None:
     with pytest.raises(PreconditionFailed, match=problem):
         declare(b, "bad", **arguments)
@@ -313,7 +314,7 @@ async def test_x_death_time_is_the_wall_clock(conn: mqroute.Connection) -> None:
 # --- redrive -----------------------------------------------------------------------------------
 
 
-def test_redrive_sends_dead_letters_home(b: Broker, s: Session) -> None:
+def test_redrive_sends_dead_letters_home(b: Vhost, s: Session) -> None:
     for name in ("orders", "payments"):
         declare(b, name, **{"x-dead-letter-exchange": "dlx"})
         for i in range(2):
@@ -329,7 +330,7 @@ def test_redrive_sends_dead_letters_home(b: Broker, s: Session) -> None:
     assert [m.body for m in ready(b, "dead")] == [b"no history"]  # nowhere to go: stays
 
 
-def test_redrive_to_an_exchange(b: Broker, s: Session) -> None:
+def test_redrive_to_an_exchange(b: Vhost, s: Session) -> None:
     b.declare_exchange(ExchangeSpec(name="retry", type="fanout"))
     declare(b, "retry-q")
     b.bind_queue("o", "retry-q", "retry")
@@ -362,7 +363,7 @@ async def test_redrive_through_the_cli(server: object, conn: mqroute.Connection)
     assert (await conn.declare_queue("work", passive=True)).message_count == 2
 
 
-def test_dead_letter_chains_follow_each_queue_dlx(b: Broker, s: Session) -> None:
+def test_dead_letter_chains_follow_each_queue_dlx(b: Vhost, s: Session) -> None:
     b.declare_exchange(ExchangeSpec(name="dlx2", type="fanout"))
     declare(b, "final")
     b.bind_queue("o", "final", "dlx2")
@@ -454,7 +455,7 @@ async def test_a_retry_wait_survives_a_restart(tmp_path: Path) -> None:
         assert m is not None
         await m.nack(requeue=True)
         await conn.declare_queue("q", durable=True, arguments=args)  # the nack is handled
-    broker = Broker(durable=True)
+    broker = Vhost(durable=True)
     async with running(tmp_path, broker=broker, store=SqliteStore(tmp_path)):
         q = broker.queues["q"]
         assert q.delayed == 1 and len(q) == 0

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 import mqroute
-from mqroute.core.broker import Broker
 from mqroute.core.session import Session
+from mqroute.core.vhost import Vhost
 from mqroute.errors import PreconditionFailed
 from mqroute.model import (
     Confirm,
@@ -22,7 +22,7 @@ from .test_durability import running
 # --- deduplication -----------------------------------------------------------------------------
 
 
-def test_queue_dedup_window_confirms_but_skips_repeats(b: Broker, s: Session) -> None:
+def test_queue_dedup_window_confirms_but_skips_repeats(b: Vhost, s: Session) -> None:
     declare(b, "orders", **{"x-dedup-window": 60_000})
     for _ in range(3):
         b.publish(s, msg("orders", b"order 7", message_id="order-7"))
@@ -33,17 +33,15 @@ def test_queue_dedup_window_confirms_but_skips_repeats(b: Broker, s: Session) ->
     assert s.take_events() == [Confirm(seq=6, multiple=True)]  # every publish confirmed
 
 
-def test_dedup_forgets_after_the_window(b: Broker, s: Session) -> None:
+def test_dedup_forgets_after_the_window(b: Vhost, s: Session) -> None:
     declare(b, "q", **{"x-dedup-window": 1000})
     b.publish(s, msg("q", b"1", message_id="m"))
-    b.now += 0.5
-    b.publish(s, msg("q", b"2", message_id="m"))
-    b.now += 0.6
-    b.publish(s, msg("q", b"3", message_id="m"))
+    b.publish(s, msg("q", b"2", message_id="m"), now=b.now + 0.5)
+    b.publish(s, msg("q", b"3", message_id="m"), now=b.now + 0.6)
     assert [m.body for m in ready(b, "q")] == [b"1", b"3"]
 
 
-def test_exchange_dedup_drops_the_repeat_before_routing(b: Broker, s: Session) -> None:
+def test_exchange_dedup_drops_the_repeat_before_routing(b: Vhost, s: Session) -> None:
     b.declare_exchange(
         ExchangeSpec(name="events", type="fanout", arguments={"x-dedup-window": 60_000})
     )
@@ -56,7 +54,7 @@ def test_exchange_dedup_drops_the_repeat_before_routing(b: Broker, s: Session) -
     assert [m.body for m in ready(b, "a")] == [b"1"] and [m.body for m in ready(b, "b")] == [b"1"]
 
 
-def test_a_refused_publish_leaves_its_id_for_the_retry(b: Broker, s: Session) -> None:
+def test_a_refused_publish_leaves_its_id_for_the_retry(b: Vhost, s: Session) -> None:
     """A nack says "not taken": remembering its id would confirm the retry and drop it."""
     declare(
         b, "orders", **{"x-dedup-window": 60_000, "x-max-length": 1, "x-overflow": "reject-publish"}
@@ -70,7 +68,7 @@ def test_a_refused_publish_leaves_its_id_for_the_retry(b: Broker, s: Session) ->
     assert [(c.seq, c.ok) for c in confirms] == [(1, True), (2, False), (3, True)]
 
 
-def test_an_exchange_window_remembers_no_refused_publish(b: Broker, s: Session) -> None:
+def test_an_exchange_window_remembers_no_refused_publish(b: Vhost, s: Session) -> None:
     b.declare_exchange(
         ExchangeSpec(name="events", type="fanout", arguments={"x-dedup-window": 60_000})
     )
@@ -84,7 +82,7 @@ def test_an_exchange_window_remembers_no_refused_publish(b: Broker, s: Session) 
 
 
 def test_a_publish_the_store_could_not_write_leaves_its_id_for_the_retry() -> None:
-    broker = Broker(durable=True)
+    broker = Vhost(durable=True)
     session = broker.open_session("o")
     broker.declare_queue(
         "o", QueueSpec(name="pay", durable=True, arguments={"x-dedup-window": 60_000})
@@ -97,7 +95,7 @@ def test_a_publish_the_store_could_not_write_leaves_its_id_for_the_retry() -> No
     assert broker.journal.batch.confirms  # the retry waits for the store, not a duplicate
 
 
-def test_bad_dedup_window_is_refused(b: Broker) -> None:
+def test_bad_dedup_window_is_refused(b: Vhost) -> None:
     with pytest.raises(PreconditionFailed, match="x-dedup-window"):
         b.declare_exchange(ExchangeSpec(name="x", type="direct", arguments={"x-dedup-window": 0}))
     with pytest.raises(PreconditionFailed, match="x-dedup-window"):

@@ -8,8 +8,8 @@ import pytest
 import trio
 
 import mqroute
-from mqroute.core.broker import Broker
 from mqroute.core.session import Session
+from mqroute.core.vhost import Vhost
 
 from .core_helpers import bodies_for, declare, msg, ready
 from .test_durability import running
@@ -17,7 +17,7 @@ from .test_durability import running
 # --- delayed delivery --------------------------------------------------------------------------
 
 
-def test_x_delay_holds_a_message_until_it_is_due(b: Broker, s: Session) -> None:
+def test_x_delay_holds_a_message_until_it_is_due(b: Vhost, s: Session) -> None:
     declare(b, "q")
     b.consume(s, "q")
     b.publish(s, msg("q", b"later", headers={"x-delay": 5000}))
@@ -26,26 +26,22 @@ def test_x_delay_holds_a_message_until_it_is_due(b: Broker, s: Session) -> None:
     assert bodies_for(b, s) == [b"now"]
     assert b.queues["q"].delayed == 2 and len(b.queues["q"]) == 0
     assert b.next_deadline() == b.now + 1.0
-    b.now += 1.0
-    b.expire()
+    b.expire(now=b.now + 1.0)
     assert bodies_for(b, s) == [b"sooner"]
-    b.now += 4.0
-    b.expire()
+    b.expire(now=b.now + 4.0)
     assert bodies_for(b, s) == [b"later"] and b.next_deadline() is None
 
 
-def test_ttl_counts_from_when_a_delayed_message_is_ready(b: Broker, s: Session) -> None:
+def test_ttl_counts_from_when_a_delayed_message_is_ready(b: Vhost, s: Session) -> None:
     declare(b, "q", **{"x-message-ttl": 1000})
     b.publish(s, msg("q", b"x", headers={"x-delay": 10_000}))
-    b.now += 10.5
-    b.expire()
+    b.expire(now=b.now + 10.5)
     assert [m.body for m in ready(b, "q")] == [b"x"]
-    b.now += 0.5
-    b.expire()
+    b.expire(now=b.now + 0.5)
     assert ready(b, "q") == []
 
 
-def test_bad_x_delay_values_mean_no_delay(b: Broker, s: Session) -> None:
+def test_bad_x_delay_values_mean_no_delay(b: Vhost, s: Session) -> None:
     declare(b, "q")
     for delay in (0, -5, "1000", 1.5):
         b.publish(s, msg("q", headers={"x-delay": delay}))
@@ -69,7 +65,7 @@ async def test_delay_end_to_end_with_a_mock_clock(
 async def test_delayed_messages_are_durable_and_kept_on_disk(tmp_path: Path) -> None:
     from mqroute.server.store import SqliteStore
 
-    broker = Broker(durable=True)
+    broker = Vhost(durable=True)
     async with running(tmp_path, broker=broker, store=SqliteStore(tmp_path)) as address:
         async with mqroute.connect(address.url) as conn:
             await conn.declare_queue("q", durable=True)
@@ -78,7 +74,7 @@ async def test_delayed_messages_are_durable_and_kept_on_disk(tmp_path: Path) -> 
             )
             [(_, _, entry)] = broker.queues["q"]._delayed
             assert entry.message is None  # committed: its body lives on disk only
-    broker = Broker(durable=True)
+    broker = Vhost(durable=True)
     async with running(tmp_path, broker=broker, store=SqliteStore(tmp_path)) as address:
         q = broker.queues["q"]
         assert q.delayed == 1 and len(q) == 0
@@ -104,7 +100,7 @@ async def test_delayed_messages_are_durable_and_kept_on_disk(tmp_path: Path) -> 
     ],
 )
 def test_nacked_messages_wait_longer_each_time(
-    b: Broker, s: Session, extra: dict[str, int], waits: list[float]
+    b: Vhost, s: Session, extra: dict[str, int], waits: list[float]
 ) -> None:
     declare(b, "q", **{"x-delayed-retry-min": 1000, "x-delayed-retry-max": 3500, **extra})
     b.publish(s, msg("q", b"flaky"))
@@ -117,12 +113,11 @@ def test_nacked_messages_wait_longer_each_time(
         due = b.next_deadline()
         assert due is not None
         seen.append(round(due - b.now, 3))
-        b.now = due
-        b.expire()
+        b.expire(now=due)
     assert seen == waits
 
 
-def test_backoff_with_delivery_limit_ends_in_the_dead_letter_queue(b: Broker, s: Session) -> None:
+def test_backoff_with_delivery_limit_ends_in_the_dead_letter_queue(b: Vhost, s: Session) -> None:
     declare(
         b,
         "q",
@@ -130,8 +125,7 @@ def test_backoff_with_delivery_limit_ends_in_the_dead_letter_queue(b: Broker, s:
     )
     b.publish(s, msg("q", b"poison"))
     for _ in range(2):
-        b.now = b.next_deadline() or b.now
-        b.expire()
+        b.expire(now=b.next_deadline() or b.now)
         d = b.get(s, "q")
         assert d is not None
         b.nack(s, d.delivery_tag, requeue=True)

@@ -11,9 +11,9 @@ import pytest
 import trio
 
 import mqroute
-from mqroute.core.broker import Broker
 from mqroute.core.journal import Record
 from mqroute.core.queue import RESIDENT
+from mqroute.core.vhost import Vhost
 from mqroute.errors import NotFound
 from mqroute.server import ServerAddress, ServerConfig, serve
 from mqroute.server.datadir import DataDirError
@@ -157,7 +157,7 @@ def test_a_corrupt_file_is_refused(tmp_path: Path) -> None:
 
 
 async def test_a_long_backlog_is_paged_out_and_read_back_in_order(tmp_path: Path) -> None:
-    broker = Broker(durable=True)
+    broker = Vhost(durable=True)
     store = SqliteStore(tmp_path)
     async with running(tmp_path, broker=broker, store=store) as address:
         async with mqroute.connect(address.url) as conn:
@@ -181,7 +181,7 @@ async def test_recovery_reads_no_bodies_until_dispatch(tmp_path: Path) -> None:
     async with running(tmp_path) as address, mqroute.connect(address.url) as conn:
         await conn.declare_queue("q", durable=True)
         await conn.publish("", "q", b"body", persistent=True, headers={"k": [1, "v"]})
-    broker = Broker(durable=True)
+    broker = Vhost(durable=True)
     async with running(tmp_path, broker=broker, store=SqliteStore(tmp_path)) as address:
         assert [e.message for e in broker.queues["q"].ready_entries()] == [None]
         async with mqroute.connect(address.url) as conn:

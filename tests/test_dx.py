@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 
 import mqroute
-from mqroute.core.broker import Broker
+from mqroute.core.vhost import Vhost
 from mqroute.errors import UsageError
 from mqroute.testing import running_broker
 
 
 async def test_process_acks_on_success_and_nacks_on_error(
-    conn: mqroute.Connection, broker: Broker
+    conn: mqroute.Connection, broker: Vhost
 ) -> None:
     await conn.declare_queue("q", arguments={"x-dead-letter-exchange": ""})
     await conn.publish("", "q", b"fine")

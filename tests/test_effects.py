@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mqroute.core.broker import Broker
 from mqroute.core.effects import Effects
+from mqroute.core.vhost import Vhost
 from mqroute.model import Message, Properties, QueueSpec
 
 
@@ -22,7 +22,7 @@ def test_the_earliest_deadline_is_kept() -> None:
 
 
 def test_a_delivery_notes_that_the_consumer_session_has_output() -> None:
-    broker = Broker()
+    broker = Vhost()
     broker.declare_queue("o", QueueSpec(name="q"))
     producer, consumer = broker.open_session("p"), broker.open_session("c")
     broker.consume(consumer, "q", prefetch=10)
@@ -32,7 +32,7 @@ def test_a_delivery_notes_that_the_consumer_session_has_output() -> None:
 
 
 def test_a_delayed_message_asks_for_the_timer_at_its_time() -> None:
-    broker = Broker()
+    broker = Vhost()
     broker.declare_queue("o", QueueSpec(name="q"), now=1000.0)
     broker.publish(broker.open_session("p"), message("q", **{"x-delay": 2500}), now=1000.0)
     assert broker.effects.deadline == 1002.5
@@ -40,7 +40,7 @@ def test_a_delayed_message_asks_for_the_timer_at_its_time() -> None:
 
 
 def test_time_comes_in_with_each_call() -> None:
-    broker = Broker()
+    broker = Vhost()
     broker.declare_queue("o", QueueSpec(name="q", arguments={"x-message-ttl": 1000}), now=50.0)
     broker.publish(broker.open_session("p"), message("q"), now=50.0)
     assert broker.expire(now=50.5) == 0
@@ -48,7 +48,7 @@ def test_time_comes_in_with_each_call() -> None:
 
 
 def test_a_closed_session_leaves_no_output_to_wake() -> None:
-    broker = Broker()
+    broker = Vhost()
     broker.declare_queue("o", QueueSpec(name="q"))
     session = broker.open_session("p")
     broker.publish(session, message("q"))
@@ -58,7 +58,7 @@ def test_a_closed_session_leaves_no_output_to_wake() -> None:
 
 
 def test_a_durable_broker_shares_its_journal_with_the_effects() -> None:
-    broker = Broker(durable=True)
+    broker = Vhost(durable=True)
     assert broker.effects.journal is broker.journal
     broker.declare_queue("o", QueueSpec(name="q", durable=True))
     assert len(broker.effects.journal or ()) == 1

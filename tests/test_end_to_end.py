@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 import mqroute
-from mqroute.core.broker import Broker
+from mqroute.core.vhost import Vhost
 from mqroute.errors import (
     ConnectionClosed,
     ConsumerCancelled,
@@ -32,7 +32,7 @@ async def take(consumer: mqroute.Consumer, n: int) -> list[mqroute.Message]:
     return got
 
 
-async def test_publish_consume_ack_round_trip(conn: mqroute.Connection, broker: Broker) -> None:
+async def test_publish_consume_ack_round_trip(conn: mqroute.Connection, broker: Vhost) -> None:
     await conn.declare_queue("tasks")
     await conn.publish(
         "",
@@ -104,7 +104,7 @@ async def test_fanout_reaches_every_queue(conn: mqroute.Connection) -> None:
         assert msg is not None and msg.body == b"hello"
 
 
-async def test_prefetch_is_respected(conn: mqroute.Connection, broker: Broker) -> None:
+async def test_prefetch_is_respected(conn: mqroute.Connection, broker: Vhost) -> None:
     await conn.declare_queue("q")
     async with conn.publisher() as pub:
         for i in range(5):
@@ -119,7 +119,7 @@ async def test_prefetch_is_respected(conn: mqroute.Connection, broker: Broker) -
 
 
 async def test_unacked_messages_return_redelivered_when_the_consumer_dies(
-    server: ServerAddress, broker: Broker
+    server: ServerAddress, broker: Vhost
 ) -> None:
     async with mqroute.connect(server.url) as producer:
         await producer.declare_queue("jobs")
@@ -184,7 +184,7 @@ async def test_publish_to_missing_exchange_raises_not_found(conn: mqroute.Connec
 
 
 async def test_pipelined_publishing_confirms_everything(
-    conn: mqroute.Connection, broker: Broker
+    conn: mqroute.Connection, broker: Vhost
 ) -> None:
     await conn.declare_queue("bulk")
     async with conn.publisher(max_in_flight=100) as pub:
@@ -226,7 +226,7 @@ async def test_unknown_delivery_tag_closes_the_connection_with_the_reason(
 
 
 async def test_leaving_a_consumer_requeues_what_it_never_handed_out(
-    conn: mqroute.Connection, broker: Broker
+    conn: mqroute.Connection, broker: Vhost
 ) -> None:
     await conn.declare_queue("q")
     async with conn.publisher() as pub:
@@ -279,7 +279,7 @@ async def test_unsupported_version_is_refused(server: ServerAddress) -> None:
 
 
 async def test_silent_peer_is_dropped_and_its_deliveries_requeued(
-    autojump_clock: trio.testing.MockClock, server: ServerAddress, broker: Broker
+    autojump_clock: trio.testing.MockClock, server: ServerAddress, broker: Vhost
 ) -> None:
     async with mqroute.connect(server.url, heartbeat=0) as conn:
         await conn.declare_queue("q")

@@ -11,8 +11,8 @@ import trio
 import trio.testing
 
 import mqroute
-from mqroute.core.broker import Broker
 from mqroute.core.flow import ENTRY_OVERHEAD, FlowControl, MemoryLedger, Pause
+from mqroute.core.vhost import Vhost
 from mqroute.server import ServerAddress, ServerConfig, serve
 from mqroute.server.connection import BLOCKED_GRACE_BYTES
 
@@ -131,7 +131,7 @@ def test_a_closed_session_is_forgotten() -> None:
 def test_the_ledger_counts_what_queues_hold_in_memory() -> None:
     from mqroute.model import Message, QueueSpec
 
-    broker = Broker()
+    broker = Vhost()
     session = broker.open_session("o")
     broker.declare_queue("o", QueueSpec(name="q"))
     for _ in range(3):
@@ -150,8 +150,8 @@ def test_the_ledger_counts_what_queues_hold_in_memory() -> None:
 
 
 @asynccontextmanager
-async def broker_with(**kw: object) -> AsyncIterator[tuple[Broker, ServerAddress]]:
-    broker = Broker(**kw)  # type: ignore[arg-type]
+async def broker_with(**kw: object) -> AsyncIterator[tuple[Vhost, ServerAddress]]:
+    broker = Vhost(**kw)  # type: ignore[arg-type]
     async with trio.open_nursery() as nursery:
         address = await nursery.start(
             lambda task_status: serve(ServerConfig(port=0), broker=broker, task_status=task_status)
@@ -398,7 +398,7 @@ async def test_a_backlog_a_consumer_took_and_gave_back_is_paged_out_again(tmp_pa
 
     from .test_durability import running
 
-    broker = Broker(durable=True)
+    broker = Vhost(durable=True)
     async with running(Path(str(tmp_path)), broker=broker) as address:
         async with mqroute.connect(address.url) as conn:
             await conn.declare_queue("q", durable=True)

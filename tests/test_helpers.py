@@ -12,7 +12,7 @@ import pytest
 import trio
 
 import mqroute
-from mqroute.core.broker import Broker
+from mqroute.core.vhost import Vhost
 from mqroute.server import ServerAddress
 
 
@@ -24,7 +24,7 @@ async def fill(conn: mqroute.Connection, queue: str, n: int) -> None:
 
 
 async def test_worker_pool_handles_everything_concurrently(
-    conn: mqroute.Connection, broker: Broker
+    conn: mqroute.Connection, broker: Vhost
 ) -> None:
     await fill(conn, "tasks", 30)
     done: list[int] = []
@@ -52,7 +52,7 @@ async def test_worker_pool_handles_everything_concurrently(
 
 
 async def test_stopping_finishes_in_flight_and_leaves_the_rest(
-    conn: mqroute.Connection, broker: Broker
+    conn: mqroute.Connection, broker: Vhost
 ) -> None:
     await fill(conn, "tasks", 20)
     stop = trio.Event()
@@ -185,7 +185,7 @@ async def test_idempotent_once_runs_new_work_and_records_it(
 
 
 async def test_until_idle_returns_once_the_queue_and_the_worker_are_empty(
-    conn: mqroute.Connection, broker: Broker
+    conn: mqroute.Connection, broker: Vhost
 ) -> None:
     await fill(conn, "tasks", 25)
     seen: list[bytes] = []

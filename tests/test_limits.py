@@ -14,7 +14,8 @@ import trio
 import trio.testing
 
 import mqroute
-from mqroute.core.broker import Broker, Limits
+from mqroute.core.topology import Limits
+from mqroute.core.vhost import Vhost
 from mqroute.errors import ConnectionClosed, PreconditionFailed
 from mqroute.model import ExchangeSpec, QueueSpec
 from mqroute.protocol import Close, Heartbeat
@@ -98,7 +99,7 @@ async def test_a_large_frame_at_a_fair_rate_is_not_closed(
 
 
 def test_object_counts_have_limits_that_change_nothing_when_reached() -> None:
-    broker = Broker(limits=Limits(queues=2, exchanges=1, bindings=1, consumers_per_session=1))
+    broker = Vhost(limits=Limits(queues=2, exchanges=1, bindings=1, consumers_per_session=1))
     session = broker.open_session("o")
     broker.declare_queue("o", QueueSpec(name="a"))
     broker.declare_queue("o", QueueSpec(name="b"))
@@ -141,7 +142,7 @@ async def test_out_of_descriptors_the_server_logs_rarely_and_goes_on(
             self.recovered.set()
             await trio.sleep_forever()
 
-    shell = Shell(broker=Broker(), config=ServerConfig(), clock=lambda: 0.0, registry=Registry())
+    shell = Shell(broker=Vhost(), config=ServerConfig(), clock=lambda: 0.0, registry=Registry())
     listener = Exhausted()
     with caplog.at_level(logging.WARNING, logger="mqroute"):
         async with trio.open_nursery() as nursery:

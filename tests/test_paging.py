@@ -9,11 +9,11 @@ import pytest
 import trio
 
 import mqroute
-from mqroute.core.broker import Broker
 from mqroute.core.effects import NeedBodies
 from mqroute.core.flow import ENTRY_OVERHEAD, PAGED_ENTRY, PAGING_RATIO
 from mqroute.core.paging import PageWork
 from mqroute.core.queue import RESIDENT
+from mqroute.core.vhost import Vhost
 from mqroute.model import ExchangeSpec, Message, QueueSpec
 from mqroute.server.store import PAGE_FILE_NAME, PageFile
 
@@ -39,7 +39,7 @@ class DictPages:
             for key in [k for k in self.rows if k[0] == uid]:
                 del self.rows[key]
 
-    def read_back(self, broker: Broker) -> None:
+    def read_back(self, broker: Vhost) -> None:
         """What the shell's page-in task does with what the core asked for."""
         for request in broker.effects.take_page_ins():
             uid = request.queue.uid
@@ -47,14 +47,14 @@ class DictPages:
             broker.paged_in(request, bodies)
 
 
-def paging_broker(messages_before_paging: int) -> tuple[Broker, DictPages]:
+def paging_broker(messages_before_paging: int) -> tuple[Vhost, DictPages]:
     pages = DictPages()
-    broker = Broker(memory_limit=int(messages_before_paging * COST / PAGING_RATIO))
-    broker.can_page = broker.reads_back = True
+    broker = Vhost(memory_limit=int(messages_before_paging * COST / PAGING_RATIO))
+    broker.serve_from_disk(reads_back=True, can_page=True)
     return broker, pages
 
 
-def publish(broker: Broker, n: int, start: int = 0, queue: str = "q") -> None:
+def publish(broker: Vhost, n: int, start: int = 0, queue: str = "q") -> None:
     session = broker.open_session("producer")
     for i in range(start, start + n):
         body = b"%08d" % i + b"x" * (BODY - 8)
@@ -62,7 +62,7 @@ def publish(broker: Broker, n: int, start: int = 0, queue: str = "q") -> None:
         broker.flow.check()  # the shell does this every round
 
 
-def page(broker: Broker, pages: DictPages) -> int:
+def page(broker: Vhost, pages: DictPages) -> int:
     """What the shell's pager does until there is nothing left; returns bodies written."""
     written = 0
     while not (work := broker.pager.take(broker.queues.values(), 1 << 20)).empty:
@@ -72,7 +72,7 @@ def page(broker: Broker, pages: DictPages) -> int:
     return written
 
 
-def drain(broker: Broker, pages: DictPages, queue: str = "q") -> list[int]:
+def drain(broker: Vhost, pages: DictPages, queue: str = "q") -> list[int]:
     session = broker.open_session("consumer")
     got = []
     while True:
@@ -230,7 +230,7 @@ async def test_a_flood_into_an_unconsumed_queue_is_paged_instead_of_blocked(
 ) -> None:
     """Without paging the alarm would block the publisher after about 6,000 messages."""
     limit = 6000 * COST
-    broker = Broker(durable=True, memory_limit=limit)
+    broker = Vhost(durable=True, memory_limit=limit)
     async with running(tmp_path, broker=broker) as address:
         async with mqroute.connect(address.url) as conn:
             await conn.declare_queue("flood", durable=True)  # transient messages in it
@@ -261,7 +261,7 @@ async def test_a_flood_into_an_unconsumed_queue_is_paged_instead_of_blocked(
 async def test_persistent_and_paged_transient_messages_share_a_durable_queue(
     tmp_path: Path,
 ) -> None:
-    broker = Broker(durable=True, memory_limit=3000 * COST)
+    broker = Vhost(durable=True, memory_limit=3000 * COST)
     async with running(tmp_path, broker=broker) as address:
         async with mqroute.connect(address.url) as conn:
             await conn.declare_queue("mixed", durable=True)

@@ -15,7 +15,7 @@ import trio
 
 import mqroute
 from mqroute.core import dead_letter
-from mqroute.core.broker import Broker
+from mqroute.core.vhost import Vhost
 from mqroute.errors import InvalidArgument
 from mqroute.protocol import Close, Publish
 from mqroute.server import ServerAddress
@@ -49,7 +49,7 @@ async def test_poison_x_death_expiring_through_ttl_is_dead_lettered_with_a_fresh
 
 @pytest.mark.parametrize("x_death", POISON_X_DEATH, ids=repr)
 async def test_poison_x_death_nacked_keeps_the_connection_and_settles_the_message(
-    conn: mqroute.Connection, broker: Broker, x_death: Any
+    conn: mqroute.Connection, broker: Vhost, x_death: Any
 ) -> None:
     await declare_dead_letter_pair(conn)
     await conn.publish("", "work", b"poison", headers={"x-death": x_death})
@@ -81,7 +81,7 @@ async def test_a_persistent_poison_message_does_not_stop_a_restart(tmp_path: Pat
 
 async def test_a_failure_while_dead_lettering_drops_that_message_with_a_log_line(
     conn: mqroute.Connection,
-    broker: Broker,
+    broker: Vhost,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -105,7 +105,7 @@ async def test_a_failure_while_dead_lettering_drops_that_message_with_a_log_line
 async def test_a_failure_in_the_timer_does_not_stop_the_broker(
     autojump_clock: object,
     conn: mqroute.Connection,
-    broker: Broker,
+    broker: Vhost,
     monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:

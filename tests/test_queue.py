@@ -7,8 +7,8 @@ from collections import Counter
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mqroute.core.broker import Broker
 from mqroute.core.queue import MessageQueue
+from mqroute.core.vhost import Vhost
 from mqroute.model import Delivery, Message, QueueSpec
 
 OPS = st.lists(
@@ -30,7 +30,7 @@ OPS = st.lists(
 @settings(max_examples=300, deadline=None)
 @given(ops=OPS)
 def test_every_message_is_in_exactly_one_place(ops: list[tuple[str, int]]) -> None:
-    b = Broker()
+    b = Vhost()
     b.declare_queue("o", QueueSpec(name="q"))
     sessions = [b.open_session("a"), b.open_session("b")]
     seen: list[Delivery] = []

@@ -25,6 +25,8 @@ MAX_SHORT_STRING = 255
 
 #: The longest TTL, expiration, x-delay or timeout in milliseconds (2^32 - 1, as RabbitMQ).
 MAX_MILLISECONDS = 2**32 - 1
+#: The direct reply-to pseudo-queue, as RabbitMQ names it: replies with no queue declared.
+REPLY_TO = "amq.rabbitmq.reply-to"
 
 
 def utf8_length_over(value: str, limit: int = MAX_SHORT_STRING) -> int | None:

@@ -27,7 +27,7 @@ from pathlib import Path
 import trio
 
 from .client.loop_thread import LoopThread
-from .core.broker import Broker
+from .core.vhost import Vhost
 from .server import ServerAddress, ServerConfig, serve
 
 
@@ -39,7 +39,7 @@ class BrokerThread:
         self._address: ServerAddress | None = None
         # The broker's state, for assertions (read only; in memory only: with a data dir,
         # serve() builds its own durable broker).
-        self.broker: Broker | None = Broker() if data_dir is None else None
+        self.broker: Vhost | None = Vhost() if data_dir is None else None
         self._loop = LoopThread("mqroute-test-broker")
 
     @property

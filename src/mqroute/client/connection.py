@@ -46,7 +46,7 @@ from ..errors import (
     RequestTimeout,
     UsageError,
 )
-from ..model import EMPTY_PROPERTIES, Properties, Table
+from ..model import EMPTY_PROPERTIES, REPLY_TO, Properties, Table
 from ..protocol import (
     NEED_DATA,
     PROTOCOL_VERSION,
@@ -92,7 +92,6 @@ from ..protocol import (
 from .bodies import Serializer, encode_body
 
 DEFAULT_URL = "mqroute://127.0.0.1:5680"
-REPLY_TO = "amq.rabbitmq.reply-to"  # direct reply-to: replies with no queue declared per call
 WRITE_BUFFER_LIMIT = 1024 * 1024  # senders wait while more than this is unsent
 RECEIVE_SIZE = 256 * 1024
 CANCEL_TIMEOUT = 10.0  # leaving a consume block waits at most this long for the broker

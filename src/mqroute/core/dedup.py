@@ -10,9 +10,14 @@ confirms this lets a publisher retry after a lost connection without creating du
 from __future__ import annotations
 
 from collections import OrderedDict
+from typing import TYPE_CHECKING
 
 from ..errors import PreconditionFailed
-from ..model import Table
+from ..model import Message, Table
+from .journal import ForgetSeen, Journal, PutSeen
+
+if TYPE_CHECKING:
+    from .session import Session
 
 
 def window_of(kind: str, name: str, arguments: Table) -> int | None:
@@ -59,3 +64,54 @@ class SeenIds:
     def remember(self, message_id: str, until: float) -> None:
         self._seen[message_id] = until
         self._seen.move_to_end(message_id)
+
+
+class Deduplicator:
+    """Checks and remembers ids for the queues and exchanges that deduplicate, and journals
+    the durable ones' ids so a restart remembers them too."""
+
+    def __init__(self, journal: Journal | None) -> None:
+        self.journal = journal
+        self._last_forget = 0.0
+
+    @staticmethod
+    def duplicate(seen: SeenIds | None, message: Message, now: float) -> bool:
+        """Whether ``message`` repeats an id ``seen`` remembers."""
+        message_id = message.properties.message_id
+        return seen is not None and message_id is not None and seen.seen(message_id, now)
+
+    def remember(
+        self,
+        seen: SeenIds,
+        holder: tuple[str, str, bool],
+        message: Message,
+        now: float,
+        *,
+        awaits_commit: bool,
+    ) -> None:
+        """``message`` was taken by ``holder`` (kind, name, durable): remember its id for the
+        window. If its confirm waits for the store (``awaits_commit``) and the write fails,
+        ``Vhost.batch_failed`` forgets it again."""
+        message_id = message.properties.message_id
+        if message_id is None:
+            return
+        until = now + seen.window
+        seen.remember(message_id, until)
+        kind, name, durable = holder
+        journal = self.journal
+        if journal is None:
+            return
+        if durable:
+            journal.add(PutSeen(kind, name, message_id, until))
+            if now - self._last_forget >= 1.0:  # let the store forget old ids, now and then
+                self._last_forget = now
+                journal.add(ForgetSeen(now))
+        if awaits_commit:
+            journal.batch.remembered.append((seen, message_id))
+
+    def settle_duplicate(self, session: Session, seq: int) -> None:
+        """Confirm a duplicate — once whatever is pending (maybe the original) is on disk."""
+        if self.journal is not None and len(self.journal):
+            self.journal.batch.confirms.append((session, seq))
+        else:
+            session.settle_publish(seq, ok=True)

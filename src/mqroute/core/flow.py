@@ -37,6 +37,7 @@ also stop the acks its queue waits for.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 import attrs
@@ -78,6 +79,11 @@ class FlowQueue(Protocol):
 
     deleted: bool
     resident: int  # bytes of its messages held in memory (bodies and overhead)
+    ready_bytes: int
+    ready_count: int
+
+    @property
+    def consumers(self) -> Mapping[str, object]: ...
 
     @property
     def name(self) -> str: ...
@@ -85,6 +91,13 @@ class FlowQueue(Protocol):
     def flow_bytes(self) -> int: ...
 
     def has_consumers(self) -> bool: ...
+
+
+class Publisher(Protocol):
+    """What flow control reads of a publishing session."""
+
+    id: int
+    publishes: int  # bits: 1 transient, 2 persistent (flow control knows of them)
 
 
 class FlowControl:
@@ -126,6 +139,22 @@ class FlowControl:
         elif session not in self._publishers:
             self._publishers.add(session)
             self._update(session)
+
+    def after_publish(
+        self, publisher: Publisher, persistent: bool, queues: Iterable[FlowQueue]
+    ) -> None:
+        """``publisher`` put a message into ``queues``: it may have to wait for them. This
+        runs once per message, so the credit check of ``over_limit`` is inlined."""
+        kind = 2 if persistent else 1
+        if not publisher.publishes & kind:  # flow control learns of a publisher once
+            publisher.publishes |= kind
+            self.published(publisher.id, persistent)
+        limit = self.queue_limit
+        for queue in queues:
+            if queue.ready_bytes + queue.ready_count * ENTRY_OVERHEAD > limit and queue.consumers:
+                self.wait_for(publisher.id, queue)
+            if (self.memory_alarm is not None or self.paging_behind) and self.heavy(queue):
+                self.block_for_memory(publisher.id)
 
     def heavy(self, queue: FlowQueue) -> bool:
         """Whether the memory alarm (or paging that lags) blocks those who publish into

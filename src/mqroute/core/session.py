@@ -8,15 +8,19 @@ the outbox of events waiting to be written. Front ends drain the outbox with ``t
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ..model import Confirm, Delivery, Event, Message, Table
+from ..errors import PreconditionFailed
+from ..model import MAX_MILLISECONDS, Delivery, DeliveryTimedOut, Event, Message, Table, brief
+from .confirms import Confirms
 from .effects import Effects
 from .journal import DropMessages, Journal, MarkDelivered
 from .queue import MessageQueue, QueueEntry
+
+if TYPE_CHECKING:
+    from .scheduler import Scheduler
 
 #: Dispatch to a session stops while this many bytes of deliveries wait to be written (a
 #: consumer that does not read its socket holds at most about this much, whatever the sizes).
@@ -73,6 +77,7 @@ class Session:
         owner: str,
         journal: Journal | None = None,
         effects: Effects | None = None,
+        scheduler: Scheduler | None = None,
     ) -> None:
         self.id = session_id
         self.owner = owner
@@ -90,13 +95,11 @@ class Session:
         self._unacked_order: deque[int] = deque()
         self._next_tag = 1
         self._next_consumer = 1
-        # Publisher confirms: seqs in order with their outcome (None while not yet settled).
-        self._next_publish_seq = 1
-        self._pending: deque[list[Any]] = deque()  # [seq, ok, error code, error text]
+        self.confirms = Confirms()
         self._outbox: list[Event] = []
-        # The broker's hook to start a delivery's ack deadline, and tags that passed theirs
-        # (settling one of those is a no-op, not an error: the two may cross on the wire).
-        self.on_timeout: Callable[[Session, Unacked, int], None] | None = None
+        # Where a delivery's ack deadline starts, and tags that passed theirs (settling one
+        # of those is a no-op, not an error: the two may cross on the wire).
+        self.scheduler = scheduler
         self.timed_out: set[int] = set()
         self.reply_consumer: str | None = None  # consumer tag on amq.rabbitmq.reply-to
 
@@ -112,7 +115,8 @@ class Session:
 
     def take_events(self) -> list[Event]:
         """Everything to send, in order, with settled confirms coalesced at the end."""
-        self._flush_confirms()
+        if self.confirms:
+            self._outbox.extend(self.confirms.take())
         events, self._outbox = self._outbox, []
         self._outbox_bytes = 0
         return events
@@ -141,8 +145,8 @@ class Session:
         if track:
             self.unacked[tag] = item = Unacked(tag, queue, entry, consumer)
             timeout = consumer.timeout if consumer is not None else queue.args.consumer_timeout
-            if timeout is not None and self.on_timeout is not None:
-                self.on_timeout(self, item, timeout)
+            if timeout is not None and self.scheduler is not None:
+                self.scheduler.start_deadline(self, item, timeout)
             self._unacked_order.append(tag)
             queue.unacked += 1
             if consumer is not None:
@@ -216,39 +220,66 @@ class Session:
     # --- publisher confirms ----------------------------------------------------------------
 
     def begin_publish(self) -> int:
-        seq = self._next_publish_seq
-        self._next_publish_seq += 1
-        self._pending.append([seq, None, None, None])
-        return seq
+        return self.confirms.begin()
 
     def settle_publish(
         self, seq: int, ok: bool, code: str | None = None, text: str | None = None
     ) -> None:
         """Mark one publish confirmed (ok) or nacked (with why). Confirms go out in seq order."""
-        pending = self._pending
-        item = pending[-1] if pending and pending[-1][0] == seq else None
-        if item is None:
-            item = next(i for i in pending if i[0] == seq)
-        item[1], item[2], item[3] = ok, code, text
-        if pending[0][1] is not None and not self._outbox:
+        if self.confirms.settle(seq, ok, code, text) and not self._outbox:
             self.effects.output.add(self.id)
 
-    def _flush_confirms(self) -> None:
-        pending = self._pending
-        last_ok = None
-        while pending and pending[0][1] is not None:
-            seq, ok, code, text = pending.popleft()
-            if ok:
-                last_ok = seq
-                continue
-            if last_ok is not None:
-                self._outbox.append(Confirm(seq=last_ok, multiple=True))
-                last_ok = None
-            self._outbox.append(
-                Confirm(seq=seq, multiple=False, ok=False, error_code=code, error_text=text)
-            )
-        if last_ok is not None:
-            self._outbox.append(Confirm(seq=last_ok, multiple=True))
+    # --- settling --------------------------------------------------------------------------
+
+    def take_settled(self, tag: int, multiple: bool) -> list[Unacked]:
+        """The deliveries a settle of ``tag`` covers. Tags that timed out went back to the
+        queue already; a settle that crossed the timeout on the wire ignores them. An unknown
+        tag is PRECONDITION_FAILED, as RabbitMQ's channel error."""
+        timed_out = self.timed_out
+        if not multiple:
+            if tag in timed_out:
+                timed_out.discard(tag)
+                return []
+            if tag not in self.unacked:
+                raise PreconditionFailed(f"unknown delivery tag {tag}")
+        covered_timed_out = False
+        if multiple and timed_out:
+            covered = {t for t in timed_out if t <= tag or tag == 0}
+            timed_out -= covered
+            covered_timed_out = bool(covered)
+        settled = self.take_unacked(tag, multiple)
+        if multiple and not settled and tag != 0 and not covered_timed_out:
+            raise PreconditionFailed(f"unknown delivery tag {tag}")
+        self.compact_order()
+        return settled
+
+    def time_out(self, item: Unacked) -> None:
+        """``item`` passed its ack deadline: it leaves the unacked, its tag is remembered (so
+        a late settle is no error) and the client is told."""
+        self.take_unacked(item.tag, multiple=False)
+        if len(self.timed_out) >= TIMED_OUT_MEMORY:
+            self.timed_out.discard(min(self.timed_out))
+        self.timed_out.add(item.tag)
+        consumer_tag = item.consumer.tag if item.consumer is not None else ""
+        self.emit(DeliveryTimedOut(consumer_tag=consumer_tag, delivery_tag=item.tag))
+
+
+def consumer_settings(arguments: Table, queue: MessageQueue) -> tuple[int, int | None]:
+    """The consumer's x-priority and x-consumer-timeout (ms; its own, else the queue's),
+    validated: PRECONDITION_FAILED names a bad one."""
+    timeout = arguments.get("x-consumer-timeout", queue.args.consumer_timeout)
+    valid = type(timeout) is int and 0 < timeout <= MAX_MILLISECONDS
+    if timeout is not None and not valid:
+        raise PreconditionFailed(
+            f"consumer argument x-consumer-timeout must be an integer from 1 to "
+            f"{MAX_MILLISECONDS} (ms), not {brief(timeout)}"
+        )
+    priority = arguments.get("x-priority", 0)
+    if type(priority) is not int:
+        raise PreconditionFailed(
+            f"consumer argument x-priority must be an integer, not {brief(priority)}"
+        )
+    return priority, timeout
 
 
 def with_header(message: Message, name: str, value: Any) -> Message:

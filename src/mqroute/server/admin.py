@@ -11,8 +11,8 @@ import time
 from typing import Any, Protocol
 
 from .. import __version__
-from ..core.broker import Broker
 from ..core.session import ConsumerState
+from ..core.vhost import Vhost
 from ..errors import InvalidArgument
 
 WHAT = ("queues", "exchanges", "bindings", "consumers", "connections", "status")
@@ -35,7 +35,7 @@ class Registry:
         self.rates: dict[str, tuple[float, float]] = {}  # queue -> (publish/s, deliver/s)
         self._last: tuple[float, dict[str, tuple[int, int]]] | None = None
 
-    def sample(self, broker: Broker, now: float) -> None:
+    def sample(self, broker: Vhost, now: float) -> None:
         """Update rates from the counts since the previous sample (the server calls this
         every few seconds)."""
         counts = {q.name: (q.published, q.delivered) for q in broker.queues.values()}
@@ -53,7 +53,7 @@ class Registry:
 
 
 def inspect(
-    broker: Broker, registry: Registry, what: str, offset: int = 0, limit: int = PAGE_ROWS
+    broker: Vhost, registry: Registry, what: str, offset: int = 0, limit: int = PAGE_ROWS
 ) -> tuple[Any, int]:
     """One page of a listing (or the status table) and how many rows the listing has."""
     if what not in WHAT:
@@ -65,7 +65,7 @@ def inspect(
     return rows, total
 
 
-def _queues(broker: Broker, registry: Registry, page: slice) -> tuple[list[Any], int]:
+def _queues(broker: Vhost, registry: Registry, page: slice) -> tuple[list[Any], int]:
     queues = sorted(broker.queues.values(), key=lambda q: q.name)
     rows = [
         {
@@ -86,7 +86,7 @@ def _queues(broker: Broker, registry: Registry, page: slice) -> tuple[list[Any],
     return rows, len(queues)
 
 
-def _exchanges(broker: Broker, registry: Registry, page: slice) -> tuple[list[Any], int]:
+def _exchanges(broker: Vhost, registry: Registry, page: slice) -> tuple[list[Any], int]:
     exchanges = sorted(broker.exchanges.values(), key=lambda x: x.name)
     rows = [
         {
@@ -103,7 +103,7 @@ def _exchanges(broker: Broker, registry: Registry, page: slice) -> tuple[list[An
     return rows, len(exchanges)
 
 
-def _bindings(broker: Broker, registry: Registry, page: slice) -> tuple[list[Any], int]:
+def _bindings(broker: Vhost, registry: Registry, page: slice) -> tuple[list[Any], int]:
     bindings = sorted(
         broker.bindings(),
         key=lambda b: (b.source, b.destination_kind, b.destination, b.routing_key),
@@ -121,7 +121,7 @@ def _bindings(broker: Broker, registry: Registry, page: slice) -> tuple[list[Any
     return rows, len(bindings)
 
 
-def _consumers(broker: Broker, registry: Registry, page: slice) -> tuple[list[Any], int]:
+def _consumers(broker: Vhost, registry: Registry, page: slice) -> tuple[list[Any], int]:
     consumers = [
         (queue, consumer)
         for queue in sorted(broker.queues.values(), key=lambda q: q.name)
@@ -145,7 +145,7 @@ def _consumers(broker: Broker, registry: Registry, page: slice) -> tuple[list[An
     return rows, len(consumers)
 
 
-def _connections(broker: Broker, registry: Registry, page: slice) -> tuple[list[Any], int]:
+def _connections(broker: Vhost, registry: Registry, page: slice) -> tuple[list[Any], int]:
     owners: dict[str, list[Any]] = {}
     for session in broker.sessions.values():
         owners.setdefault(session.owner, []).append(session)
@@ -166,7 +166,7 @@ def _connections(broker: Broker, registry: Registry, page: slice) -> tuple[list[
     return rows, len(connections)
 
 
-def _status(broker: Broker, registry: Registry) -> dict[str, Any]:
+def _status(broker: Vhost, registry: Registry) -> dict[str, Any]:
     stats = broker.stats()
     return {
         "version": __version__,

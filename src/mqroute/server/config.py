@@ -6,8 +6,8 @@ from pathlib import Path
 
 import attrs
 
-from ..core.broker import Limits
 from ..core.flow import DEFAULT_QUEUE_LIMIT
+from ..core.topology import Limits
 from ..protocol import DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE
 
 DEFAULT_HOST = "127.0.0.1"

@@ -15,7 +15,7 @@ import attrs
 import trio
 
 from .. import __version__
-from ..core.broker import Redriven
+from ..core.dead_letter import Redriven
 from ..core.effects import NeedBodies
 from ..core.flow import Pause
 from ..core.session import Session

@@ -25,9 +25,9 @@ import attrs
 import trio
 
 from .. import __version__
-from ..core.broker import Broker
 from ..core.effects import PageIn
 from ..core.queue import MessageQueue
+from ..core.vhost import Vhost
 from ..model import (
     Message,
 )
@@ -71,7 +71,7 @@ def _read_bodies(
 
 
 async def run_shell(
-    broker: Broker,
+    broker: Vhost,
     store: Store,
     pages: PageFile | None,
     config: ServerConfig,
@@ -130,7 +130,7 @@ class Shell:
     """What every connection of one server shares, and the carrying out of what the core's
     calls left behind (``drain``)."""
 
-    broker: Broker
+    broker: Vhost
     config: ServerConfig
     clock: Callable[[], float]
     registry: Registry
@@ -302,7 +302,7 @@ async def _page_in(shell: Shell, store: Store, pages: PageFile | None) -> None:
         shell.drain()
 
 
-async def _sample_rates(broker: Broker, registry: Registry) -> None:
+async def _sample_rates(broker: Vhost, registry: Registry) -> None:
     """Per-queue publish and deliver rates for ``mqroute list queues``, every few seconds."""
     while True:
         registry.sample(broker, trio.current_time())

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import trio
 
-from ..core.broker import Broker
+from ..core.vhost import Vhost
 from . import resources
 from .config import ServerAddress, ServerConfig
 from .datadir import DataDirLock
@@ -51,7 +51,7 @@ def run(config: ServerConfig, *, store: Store | None = None) -> None:
 async def serve(
     config: ServerConfig = ServerConfig(),
     *,
-    broker: Broker | None = None,
+    broker: Vhost | None = None,
     store: Store | None = None,
     task_status: trio.TaskStatus[ServerAddress] = trio.TASK_STATUS_IGNORED,
 ) -> None:
@@ -71,7 +71,7 @@ async def serve(
             store = SqliteStore(config.data_dir)
         own_broker = broker is None
         if broker is None:
-            broker = Broker(
+            broker = Vhost(
                 max_message_size=config.max_message_size,
                 durable=store is not None,
                 memory_limit=resources.memory_limit(config.memory_high_watermark),
@@ -82,8 +82,7 @@ async def serve(
         pages = _open_page_file(config.data_dir)
         if pages is not None:
             stack.callback(pages.close)
-            broker.can_page = True
-        broker.reads_back = True
+        broker.serve_from_disk(reads_back=True, can_page=pages is not None)
         if own_broker:  # what the process holds already counts against the watermark
             broker.flow.memory_baseline = resources.process_memory()  # recovery charges its own
         await _recover(broker, store)
@@ -105,7 +104,7 @@ def _open_page_file(data_dir: Path | None) -> PageFile | None:
         return None
 
 
-async def _recover(broker: Broker, store: Store) -> None:
+async def _recover(broker: Vhost, store: Store) -> None:
     started = time.monotonic()
     # Off the event loop: nothing else runs yet, and the rows stream from the store's cursor.
     snapshot = await trio.to_thread.run_sync(store.load)

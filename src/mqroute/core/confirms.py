@@ -1,0 +1,77 @@
+"""Publisher confirms of one session: sequence numbers in, outcomes out, in order.
+
+As RabbitMQ's ``rabbit_confirms``, this is state in, state out: the vhost numbers a publish
+(``begin``), settles it when its fate is known (``settle``: routed and in memory, written to
+disk, refused), and the front end takes what may be told (``take``). Outcomes go out in
+sequence order, so a publisher can count on "every seq up to N" once N is confirmed: runs of
+acks coalesce into one ``multiple`` confirm, and a nack ends a run.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import attrs
+
+from ..model import Confirm
+
+
+@attrs.define(slots=True)
+class _Pending:
+    seq: int
+    ok: bool | None = None  # None while not yet settled
+    code: str | None = None
+    text: str | None = None
+
+
+class Confirms:
+    def __init__(self) -> None:
+        self._next = 1
+        self._pending: deque[_Pending] = deque()
+
+    def __len__(self) -> int:
+        """Publishes not yet told (settled or not)."""
+        return len(self._pending)
+
+    def begin(self) -> int:
+        """Number the next publish."""
+        seq = self._next
+        self._next += 1
+        self._pending.append(_Pending(seq))
+        return seq
+
+    def settle(self, seq: int, ok: bool, code: str | None = None, text: str | None = None) -> bool:
+        """Record the outcome of ``seq``. Returns whether the oldest is settled, that is,
+        whether ``take`` now has something to tell."""
+        pending = self._pending
+        item = pending[-1] if pending and pending[-1].seq == seq else None
+        if item is None:  # not the newest: rarer (a confirm after a commit), so searched
+            item = next(i for i in pending if i.seq == seq)
+        item.ok, item.code, item.text = ok, code, text
+        return pending[0].ok is not None
+
+    def take(self) -> list[Confirm]:
+        """Outcomes settled in order from the oldest, as confirms to send."""
+        pending = self._pending
+        out: list[Confirm] = []
+        last_ok = None
+        while pending and pending[0].ok is not None:
+            item = pending.popleft()
+            if item.ok:
+                last_ok = item.seq
+                continue
+            if last_ok is not None:
+                out.append(Confirm(seq=last_ok, multiple=True))
+                last_ok = None
+            out.append(
+                Confirm(
+                    seq=item.seq,
+                    multiple=False,
+                    ok=False,
+                    error_code=item.code,
+                    error_text=item.text,
+                )
+            )
+        if last_ok is not None:
+            out.append(Confirm(seq=last_ok, multiple=True))
+        return out

@@ -1,0 +1,70 @@
+"""Direct reply-to (RPC without a reply queue), as RabbitMQ's ``amq.rabbitmq.reply-to``.
+
+A requester consumes the pseudo-queue ``amq.rabbitmq.reply-to`` (auto-ack) and publishes a
+request with ``reply_to`` set to that name; the broker rewrites it into an address naming the
+requester's session (``amq.rabbitmq.reply-to.<session id>``). A reply published to that
+address through the default exchange goes straight to the requester: no queue, no storage.
+A requester that is gone makes a mandatory reply come back as returned.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from ..errors import PreconditionFailed
+from ..model import REPLY_TO, Message, Returned
+from .session import Session
+
+
+class ReplyTo:
+    def __init__(self) -> None:
+        self._sessions: dict[int, Session] = {}  # sessions consuming REPLY_TO, by id
+
+    def consume(self, session: Session, consumer_tag: str, auto_ack: bool) -> str:
+        if not auto_ack:
+            raise PreconditionFailed(f"{REPLY_TO} must be consumed with auto_ack")
+        if session.reply_consumer is not None:
+            raise PreconditionFailed(f"this session already consumes {REPLY_TO}")
+        tag = consumer_tag or session.new_consumer_tag()
+        session.reply_consumer = tag
+        self._sessions[session.id] = session
+        return tag
+
+    def cancel(self, session: Session) -> None:
+        session.reply_consumer = None
+        self._sessions.pop(session.id, None)
+
+    def addressed(self, session: Session, message: Message) -> Message:
+        """``message`` with ``reply_to`` naming ``session``'s reply consumer."""
+        if session.reply_consumer is None:
+            raise PreconditionFailed(
+                f"reply_to {REPLY_TO} needs a consumer on {REPLY_TO} in the same connection"
+            )
+        address = f"{REPLY_TO}.{session.id}"
+        return attrs.evolve(message, properties=attrs.evolve(message.properties, reply_to=address))
+
+    def reply(self, session: Session, seq: int, message: Message, mandatory: bool) -> bool:
+        """Hand a reply to the requester its routing key names; returns whether it got it."""
+        target_id = message.routing_key[len(REPLY_TO) + 1 :]
+        valid = target_id.isascii() and target_id.isdigit() and len(target_id) < 20
+        target = self._sessions.get(int(target_id)) if valid else None
+        delivered = not (target is None or target.closed or target.reply_consumer is None)
+        if delivered:
+            assert target is not None and target.reply_consumer is not None
+            target.deliver_direct(target.reply_consumer, message)
+        elif mandatory:
+            session.emit(
+                Returned(
+                    publish_seq=seq,
+                    reply_code="NO_ROUTE",
+                    reply_text="the requester is gone",
+                    message=message,
+                )
+            )
+        session.settle_publish(seq, ok=True)
+        return delivered
+
+
+def is_reply(message: Message) -> bool:
+    """Whether ``message`` is published to a direct reply-to address."""
+    return message.exchange == "" and message.routing_key.startswith(REPLY_TO + ".")
