@@ -14,7 +14,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import mqroute
-from mqroute.bench.runner import BenchError, BenchOptions, Histogram
+from mqroute.bench.runner import BenchOptions, Histogram
+from mqroute.errors import BenchError
 
 from .helpers import start_server_process
 

@@ -16,8 +16,8 @@ from mqroute.errors import (
     ResourceLocked,
 )
 from mqroute.model import (
-    Confirm,
-    ConsumerCancelled,
+    CancelledByBroker,
+    Confirmed,
     Delivery,
     ExchangeSpec,
     Message,
@@ -154,7 +154,7 @@ def test_delete_queue_conditions_and_count(b: Vhost, s: Session) -> None:
         b.delete_queue("c1", "q", if_unused=True)
     b.publish(s, msg("", "q"))
     assert b.delete_queue("c1", "q") == 0  # both are out with the consumer, unacked
-    assert [e for e in s.take_events() if isinstance(e, ConsumerCancelled)]
+    assert [e for e in s.take_events() if isinstance(e, CancelledByBroker)]
 
 
 def test_purge_returns_ready_count(b: Vhost, s: Session) -> None:
@@ -298,7 +298,7 @@ def test_confirms_coalesce_into_one_multiple_ack(b: Vhost, s: Session) -> None:
     queue(b, "q")
     for _ in range(5):
         b.publish(s, msg("", "q"))
-    assert s.take_events() == [Confirm(seq=5, multiple=True)]
+    assert s.take_events() == [Confirmed(seq=5, multiple=True)]
 
 
 def test_publish_to_missing_exchange_is_nacked_with_reason(b: Vhost, s: Session) -> None:
@@ -308,15 +308,15 @@ def test_publish_to_missing_exchange_is_nacked_with_reason(b: Vhost, s: Session)
         b.publish(s, msg("missing", "k"))
     b.publish(s, msg("", "q"))
     assert s.take_events() == [
-        Confirm(seq=1, multiple=True),
-        Confirm(
+        Confirmed(seq=1, multiple=True),
+        Confirmed(
             seq=2,
             multiple=False,
             ok=False,
             error_code="NOT_FOUND",
             error_text="no exchange 'missing'",
         ),
-        Confirm(seq=3, multiple=True),
+        Confirmed(seq=3, multiple=True),
     ]
 
 
@@ -325,8 +325,8 @@ def test_mandatory_unroutable_is_returned_before_confirm(b: Vhost, s: Session) -
     b.publish(s, msg("amq.direct", "nowhere", b"y"))  # not mandatory: silently dropped
     events = s.take_events()
     assert isinstance(events[0], Returned) and events[0].publish_seq == 1
-    assert events[0].reply_code == "NO_ROUTE" and events[0].message.body == b"x"
-    assert events[1:] == [Confirm(seq=2, multiple=True)]
+    assert events[0].code == "NO_ROUTE" and events[0].message.body == b"x"
+    assert events[1:] == [Confirmed(seq=2, multiple=True)]
 
 
 def test_body_over_the_limit_is_refused() -> None:

@@ -15,7 +15,7 @@ from mqroute.core.session import Session
 from mqroute.core.vhost import Vhost
 from mqroute.errors import MessageNacked, NotFound, PreconditionFailed
 from mqroute.model import (
-    Confirm,
+    Confirmed,
     Delivery,
     ExchangeSpec,
     Message,
@@ -160,7 +160,7 @@ def test_reject_publish_nacks_the_publisher(b: Vhost, s: Session) -> None:
     b.publish(s, msg("q", b"in"))
     b.publish(s, msg("q", b"refused"))
     events = s.take_events()
-    assert events[0] == Confirm(seq=1, multiple=True)
+    assert events[0] == Confirmed(seq=1, multiple=True)
     assert events[1].ok is False and "is full" in (events[1].error_text or "")  # type: ignore[union-attr]
     assert [m.body for m in ready(b, "q")] == [b"in"] and ready(b, "dead") == []
 

@@ -11,7 +11,7 @@ from mqroute.core.session import Session
 from mqroute.core.vhost import Vhost
 from mqroute.errors import PreconditionFailed
 from mqroute.model import (
-    Confirm,
+    Confirmed,
     ExchangeSpec,
     QueueSpec,
 )
@@ -30,7 +30,7 @@ def test_queue_dedup_window_confirms_but_skips_repeats(b: Vhost, s: Session) -> 
     b.publish(s, msg("orders", b"no id"))
     b.publish(s, msg("orders", b"no id"))
     assert [m.body for m in ready(b, "orders")] == [b"order 7", b"order 8", b"no id", b"no id"]
-    assert s.take_events() == [Confirm(seq=6, multiple=True)]  # every publish confirmed
+    assert s.take_events() == [Confirmed(seq=6, multiple=True)]  # every publish confirmed
 
 
 def test_dedup_forgets_after_the_window(b: Vhost, s: Session) -> None:
@@ -64,7 +64,7 @@ def test_a_refused_publish_leaves_its_id_for_the_retry(b: Vhost, s: Session) -> 
     b.get(b.open_session("worker"), "orders", auto_ack=True)
     b.publish(s, msg("orders", b"order 2", message_id="o-2"))  # the retry the docs advise
     assert [m.body for m in ready(b, "orders")] == [b"order 2"]
-    confirms = [e for e in s.take_events() if isinstance(e, Confirm)]
+    confirms = [e for e in s.take_events() if isinstance(e, Confirmed)]
     assert [(c.seq, c.ok) for c in confirms] == [(1, True), (2, False), (3, True)]
 
 

@@ -15,7 +15,7 @@ import trio
 import mqroute
 from mqroute.client.connection import DEFAULT_URL
 from mqroute.errors import REPLY_CODES
-from mqroute.protocol import _EVENT_TYPES
+from mqroute.protocol import FRAME_TYPES
 from mqroute.testing import running_broker
 
 DOCS = Path(__file__).parent.parent / "docs"
@@ -23,7 +23,7 @@ DOCS = Path(__file__).parent.parent / "docs"
 
 def test_protocol_doc_lists_every_frame_with_its_fields() -> None:
     text = (DOCS / "protocol.md").read_text()
-    for code, cls in _EVENT_TYPES.items():
+    for code, cls in FRAME_TYPES.items():
         row = re.search(rf"^\| {code} \| {cls.__name__} \| [^|]+ \| (.*) \|$", text, re.M)
         assert row, f"frame {code} {cls.__name__} missing from docs/protocol.md"
         documented = [f.split(":")[0].strip() for f in row.group(1).split(", ") if ":" in f]

@@ -14,10 +14,9 @@ import mqroute
 from mqroute.core.journal import Record
 from mqroute.core.queue import RESIDENT
 from mqroute.core.vhost import Vhost
-from mqroute.errors import NotFound
+from mqroute.errors import DataDirError, NotFound, StoreError
 from mqroute.server import ServerAddress, ServerConfig, serve
-from mqroute.server.datadir import DataDirError
-from mqroute.server.store import SqliteStore, StoreError
+from mqroute.server.store import SqliteStore
 
 
 @asynccontextmanager

@@ -372,7 +372,7 @@ async def test_settled_messages_leave_nothing_in_the_deliver_tail_cache(
 ) -> None:
     import gc
 
-    from mqroute.server import connection as server_module
+    from mqroute.server import native
 
     await conn.declare_queue("q")
     async with conn.publisher() as pub:
@@ -388,7 +388,7 @@ async def test_settled_messages_leave_nothing_in_the_deliver_tail_cache(
     await conn.declare_queue("q", passive=True)  # the last acks are handled
     del msg
     gc.collect()
-    assert sum(len(t[3]) for t in server_module._TAILS.values()) < 256 * 1024
+    assert sum(len(t[3]) for t in native._TAILS.values()) < 256 * 1024
 
 
 async def test_a_backlog_a_consumer_took_and_gave_back_is_paged_out_again(tmp_path: object) -> None:

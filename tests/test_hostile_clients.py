@@ -43,12 +43,12 @@ async def test_a_missed_heartbeat_closes_with_a_close_frame(
 async def test_an_internal_error_closes_with_a_close_frame(
     server: ServerAddress, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mqroute.server.connection import ServerConnection
+    from mqroute.server.native import NativeFrontEnd
 
-    def broken(self: object, event: object) -> None:
+    def broken(self: object, event: object, now: float) -> None:
         raise RuntimeError("simulated bug")
 
-    monkeypatch.setattr(ServerConnection, "_publish", broken)
+    monkeypatch.setattr(NativeFrontEnd, "publish", broken)
     raw = await RawClient.connect(server)
     await raw.stream.send_all(raw_frame([Publish.frame_type, "", "q", b"x", {}, False]))
     events = await raw.until_closed()

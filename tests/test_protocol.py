@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from mqroute.errors import ProtocolError
 from mqroute.model import Properties
 from mqroute.protocol import (
-    _EVENT_TYPES,
+    FRAME_TYPES,
     NEED_DATA,
     Ack,
     Bind,
@@ -147,7 +147,7 @@ SERVER_FRAMES = [
     Confirm(seq=10, multiple=False, ok=False, error_code="NOT_FOUND", error_text="no exchange"),
     Return(
         seq=11,
-        reply_code="NO_ROUTE",
+        code="NO_ROUTE",
         reply_text="no queue matched",
         exchange="x",
         routing_key="k",
@@ -509,7 +509,7 @@ _FIELD = {
 def _frames(sender: Role) -> st.SearchStrategy[Frame]:
     kinds = [
         cls
-        for cls in _EVENT_TYPES.values()
+        for cls in FRAME_TYPES.values()
         if sender in cls.sender
         and cls not in (Hello, Welcome, Close)  # handshake and Close have tests of their own
     ]

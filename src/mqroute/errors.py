@@ -12,13 +12,19 @@
     │   ├── ResourceError           RESOURCE_ERROR: a broker limit was reached
     │   └── InternalError           INTERNAL_ERROR: a bug in the broker; the broker keeps running
     ├── ProtocolError               bytes that break the wire protocol (docs/protocol.md)
+    │   ├── RemoteProtocolError     the peer sent them: answer with Close and drop it
+    │   └── LocalProtocolError      this side tried to send them: a bug here
     ├── ConnectionClosed            the connection is gone; ``reason`` says why if known
     ├── ConsumerCancelled           the broker cancelled a consumer (its queue was deleted)
     ├── RequestTimeout              an RPC call got no reply in time (also a TimeoutError)
     ├── PublishError                a publish was not accepted as asked
     │   ├── MessageReturned         mandatory publish matched no queue (carries the message)
     │   └── MessageNacked           the broker refused to take responsibility for it
-    └── UsageError                  the SDK was misused (acked twice, closed connection…)
+    ├── UsageError                  the SDK was misused (acked twice, closed connection…)
+    └── ServerError                 the server cannot start or go on (the CLI reports it)
+        ├── DataDirError            the data directory: locked by another server, not writable…
+        ├── StoreError              the store: corrupt, foreign, a newer schema…
+        └── BenchError              a benchmark cannot run: bad options, no broker, a crash
 
 Error codes are strings on the wire. They follow AMQP 0-9-1's reply codes (same names, numbers
 in ``REPLY_CODES``) so that a second front end can map them one to one.
@@ -115,6 +121,14 @@ class ProtocolError(MQRouteError):
     code = "FRAME_ERROR"
 
 
+class RemoteProtocolError(ProtocolError):
+    """The peer broke the protocol; the connection is in its ERROR state."""
+
+
+class LocalProtocolError(ProtocolError):
+    """This side asked to send something the protocol forbids now; nothing was sent."""
+
+
 class ConnectionClosed(MQRouteError):
     """The connection is closed. ``reason`` is the error that closed it, if there was one."""
 
@@ -138,15 +152,20 @@ class PublishError(MQRouteError):
 class MessageReturned(PublishError):
     """A mandatory publish could not be routed to any queue and came back."""
 
-    def __init__(self, reply_code: str, reply_text: str, exchange: str, routing_key: str) -> None:
+    def __init__(self, code: str, reply_text: str, exchange: str, routing_key: str) -> None:
         super().__init__(
             f"message to exchange {exchange!r} with routing key {routing_key!r} "
-            f"was returned: {reply_code} {reply_text}"
+            f"was returned: {code} {reply_text}"
         )
-        self.reply_code = reply_code
+        self.code = code
         self.reply_text = reply_text
         self.exchange = exchange
         self.routing_key = routing_key
+
+    @property
+    def reply_code(self) -> int:
+        """The AMQP reply code, as on BrokerError (312 for NO_ROUTE)."""
+        return REPLY_CODES[self.code]
 
 
 class MessageNacked(PublishError):
@@ -155,3 +174,19 @@ class MessageNacked(PublishError):
 
 class UsageError(MQRouteError):
     """The SDK was used in a way it does not allow (for example acking a message twice)."""
+
+
+class ServerError(MQRouteError):
+    """The server cannot start or go on; the CLI prints it and exits non-zero."""
+
+
+class DataDirError(ServerError):
+    """The data directory cannot be used (locked by another server, not writable, …)."""
+
+
+class StoreError(ServerError):
+    """The store cannot be opened or used (corrupt, foreign, newer schema, …)."""
+
+
+class BenchError(ServerError):
+    """A benchmark could not run (bad options, no broker, a worker crashed)."""

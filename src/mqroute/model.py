@@ -220,13 +220,13 @@ class Returned:
     """An unroutable mandatory message going back to its publisher, before its confirm."""
 
     publish_seq: int
-    reply_code: str
+    code: str
     reply_text: str
     message: Message
 
 
 @attrs.frozen(kw_only=True)
-class Confirm:
+class Confirmed:
     """A publisher confirm: ``seq`` (and, if ``multiple``, everything below it) is settled."""
 
     seq: int
@@ -237,7 +237,7 @@ class Confirm:
 
 
 @attrs.frozen(kw_only=True)
-class ConsumerCancelled:
+class CancelledByBroker:
     """The broker cancelled a consumer (its queue was deleted)."""
 
     consumer_tag: str
@@ -252,7 +252,7 @@ class DeliveryTimedOut:
     delivery_tag: int
 
 
-Event = Delivery | Returned | Confirm | ConsumerCancelled | DeliveryTimedOut
+Event = Delivery | Returned | Confirmed | CancelledByBroker | DeliveryTimedOut
 
 
 # --- statistics -------------------------------------------------------------------------------

@@ -30,6 +30,8 @@ from typing import Any, Protocol
 
 import attrs
 
+from ..errors import BenchError
+
 TIMESTAMP = struct.Struct("<q")
 # A publisher that asked for no confirm window still needs one: the broker would otherwise
 # buffer an unbounded backlog in the producer's socket.
@@ -37,10 +39,6 @@ DEFAULT_WINDOW = 10_000
 TICK_SECONDS = 0.5
 # After producers finish, consumers that make no progress for this long end the run.
 DRAIN_IDLE_SECONDS = 10.0
-
-
-class BenchError(Exception):
-    """A benchmark could not run (bad options, no broker, a worker crashed)."""
 
 
 @attrs.frozen

@@ -16,13 +16,12 @@ import trio
 
 from .. import __version__
 from ..client.connection import Connection, connect
-from ..errors import MQRouteError, NotFound
+from ..errors import MQRouteError, NotFound, ServerError
 from ..model import PROPERTY_NAMES, Properties
 from ..protocol import DEFAULT_MAX_FRAME_SIZE, HANDSHAKE_FRAME_SIZE
 from ..server import resources, startup
 from ..server.config import DEFAULT_HOST, DEFAULT_PORT, ServerConfig
-from ..server.datadir import DataDirError, default_data_dir
-from ..server.store import StoreError
+from ..server.datadir import default_data_dir
 
 T = TypeVar("T")
 
@@ -163,7 +162,7 @@ def server(
     )
     try:
         startup.run(config)
-    except (DataDirError, StoreError) as exc:
+    except ServerError as exc:
         raise click.ClickException(str(exc)) from None
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
@@ -879,7 +878,7 @@ def bench(
     mqroute bench -z 20 -r 1000 -c 1               # latency at a fixed rate
     mqroute bench -C 50000 --queues 10 -t fanout   # fan-out to 10 queues
     """
-    from ..bench.runner import BenchError, BenchOptions, format_result, run
+    from ..bench.runner import BenchOptions, format_result, run
 
     opts = BenchOptions(
         url=url,
@@ -908,7 +907,7 @@ def bench(
         click.echo(f"mqroute bench: {opts.describe()}", err=True)
     try:
         result = run(opts, progress=None if quiet else progress)
-    except (BenchError, MQRouteError) as exc:
+    except MQRouteError as exc:
         raise click.ClickException(str(exc)) from None
     finally:
         if tty and not quiet:

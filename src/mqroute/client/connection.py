@@ -33,6 +33,7 @@ import anyio
 import anyio.abc
 import attrs
 
+from .. import protocol
 from ..errors import (
     BrokerError,
     ConnectionClosed,
@@ -50,7 +51,6 @@ from ..model import EMPTY_PROPERTIES, REPLY_TO, Properties, Table
 from ..protocol import (
     NEED_DATA,
     PROTOCOL_VERSION,
-    SUPPORTED_VERSIONS,
     Ack,
     Bind,
     Blocked,
@@ -71,7 +71,6 @@ from ..protocol import (
     Get,
     GetOk,
     Heartbeat,
-    Hello,
     Inspect,
     Nack,
     Ok,
@@ -85,9 +84,9 @@ from ..protocol import (
     Unbind,
     Unblocked,
     Welcome,
-)
-from ..protocol import (
-    Connection as ProtocolConnection,
+    check_welcome,
+    hello_for,
+    read_reply,
 )
 from .bodies import Serializer, encode_body
 
@@ -348,7 +347,7 @@ class Connection:
         self._state = _State.UNOPENED
         self._closed_error: ConnectionClosed | None = None
         self._closing = False  # close() has begun: what follows is our doing
-        self._proto = ProtocolConnection(Role.CLIENT)
+        self._proto = protocol.Connection(Role.CLIENT)
         self._stream: anyio.abc.SocketStream | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._rids = itertools.count(1)
@@ -390,11 +389,7 @@ class Connection:
                 self._stream = await anyio.connect_tcp(self.host, self.port)
             except OSError as exc:
                 raise ConnectionClosed(f"cannot connect to {self.url}: {exc}") from exc
-            hello = Hello(
-                versions=list(SUPPORTED_VERSIONS),
-                client=self.client_name,
-                heartbeat_ms=int(self.heartbeat * 1000),
-            )
+            hello = hello_for(self.client_name, int(self.heartbeat * 1000))
             await self._stream.send(self._proto.send(hello))
             welcome = await self._read_welcome()
         self.connection_id = welcome.connection_id
@@ -422,6 +417,10 @@ class Connection:
                 self._proto.receive_data(data)
                 continue
             if isinstance(event, Welcome):
+                try:
+                    check_welcome(event)
+                except ProtocolError as exc:
+                    raise ConnectionClosed(f"cannot talk to {self.url}: {exc}") from None
                 return event
             if isinstance(event, Close):
                 raise ConnectionClosed(f"broker refused the connection: {event.code} {event.text}")
@@ -530,7 +529,8 @@ class Connection:
             self._out_drained.set()
 
     async def _request(self, frame_factory: Any, **fields: Any) -> Any:
-        """Send a request with a fresh rid and wait for its answer (Ok.result or GetOk)."""
+        """Send a request with a fresh rid and wait for its answer: the typed reply
+        (protocol/replies.py), or GetOk."""
         self._check_open()
         rid = next(self._rids)
         slot: list[Any] = [anyio.Event(), None]
@@ -546,7 +546,7 @@ class Connection:
         if isinstance(answer, Error):
             raise BrokerError.from_code(answer.code, answer.text)
         if isinstance(answer, Ok):
-            return answer.result
+            return read_reply(frame_factory, answer)
         return answer
 
     # --- reading -------------------------------------------------------------------------
@@ -589,7 +589,7 @@ class Connection:
             confirmation = self._confirms.get(event.seq)
             if confirmation is not None:
                 confirmation.error = MessageReturned(
-                    event.reply_code, event.reply_text, event.exchange, event.routing_key
+                    event.code, event.reply_text, event.exchange, event.routing_key
                 )
         elif kind is Blocked:
             self.blocked = event.reason
@@ -759,11 +759,11 @@ class Connection:
             arguments=arguments or {},
         )
         return QueueInfo(
-            result["queue"],
-            result["message_count"],
-            result["consumer_count"],
-            result.get("arguments") or {},
-            result.get("delayed_count") or 0,
+            result.queue,
+            result.message_count,
+            result.consumer_count,
+            result.arguments,
+            result.delayed_count,
         )
 
     async def delete_queue(
@@ -771,12 +771,12 @@ class Connection:
     ) -> int:
         """Delete a queue; returns how many messages it held."""
         result = await self._request(DeleteQueue, name=name, if_unused=if_unused, if_empty=if_empty)
-        return int(result["message_count"])
+        return int(result.message_count)
 
     async def purge_queue(self, name: str) -> int:
         """Drop a queue's ready messages; returns how many."""
         result = await self._request(PurgeQueue, name=name)
-        return int(result["message_count"])
+        return int(result.message_count)
 
     async def redrive(
         self, queue: str, *, to_exchange: str | None = None, limit: int | None = None
@@ -784,28 +784,28 @@ class Connection:
         """Move messages out of dead-letter queue ``queue``: back to the queue each last died
         in, or to ``to_exchange``; at most ``limit`` of them. Returns how many moved."""
         result = await self._request(Redrive, queue=queue, exchange=to_exchange, limit=limit or 0)
-        return int(result["moved"])
+        return int(result.moved)
 
     async def explain_route(
         self, exchange: str, routing_key: str, headers: Table | None = None
     ) -> dict[str, Any]:
         """Where a message would go — matching bindings, exchange by exchange, and the queues
         that would receive it. Nothing is published. ``{"queues": [...], "steps": [...]}``."""
-        result: dict[str, Any] = await self._request(
+        result = await self._request(
             ExplainRoute, exchange=exchange, routing_key=routing_key, headers=headers or {}
         )
-        return result
+        return {"queues": result.queues, "steps": result.steps}
 
     async def inspect(self, what: str) -> Any:
         """Admin listing: queues, exchanges, bindings, consumers, connections (rows), or
         status (a table)."""
         if what == "status":
-            return (await self._request(Inspect, what=what, offset=0, limit=1))["result"]
+            return (await self._request(Inspect, what=what, offset=0, limit=1)).result
         rows: list[Any] = []
         while True:  # the broker answers a page at a time
             page = await self._request(Inspect, what=what, offset=len(rows), limit=PAGE_ROWS)
-            rows.extend(page["result"])
-            if not page["result"] or len(rows) >= page["total"]:
+            rows.extend(page.result)
+            if not page.result or len(rows) >= page.total:
                 return rows
 
     async def bind_queue(

@@ -13,7 +13,7 @@ from collections import deque
 
 import attrs
 
-from ..model import Confirm
+from ..model import Confirmed
 
 
 @attrs.define(slots=True)
@@ -50,10 +50,10 @@ class Confirms:
         item.ok, item.code, item.text = ok, code, text
         return pending[0].ok is not None
 
-    def take(self) -> list[Confirm]:
+    def take(self) -> list[Confirmed]:
         """Outcomes settled in order from the oldest, as confirms to send."""
         pending = self._pending
-        out: list[Confirm] = []
+        out: list[Confirmed] = []
         last_ok = None
         while pending and pending[0].ok is not None:
             item = pending.popleft()
@@ -61,10 +61,10 @@ class Confirms:
                 last_ok = item.seq
                 continue
             if last_ok is not None:
-                out.append(Confirm(seq=last_ok, multiple=True))
+                out.append(Confirmed(seq=last_ok, multiple=True))
                 last_ok = None
             out.append(
-                Confirm(
+                Confirmed(
                     seq=item.seq,
                     multiple=False,
                     ok=False,
@@ -73,5 +73,5 @@ class Confirms:
                 )
             )
         if last_ok is not None:
-            out.append(Confirm(seq=last_ok, multiple=True))
+            out.append(Confirmed(seq=last_ok, multiple=True))
         return out

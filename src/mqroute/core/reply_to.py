@@ -56,7 +56,7 @@ class ReplyTo:
             session.emit(
                 Returned(
                     publish_seq=seq,
-                    reply_code="NO_ROUTE",
+                    code="NO_ROUTE",
                     reply_text="the requester is gone",
                     message=message,
                 )

@@ -20,7 +20,7 @@ from ..model import (
     EXCHANGE_TYPES,
     MAX_SHORT_STRING,
     Binding,
-    ConsumerCancelled,
+    CancelledByBroker,
     ExchangeSpec,
     QueueSpec,
     Table,
@@ -243,7 +243,7 @@ class Topology:
             assert isinstance(consumer, ConsumerState)
             consumer.session.consumers.pop(consumer.tag, None)
             consumer.session.emit(
-                ConsumerCancelled(consumer_tag=consumer.tag, reason=f"queue {queue.name!r} deleted")
+                CancelledByBroker(consumer_tag=consumer.tag, reason=f"queue {queue.name!r} deleted")
             )
         queue.consumers.clear()
         for entry in queue.purge() + queue.take_delayed():

@@ -264,7 +264,7 @@ class Vhost:
             session.emit(
                 Returned(
                     publish_seq=seq,
-                    reply_code="NO_ROUTE",
+                    code="NO_ROUTE",
                     reply_text="no queue matched",
                     message=message,
                 )

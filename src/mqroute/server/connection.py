@@ -1,14 +1,11 @@
-"""One native-protocol client connection: its reader, writer and heartbeat tasks, and the
-translation between its frames and the vhost facade's calls (frame → call → reply; the
-session's events → frames)."""
+"""One native-protocol client connection, the trio shell around its front end (native.py):
+the handshake, the reader, writer and heartbeat tasks, and flow control of its reading."""
 
 from __future__ import annotations
 
 import logging
 import time
-import weakref
 from collections import deque
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -19,64 +16,28 @@ from ..core.dead_letter import Redriven
 from ..core.effects import NeedBodies
 from ..core.flow import Pause
 from ..core.session import Session
-from ..errors import BrokerError, PreconditionFailed, ProtocolError
-from ..model import (
-    Confirm as ConfirmEvent,
-)
-from ..model import (
-    ConsumerCancelled,
-    Delivery,
-    DeliveryTimedOut,
-    Event,
-    ExchangeSpec,
-    Message,
-    Properties,
-    QueueSpec,
-    Returned,
-)
+from ..errors import ProtocolError
 from ..protocol import (
     NEED_DATA,
-    SUPPORTED_VERSIONS,
     Ack,
-    Bind,
     Blocked,
-    Cancel,
-    Cancelled,
     Close,
-    Confirm,
     Connection,
-    Consume,
-    DeclareExchange,
-    DeclareQueue,
-    DeleteExchange,
-    DeleteQueue,
-    Error,
-    ExplainRoute,
     Extend,
-    Frame,
-    Get,
-    GetOk,
     Heartbeat,
     Hello,
-    Inspect,
     Nack,
-    Ok,
     PeerClosed,
     Publish,
     PublishTooLarge,
-    PurgeQueue,
-    Redrive,
+    RedriveOk,
     Release,
-    Return,
     Role,
-    TimedOut,
-    Unbind,
     Unblocked,
-    Welcome,
-    encode_deliver_tail,
-    negotiate_frame_size,
+    ok_frame,
+    welcome_for,
 )
-from .admin import inspect
+from .native import NativeFrontEnd
 
 if TYPE_CHECKING:
     from .shell import Shell
@@ -112,6 +73,7 @@ class ServerConnection:
             max_message_size=config.max_message_size,
         )
         self.session: Session | None = None
+        self.front: NativeFrontEnd | None = None
         self.client_name = "?"
         self.peer = _peer_name(stream)
         self._replies: deque[list[Any]] = deque()  # [frame, ready]: sent in order once ready
@@ -149,6 +111,9 @@ class ServerConnection:
             if hello is None:
                 return
             self.session = self.broker.open_session(self.id)
+            self.front = NativeFrontEnd(
+                self.broker, self.session, self.id, self.registry, self.config.max_message_size
+            )
             self.registry.connections[self.id] = self
             self.shell.by_session[self.session.id] = self
             log.info("%s opened from %s (client %r)", self.id, self.peer, self.client_name)
@@ -218,28 +183,20 @@ class ServerConnection:
                 continue
             if not isinstance(event, Hello):
                 return None  # PeerClosed or Close before the handshake finished
-            common = set(event.versions) & set(SUPPORTED_VERSIONS)
-            if not common:
-                await self._send_close(
-                    "FRAME_ERROR",
-                    f"no common protocol version: client offers {event.versions}, "
-                    f"server speaks {list(SUPPORTED_VERSIONS)}",
+            try:
+                welcome = welcome_for(
+                    event,
+                    server=f"mqroute {__version__}",
+                    connection_id=self.id,
+                    heartbeat_ms=self.config.heartbeat_ms,
+                    max_frame_size=self.config.max_frame_size,
+                    max_message_size=self.config.max_message_size,
                 )
+            except ProtocolError as exc:
+                await self._send_close(exc.code, str(exc))
                 return None
             self.client_name = event.client
-            wanted = [ms for ms in (event.heartbeat_ms, self.config.heartbeat_ms) if ms]
-            heartbeat_ms = min(wanted) if wanted else 0
-            self._heartbeat = heartbeat_ms / 1000
-            welcome = Welcome(
-                version=max(common),
-                server=f"mqroute {__version__}",
-                heartbeat_ms=heartbeat_ms,
-                max_frame_size=negotiate_frame_size(
-                    event.max_frame_size, self.config.max_frame_size
-                ),
-                connection_id=self.id,
-                max_message_size=self.config.max_message_size,
-            )
+            self._heartbeat = welcome.heartbeat_ms / 1000
             await self.stream.send_all(self.proto.send(welcome))
             return event
 
@@ -296,36 +253,22 @@ class ServerConnection:
                 continue
             self._partial_since = None  # a whole frame came: any slow one starts again
             kind = type(event)
+            front = self.front
+            assert front is not None
             if kind is Publish:
                 if self._blocked is not None:
                     await self._publish_while_blocked(len(event.body))
-                self._publish(event)
+                front.publish(event, self._now)
                 if self.broker.flow.changed:  # this publish may have paused its sender
                     self.shell.drain()
-            elif kind is Ack:
-                self._settle(self.broker.ack, event.delivery_tag, multiple=event.multiple)
-            elif kind is Nack:
-                self._settle(
-                    self.broker.nack,
-                    event.delivery_tag,
-                    multiple=event.multiple,
-                    requeue=event.requeue,
-                )
-            elif kind is Release:
-                self._settle(self.broker.release, event.delivery_tag, multiple=event.multiple)
-            elif kind is Extend:
-                self._settle(self.broker.extend, event.delivery_tag, event.milliseconds)
+            elif kind is Ack or kind is Nack or kind is Release or kind is Extend:
+                close = front.settle(event, self._now)
+                if close is not None:
+                    self._closing(close.code, close.text)
             elif kind is Heartbeat:
                 pass
             elif kind is PublishTooLarge:
-                assert self.session is not None
-                self.broker.refuse_publish(
-                    self.session,
-                    PreconditionFailed(
-                        f"message of {event.size} bytes exceeds the maximum of "
-                        f"{self.config.max_message_size} bytes"
-                    ),
-                )
+                front.too_large(event)
             elif kind is Close:
                 if event.code is not None:
                     log.info("%s: client closed with %r %r", self.id, event.code, event.text)
@@ -419,53 +362,27 @@ class ServerConnection:
         self._close = Close(code=code, text=text)
         self._wake()
 
-    def _publish(self, event: Publish) -> None:
-        assert self.session is not None
-        message = Message(
-            exchange=event.exchange,
-            routing_key=event.routing_key,
-            body=event.body,
-            properties=event.properties,
-        )
-        try:
-            self.broker.publish(self.session, message, mandatory=event.mandatory, now=self._now)
-        except BrokerError:
-            pass  # the publish was nacked with the reason; the connection goes on
-
-    def _settle(self, op: Callable[..., None], *args: Any, **kwargs: Any) -> None:
-        try:
-            op(self.session, *args, now=self._now, **kwargs)
-        except BrokerError as exc:
-            # As RabbitMQ closes the channel: the client's view of its deliveries is wrong.
-            log.warning("%s: %s", self.id, exc)
-            self._closing(exc.code, exc.reason)
-
     async def _request(self, event: Any) -> None:
-        handler = _REQUEST_HANDLERS[type(event)]
+        assert self.front is not None
         moved = 0
-        try:
-            while True:
-                try:
-                    result = handler(self, event)
-                except NeedBodies as need:  # nothing changed: read them back, then again
-                    await self.shell.wait_read_back(need.queue)
-                    continue
-                if type(result) is Redriven:
-                    # It moves what is in memory and asks for the rest: wait, then go on.
-                    moved += result.moved
-                    left = event.limit - moved if event.limit else 0
-                    if result.more and (left > 0 or not event.limit):
-                        queue = self.broker.queues.get(event.queue)
-                        if queue is not None:
-                            await self.shell.wait_read_back(queue)
-                        event = attrs.evolve(event, limit=left)
-                        continue
-                    result = {"moved": moved}
+        while True:
+            try:
+                reply = self.front.request(event, self._now)
+            except NeedBodies as need:  # nothing changed: read them back, then again
+                await self.shell.wait_read_back(need.queue)
+                continue
+            if type(reply) is not Redriven:
                 break
-        except BrokerError as exc:
-            reply: Frame = Error(rid=event.rid, code=exc.code, text=exc.reason)
-        else:
-            reply = result if isinstance(result, Frame) else Ok(rid=event.rid, result=result or {})
+            # It moves what is in memory and asks for the rest: wait, then go on.
+            moved += reply.moved
+            left = event.limit - moved if event.limit else 0
+            if not (reply.more and (left > 0 or not event.limit)):
+                reply = ok_frame(event.rid, RedriveOk(moved=moved))
+                break
+            queue = self.broker.queues.get(event.queue)
+            if queue is not None:
+                await self.shell.wait_read_back(queue)
+            event = attrs.evolve(event, limit=left)
         slot = [reply, True]
         self._replies.append(slot)
         journal = self.broker.journal
@@ -474,126 +391,6 @@ class ServerConnection:
             self.shell.hold_until_committed(self, slot)
         else:
             self._wake()
-
-    # --- requests ------------------------------------------------------------------------
-
-    def _declare_exchange(self, ev: DeclareExchange) -> None:
-        spec = ExchangeSpec(
-            name=ev.name,
-            type=ev.type,
-            durable=ev.durable,
-            auto_delete=ev.auto_delete,
-            internal=ev.internal,
-            arguments=ev.arguments,
-        )
-        self.broker.declare_exchange(spec, passive=ev.passive)
-
-    def _delete_exchange(self, ev: DeleteExchange) -> None:
-        self.broker.delete_exchange(ev.name, if_unused=ev.if_unused)
-
-    def _declare_queue(self, ev: DeclareQueue) -> dict[str, Any]:
-        spec = QueueSpec(
-            name=ev.name,
-            durable=ev.durable,
-            exclusive=ev.exclusive,
-            auto_delete=ev.auto_delete,
-            arguments=ev.arguments,
-        )
-        ok = self.broker.declare_queue(self.id, spec, passive=ev.passive, now=self._now)
-        return {
-            "queue": ok.queue,
-            "message_count": ok.message_count,
-            "consumer_count": ok.consumer_count,
-            "arguments": ok.arguments,
-            "delayed_count": ok.delayed_count,
-        }
-
-    def _delete_queue(self, ev: DeleteQueue) -> dict[str, Any]:
-        count = self.broker.delete_queue(
-            self.id, ev.name, if_unused=ev.if_unused, if_empty=ev.if_empty
-        )
-        return {"message_count": count}
-
-    def _purge_queue(self, ev: PurgeQueue) -> dict[str, Any]:
-        return {"message_count": self.broker.purge_queue(self.id, ev.name)}
-
-    def _bind(self, ev: Bind) -> None:
-        if ev.to_exchange:
-            self.broker.bind_exchange(ev.destination, ev.source, ev.routing_key, ev.arguments)
-        else:
-            self.broker.bind_queue(self.id, ev.destination, ev.source, ev.routing_key, ev.arguments)
-
-    def _unbind(self, ev: Unbind) -> None:
-        if ev.to_exchange:
-            self.broker.unbind_exchange(ev.destination, ev.source, ev.routing_key, ev.arguments)
-        else:
-            self.broker.unbind_queue(
-                self.id, ev.destination, ev.source, ev.routing_key, ev.arguments
-            )
-
-    def _consume(self, ev: Consume) -> dict[str, Any]:
-        assert self.session is not None
-        tag = self.broker.consume(
-            self.session,
-            ev.queue,
-            consumer_tag=ev.consumer_tag,
-            prefetch=ev.prefetch,
-            auto_ack=ev.auto_ack,
-            exclusive=ev.exclusive,
-            arguments=ev.arguments,
-            now=self._now,
-        )
-        return {"consumer_tag": tag}
-
-    def _explain_route(self, ev: ExplainRoute) -> dict[str, Any]:
-        message = Message(
-            exchange=ev.exchange,
-            routing_key=ev.routing_key,
-            body=b"",
-            properties=Properties(headers=ev.headers or None),
-        )
-        result = self.broker.explain_route(message)
-        steps = [
-            {
-                "exchange": step.exchange,
-                "type": step.exchange_type,
-                "destination": step.binding.destination,
-                "destination_kind": step.binding.destination_kind,
-                "routing_key": step.binding.routing_key,
-                "arguments": step.binding.arguments,
-            }
-            for step in result.steps
-        ]
-        return {"queues": result.queues, "steps": steps}
-
-    def _inspect(self, ev: Inspect) -> dict[str, Any]:
-        rows, total = inspect(self.broker, self.registry, ev.what, ev.offset, ev.limit)
-        return {"result": rows, "total": total}
-
-    def _redrive(self, ev: Redrive) -> Redriven:
-        return self.broker.redrive(
-            self.id, ev.queue, to_exchange=ev.exchange, limit=ev.limit, now=self._now
-        )
-
-    def _cancel(self, ev: Cancel) -> None:
-        assert self.session is not None
-        self.broker.cancel(self.session, ev.consumer_tag, now=self._now)
-
-    def _get(self, ev: Get) -> Frame | None:
-        assert self.session is not None
-        d = self.broker.get(self.session, ev.queue, auto_ack=ev.auto_ack, now=self._now)
-        if d is None:
-            return None
-        return GetOk(
-            rid=ev.rid,
-            delivery_tag=d.delivery_tag,
-            redelivered=d.redelivered,
-            exchange=d.exchange,
-            routing_key=d.routing_key,
-            message_count=d.message_count or 0,
-            body=d.message.body,
-            properties=d.message.properties,
-        )
 
     # --- writer --------------------------------------------------------------------------
 
@@ -630,17 +427,9 @@ class ServerConnection:
     def _encode_events(self, chunks: list[bytes]) -> None:
         """The session's output as frames. A function of its own so that no local keeps the
         last message alive after it is written."""
-        assert self.session is not None
-        events = self.broker.take_events(self.session, now=self._clock())
+        assert self.front is not None
+        chunks += self.front.output(self.proto, self._clock())
         self.shell.drain()  # dispatch may have drained a queue publishers wait for
-        send, send_deliver = self.proto.send, self.proto.send_deliver
-        for e in events:
-            if type(e) is Delivery:
-                chunks.append(
-                    send_deliver(e.consumer_tag, e.delivery_tag, e.redelivered, _deliver_tail(e))
-                )
-            else:
-                chunks.append(send(_to_frame(e)))
 
     async def _heartbeats(self, cancel_scope: trio.CancelScope) -> None:
         """Send a heartbeat after half an interval of silence; give up after two intervals."""
@@ -667,89 +456,6 @@ class ServerConnection:
                 self._last_sent = now
             wait = min(self._last_sent + interval / 2, self._last_received + 2 * interval) - now
             await trio.sleep(max(wait, 0.001))
-
-
-# Unbound, so that no connection refers to itself through its own table.
-_REQUEST_HANDLERS: dict[type[Frame], Callable[[ServerConnection, Any], Any]] = {
-    DeclareExchange: ServerConnection._declare_exchange,
-    DeleteExchange: ServerConnection._delete_exchange,
-    DeclareQueue: ServerConnection._declare_queue,
-    DeleteQueue: ServerConnection._delete_queue,
-    PurgeQueue: ServerConnection._purge_queue,
-    Bind: ServerConnection._bind,
-    Unbind: ServerConnection._unbind,
-    Consume: ServerConnection._consume,
-    Cancel: ServerConnection._cancel,
-    Get: ServerConnection._get,
-    Redrive: ServerConnection._redrive,
-    ExplainRoute: ServerConnection._explain_route,
-    Inspect: ServerConnection._inspect,
-}
-
-
-# Encoded Deliver tails by id(message): the copies of a fanned-out message share one encoding.
-# An entry lives only as long as its message: a weak reference's callback drops it when the
-# message is gone (settled everywhere), so settled messages hold no memory here.
-class _TailRef(weakref.ref):  # type: ignore[type-arg]
-    """A weak reference that knows its cache key, so one callback serves every entry."""
-
-    __slots__ = ("key",)
-    key: int
-
-
-def _drop_tail(ref: _TailRef) -> None:
-    _TAILS.pop(ref.key, None)
-
-
-_TAILS: dict[int, tuple[_TailRef, str, str, bytes]] = {}
-_TAILS_SIZE = 4096
-
-
-def _deliver_tail(event: Delivery) -> bytes:
-    m = event.message
-    key = id(m)
-    hit = _TAILS.get(key)
-    if (
-        hit is not None
-        and hit[0]() is m
-        and hit[1] == event.exchange
-        and hit[2] == event.routing_key
-    ):
-        return hit[3]
-    tail = encode_deliver_tail(event.exchange, event.routing_key, m.body, m.properties)
-    if len(_TAILS) >= _TAILS_SIZE:
-        _TAILS.clear()
-    ref = _TailRef(m, _drop_tail)
-    ref.key = key
-    _TAILS[key] = (ref, event.exchange, event.routing_key, tail)
-    return tail
-
-
-def _to_frame(event: Event) -> Frame:
-    """Every event but a Delivery (which ``send_deliver`` encodes faster) as its frame."""
-    if isinstance(event, ConfirmEvent):
-        return Confirm(
-            seq=event.seq,
-            multiple=event.multiple,
-            ok=event.ok,
-            error_code=event.error_code,
-            error_text=event.error_text,
-        )
-    if isinstance(event, Returned):
-        m = event.message
-        return Return(
-            seq=event.publish_seq,
-            reply_code=event.reply_code,
-            reply_text=event.reply_text,
-            exchange=m.exchange,
-            routing_key=m.routing_key,
-            body=m.body,
-            properties=m.properties,
-        )
-    if isinstance(event, DeliveryTimedOut):
-        return TimedOut(consumer_tag=event.consumer_tag, delivery_tag=event.delivery_tag)
-    assert isinstance(event, ConsumerCancelled), event
-    return Cancelled(consumer_tag=event.consumer_tag, reason=event.reason)
 
 
 def _connection_lost(exc: BaseException) -> bool:

@@ -12,11 +12,9 @@ import os
 from pathlib import Path
 from types import TracebackType
 
+from ..errors import DataDirError
+
 LOCK_NAME = "mqroute.lock"
-
-
-class DataDirError(Exception):
-    """The data directory cannot be used (locked by another server, not writable, …)."""
 
 
 def default_data_dir() -> Path:

@@ -19,11 +19,12 @@ from pathlib import Path
 import trio
 
 from ..core.vhost import Vhost
+from ..errors import StoreError
 from . import resources
 from .config import ServerAddress, ServerConfig
 from .datadir import DataDirLock
 from .shell import run_shell
-from .store import MemoryStore, PageFile, SqliteStore, Store, StoreError
+from .store import MemoryStore, PageFile, SqliteStore, Store
 
 log = logging.getLogger("mqroute")
 

@@ -37,6 +37,7 @@ from ..core.journal import (
     PutSeen,
     Record,
 )
+from ..errors import StoreError
 from ..model import Binding, ExchangeSpec, Message, Properties, QueueSpec
 
 log = logging.getLogger("mqroute.store")
@@ -44,10 +45,6 @@ log = logging.getLogger("mqroute.store")
 DB_NAME = "mqroute.db"
 APPLICATION_ID = 0x6D717274  # "mqrt": marks the file as ours
 SCHEMA_VERSION = 1
-
-
-class StoreError(Exception):
-    """The store cannot be opened or used (corrupt, foreign, newer schema, …)."""
 
 
 @attrs.frozen(kw_only=True)
