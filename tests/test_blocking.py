@@ -10,7 +10,7 @@ import pytest
 
 import mqroute
 from mqroute.client.blocking import BlockingPublisher
-from mqroute.client.connection import Publisher
+from mqroute.client.publisher import Publisher
 
 
 def public_names(cls: type) -> set[str]:

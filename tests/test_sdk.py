@@ -140,7 +140,7 @@ async def test_pipelining_consuming_and_rpc_under_asyncio(server: ServerAddress)
 async def test_a_consume_loop_over_buffered_messages_stays_cancellable(
     conn: mqroute.Connection,
 ) -> None:
-    from mqroute.client.connection import CHECKPOINT_EVERY
+    from mqroute.client.consumer import CHECKPOINT_EVERY
 
     await conn.declare_queue("buffered")
     async with conn.publisher() as pub:
@@ -149,7 +149,7 @@ async def test_a_consume_loop_over_buffered_messages_stays_cancellable(
     after_cancel = 0
     async with conn.consume("buffered", prefetch=0, auto_ack=True) as messages:
         with trio.fail_after(10):  # every message buffered before the loop starts
-            while messages._receive_stream.statistics().current_buffer_used < 3 * CHECKPOINT_EVERY:
+            while messages.buffered < 3 * CHECKPOINT_EVERY:
                 await trio.sleep(0.01)
         with trio.CancelScope() as scope:
             async for _ in messages:  # a loop that never awaits anything else
@@ -203,7 +203,7 @@ async def test_a_connection_the_application_closed_says_so(server: ServerAddress
 
 
 def test_a_confirmation_shows_its_outcome() -> None:
-    from mqroute.client.connection import Confirmation
+    from mqroute.client.message import Confirmation
     from mqroute.errors import MessageNacked
 
     confirmation = Confirmation(7)

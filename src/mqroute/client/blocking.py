@@ -22,17 +22,11 @@ import trio
 
 from ..errors import MQRouteError
 from ..model import Properties, Table
-from .connection import (
-    Body,
-    Confirmation,
-    Connection,
-    Consumer,
-    Message,
-    Publisher,
-    QueueInfo,
-    connect,
-)
+from .connection import Body, Connection, QueueInfo, connect
+from .consumer import Consumer
 from .loop_thread import LoopThread
+from .message import Confirmation, Message
+from .publisher import Publisher
 
 
 class BlockingMessage:

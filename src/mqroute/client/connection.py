@@ -17,16 +17,13 @@ last write in one ``send`` (so a burst of publishes or acks costs a few syscalls
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import enum
 import itertools
-import json
-import math
 import os
 import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import anyio
@@ -38,12 +35,9 @@ from ..errors import (
     BrokerError,
     ConnectionClosed,
     ConsumerCancelled,
-    MessageNacked,
-    MessageReturned,
     MQRouteError,
     PreconditionFailed,
     ProtocolError,
-    PublishError,
     RequestTimeout,
     UsageError,
 )
@@ -51,14 +45,11 @@ from ..model import EMPTY_PROPERTIES, REPLY_TO, Properties, Table
 from ..protocol import (
     NEED_DATA,
     PROTOCOL_VERSION,
-    Ack,
     Bind,
     Blocked,
-    Cancel,
     Cancelled,
     Close,
     Confirm,
-    Consume,
     DeclareExchange,
     DeclareQueue,
     DeleteExchange,
@@ -66,18 +57,15 @@ from ..protocol import (
     Deliver,
     Error,
     ExplainRoute,
-    Extend,
     Frame,
     Get,
     GetOk,
     Heartbeat,
     Inspect,
-    Nack,
     Ok,
     PeerClosed,
     PurgeQueue,
     Redrive,
-    Release,
     Return,
     Role,
     TimedOut,
@@ -86,15 +74,16 @@ from ..protocol import (
     Welcome,
     check_welcome,
     hello_for,
-    read_reply,
 )
 from .bodies import Serializer, encode_body
+from .consumer import Consumer, cancelled
+from .message import Confirmation, Message
+from .publisher import Publisher
+from .state import ClientState
 
 DEFAULT_URL = "mqroute://127.0.0.1:5680"
 WRITE_BUFFER_LIMIT = 1024 * 1024  # senders wait while more than this is unsent
 RECEIVE_SIZE = 256 * 1024
-CANCEL_TIMEOUT = 10.0  # leaving a consume block waits at most this long for the broker
-CHECKPOINT_EVERY = 64  # buffered messages handed out between two scheduler checkpoints
 PAGE_ROWS = 500  # rows asked for per page of an admin listing
 
 #: bytes and str are sent as they are; any other value goes through a serializer (bodies.py).
@@ -148,181 +137,6 @@ def parse_url(url: str) -> tuple[str, int]:
     return parts.hostname or "127.0.0.1", parts.port or 5680
 
 
-class Confirmation:
-    """The broker's answer to one publish. ``await confirmation`` raises if it was refused."""
-
-    __slots__ = ("_done", "_event", "error", "seq")
-
-    def __init__(self, seq: int) -> None:
-        self.seq = seq
-        self._done = False
-        self._event: anyio.Event | None = None  # made only if someone waits before the answer
-        self.error: MQRouteError | None = None
-
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    def _settle(self, error: MQRouteError | None = None) -> None:
-        if not self._done:
-            if self.error is None:
-                self.error = error
-            self._done = True
-            if self._event is not None:
-                self._event.set()
-
-    async def wait(self) -> None:
-        if self._done:
-            await anyio.lowlevel.checkpoint()
-        else:
-            if self._event is None:
-                self._event = anyio.Event()
-            await self._event.wait()
-        if self.error is not None:
-            raise self.error
-
-    def __await__(self) -> Generator[Any, None, None]:
-        return self.wait().__await__()
-
-    def __repr__(self) -> str:
-        if not self._done:
-            return f"<Confirmation of publish {self.seq}: pending>"
-        if self.error is None:
-            return f"<Confirmation of publish {self.seq}: confirmed>"
-        return f"<Confirmation of publish {self.seq}: {type(self.error).__name__}: {self.error}>"
-
-
-class Message:
-    """A delivered message, with the operations that settle it.
-
-    Settle it exactly once: ``ack``, ``nack`` or ``reject``. Settling twice raises UsageError.
-    """
-
-    __slots__ = (
-        "_conn",
-        "auto_ack",
-        "body",
-        "consumer_tag",
-        "delivery_tag",
-        "exchange",
-        "properties",
-        "redelivered",
-        "routing_key",
-        "settled",
-        "timed_out",
-    )
-
-    def __init__(
-        self,
-        conn: Connection,
-        *,
-        body: bytes,
-        properties: Properties,
-        exchange: str,
-        routing_key: str,
-        delivery_tag: int,
-        redelivered: bool,
-        consumer_tag: str,
-        auto_ack: bool,
-    ) -> None:
-        self._conn = conn
-        self.body = body
-        self.properties = properties
-        self.exchange = exchange
-        self.routing_key = routing_key
-        self.delivery_tag = delivery_tag
-        self.redelivered = redelivered
-        self.consumer_tag = consumer_tag
-        self.auto_ack = auto_ack
-        self.settled = auto_ack
-        self.timed_out = False  # passed its x-consumer-timeout; the broker requeued it
-
-    def __repr__(self) -> str:
-        return (
-            f"<Message tag={self.delivery_tag} exchange={self.exchange!r} "
-            f"routing_key={self.routing_key!r} body={self.body[:40]!r}>"
-        )
-
-    @property
-    def headers(self) -> Table:
-        return self.properties.headers or {}
-
-    @property
-    def message_id(self) -> str | None:
-        return self.properties.message_id
-
-    @property
-    def correlation_id(self) -> str | None:
-        return self.properties.correlation_id
-
-    @property
-    def reply_to(self) -> str | None:
-        return self.properties.reply_to
-
-    @property
-    def content_type(self) -> str | None:
-        return self.properties.content_type
-
-    async def ack(self, *, multiple: bool = False) -> None:
-        """Done with it: the broker forgets it. ``multiple`` also acks every earlier delivery."""
-        self._conn._settle_local(self, multiple)
-        await self._conn._send(Ack(delivery_tag=self.delivery_tag, multiple=multiple))
-
-    async def nack(self, *, requeue: bool = True, multiple: bool = False) -> None:
-        """Not done: requeue it (redelivered later) or, with ``requeue=False``, drop it."""
-        self._conn._settle_local(self, multiple)
-        await self._conn._send(
-            Nack(delivery_tag=self.delivery_tag, multiple=multiple, requeue=requeue)
-        )
-
-    async def release(self, *, multiple: bool = False) -> None:
-        """Give it back unprocessed: it returns to its place in the queue and the delivery
-        does not count as an attempt (no ``x-delivery-count``, delivery limit or retry
-        backoff). For a message the application never looked at; a failed one is nacked."""
-        self._conn._settle_local(self, multiple)
-        tag = self.delivery_tag
-        if self._conn.protocol_version >= 3:
-            await self._conn._send(Release(delivery_tag=tag, multiple=multiple))
-        else:  # an older broker: the closest it has
-            await self._conn._send(Nack(delivery_tag=tag, multiple=multiple, requeue=True))
-
-    async def reject(self, *, requeue: bool = True) -> None:
-        """``nack`` of this one message."""
-        await self.nack(requeue=requeue)
-
-    @contextlib.asynccontextmanager
-    async def process(self, *, requeue: bool = False) -> AsyncIterator[Message]:
-        """Ack when the block succeeds; nack (``requeue`` or not) when it raises::
-
-            async with msg.process():
-                handle(msg.body)
-
-        The exception still propagates. A message settled inside the block is left alone.
-        """
-        try:
-            yield self
-        except BaseException:
-            if not self.settled and self._conn.is_open:
-                with anyio.CancelScope(shield=True):
-                    await self.nack(requeue=requeue)
-            raise
-        if not self.settled:
-            await self.ack()
-
-    def json(self) -> Any:
-        """The body decoded as JSON (whatever the content type says)."""
-        return json.loads(self.body)
-
-    async def extend(self, seconds: float) -> None:
-        """Still working on it: its ack deadline (x-consumer-timeout) becomes ``seconds`` from
-        now, as SQS's ChangeMessageVisibility."""
-        if self.settled:
-            raise UsageError(self._conn._settled_reason(self))
-        await self._conn._send(
-            Extend(delivery_tag=self.delivery_tag, milliseconds=max(1, int(seconds * 1000)))
-        )
-
-
 class Connection:
     """A connection to a broker. States: unopened → open → closed; each misuse says which."""
 
@@ -350,13 +164,11 @@ class Connection:
         self._proto = protocol.Connection(Role.CLIENT)
         self._stream: anyio.abc.SocketStream | None = None
         self._tg: anyio.abc.TaskGroup | None = None
-        self._rids = itertools.count(1)
-        self._requests: dict[int, list[Any]] = {}  # rid -> [event, answer]
-        self._next_seq = 1
-        self._confirms: collections.OrderedDict[int, Confirmation] = collections.OrderedDict()
+        self._tasks: contextlib.AsyncExitStack | None = None
+        self._tracked = ClientState()  # requests, confirms, unsettled deliveries
+        self._requests: dict[int, list[Any]] = {}  # rid -> [event, answer]: who waits
         self._consumers: dict[str, Consumer] = {}
         self._consumer_ids = itertools.count(1)
-        self._unsettled: collections.OrderedDict[int, Message] = collections.OrderedDict()
         self._out: list[bytes] = []
         self._out_size = 0
         self._out_ready = anyio.Event()
@@ -379,7 +191,7 @@ class Connection:
         return self
 
     async def __aexit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
-        await self.close(polite=not _cancelled(exc_type))
+        await self.close(polite=not cancelled(exc_type))
 
     async def open(self) -> None:
         if self._state is not _State.UNOPENED:
@@ -398,12 +210,22 @@ class Connection:
         self._heartbeat_interval = welcome.heartbeat_ms / 1000
         self._state = _State.OPEN
         self._last_received = self._last_sent = anyio.current_time()
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._reader)
-        self._tg.start_soon(self._writer)
-        if self._heartbeat_interval:
-            self._tg.start_soon(self._heartbeats)
+        self._tasks = contextlib.AsyncExitStack()
+        await self._tasks.enter_async_context(self._background())
+
+    @contextlib.asynccontextmanager
+    async def _background(self) -> AsyncIterator[None]:
+        """The reader, the writer and the heartbeat, for as long as the connection is open.
+        A task that fails cancels what runs inside the connection's block, and its error
+        comes out of the block (or ``close``)."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            tg.start_soon(self._reader)
+            tg.start_soon(self._writer)
+            if self._heartbeat_interval:
+                tg.start_soon(self._heartbeats)
+            yield
+            tg.cancel_scope.cancel()
 
     async def _read_welcome(self) -> Welcome:
         assert self._stream is not None
@@ -436,9 +258,10 @@ class Connection:
         if self._state is _State.UNOPENED:
             self._state = _State.CLOSED
             return
-        if self._tg is None:
+        if self._tg is None or self._tasks is None:
             return
         tg, self._tg = self._tg, None
+        tasks, self._tasks = self._tasks, None
         self._closing = True
         try:
             if self._state is _State.OPEN and polite:
@@ -451,7 +274,7 @@ class Connection:
             self._fail(self._closed_by_us())
             tg.cancel_scope.cancel()
             try:
-                await tg.__aexit__(None, None, None)  # must not be inside a newer cancel scope
+                await tasks.aclose()  # must not be inside a newer cancel scope
             finally:  # also when that exit re-raises our own cancellation
                 if self._stream is not None:
                     with anyio.CancelScope(shield=True):
@@ -484,9 +307,7 @@ class Connection:
         self._closed_error = error
         for slot in self._requests.values():
             slot[0].set()
-        for confirmation in self._confirms.values():
-            confirmation._settle(error)
-        self._confirms.clear()
+        self._tracked.fail(error)
         for consumer in self._consumers.values():
             consumer._end(error)
         for waiter in self._calls.values():
@@ -532,7 +353,7 @@ class Connection:
         """Send a request with a fresh rid and wait for its answer: the typed reply
         (protocol/replies.py), or GetOk."""
         self._check_open()
-        rid = next(self._rids)
+        rid = self._tracked.request(frame_factory)
         slot: list[Any] = [anyio.Event(), None]
         self._requests[rid] = slot
         try:
@@ -540,13 +361,12 @@ class Connection:
             await slot[0].wait()
         finally:
             self._requests.pop(rid, None)
+            self._tracked.forget_request(rid)
         answer = slot[1]
         if answer is None:
             self._check_open()
-        if isinstance(answer, Error):
-            raise BrokerError.from_code(answer.code, answer.text)
-        if isinstance(answer, Ok):
-            return read_reply(frame_factory, answer)
+        if isinstance(answer, BrokerError):
+            raise answer
         return answer
 
     # --- reading -------------------------------------------------------------------------
@@ -579,18 +399,15 @@ class Connection:
             if consumer is not None:
                 consumer._deliver(self._message(event, consumer.auto_ack))
         elif kind is Confirm:
-            self._confirm(event)
+            self._tracked.confirmed(event)
         elif kind is Ok or kind is Error or kind is GetOk:
+            answered = self._tracked.answer(event)
             slot = self._requests.get(event.rid)
-            if slot is not None:
-                slot[1] = event
+            if answered is not None and slot is not None:
+                slot[1] = answered[1]
                 slot[0].set()
         elif kind is Return:
-            confirmation = self._confirms.get(event.seq)
-            if confirmation is not None:
-                confirmation.error = MessageReturned(
-                    event.code, event.reply_text, event.exchange, event.routing_key
-                )
+            self._tracked.returned(event)
         elif kind is Blocked:
             self.blocked = event.reason
             if self._unblocked.is_set():
@@ -599,9 +416,7 @@ class Connection:
             self.blocked = None
             self._unblocked.set()
         elif kind is TimedOut:
-            late = self._unsettled.pop(event.delivery_tag, None)
-            if late is not None:
-                late.settled = late.timed_out = True
+            self._tracked.timed_out(event.delivery_tag)
         elif kind is Cancelled:
             consumer = self._consumers.pop(event.consumer_tag, None)
             if consumer is not None:
@@ -640,55 +455,14 @@ class Connection:
             consumer_tag=getattr(event, "consumer_tag", ""),
             auto_ack=auto_ack,
         )
-        if not auto_ack:
-            self._unsettled[event.delivery_tag] = msg
+        self._tracked.delivered(msg)
         return msg
 
     def _settle_local(self, msg: Message, multiple: bool) -> None:
         """Check and record a settle before it is sent; settling twice is a UsageError."""
-        if msg.auto_ack:
-            raise UsageError("message was delivered with auto_ack; there is nothing to settle")
-        if msg.settled:
-            raise UsageError(self._settled_reason(msg))
-        self._check_open()
-        if multiple:
-            while self._unsettled:
-                tag, earlier = next(iter(self._unsettled.items()))
-                if tag > msg.delivery_tag:
-                    break
-                self._unsettled.popitem(last=False)
-                earlier.settled = True
-        self._unsettled.pop(msg.delivery_tag, None)
-        msg.settled = True
-
-    @staticmethod
-    def _settled_reason(msg: Message) -> str:
-        if msg.timed_out:
-            return (
-                f"delivery {msg.delivery_tag} passed its ack deadline (x-consumer-timeout) "
-                "and went back to the queue"
-            )
-        return f"message with delivery tag {msg.delivery_tag} is already settled"
-
-    def _confirm(self, event: Confirm) -> None:
-        confirms = self._confirms
-        error: MQRouteError | None
-        if event.ok:
-            error = None
-        elif event.error_code is not None:
-            error = BrokerError.from_code(event.error_code, event.error_text or "")
-        else:
-            error = MessageNacked(f"the broker nacked the message: {event.error_text}")
-        if not event.multiple:
-            confirmation = confirms.pop(event.seq, None)
-            if confirmation is not None:
-                confirmation._settle(error)
-            return
-        while confirms:
-            seq = next(iter(confirms))
-            if seq > event.seq:
-                break
-            confirms.popitem(last=False)[1]._settle(error)
+        if not msg.auto_ack and not msg.settled:
+            self._check_open()
+        self._tracked.settle(msg, multiple)
 
     async def _heartbeats(self) -> None:
         interval = self._heartbeat_interval
@@ -897,10 +671,8 @@ class Connection:
             )
         # Encoded before it is numbered: a value the protocol cannot carry fails this call only.
         data = self._proto.send_publish(exchange, routing_key, body, properties, mandatory)
-        seq = self._next_seq
-        self._next_seq += 1
-        confirmation = Confirmation(seq)
-        self._confirms[seq] = confirmation
+        confirmation = Confirmation(self._tracked.next_seq)
+        self._tracked.published(confirmation)
         await self._send_bytes(data)
         return confirmation
 
@@ -1006,194 +778,6 @@ class Connection:
         if isinstance(answer, GetOk):
             return self._message(answer, auto_ack)
         return None
-
-
-class Publisher:
-    """Keeps up to ``max_in_flight`` publishes unconfirmed; see ``Connection.publisher``."""
-
-    def __init__(self, conn: Connection, max_in_flight: int) -> None:
-        if max_in_flight < 1:
-            raise ValueError("max_in_flight must be at least 1")
-        self.conn = conn
-        self.max_in_flight = max_in_flight
-        self.failures: list[Confirmation] = []
-        self._in_flight: collections.deque[Confirmation] = collections.deque()
-
-    async def __aenter__(self) -> Publisher:
-        return self
-
-    async def __aexit__(self, exc_type: object, *rest: object) -> None:
-        if exc_type is None:
-            await self.flush()
-
-    async def publish(
-        self,
-        exchange: str,
-        routing_key: str,
-        body: Body,
-        *,
-        mandatory: bool = False,
-        properties: Properties | None = None,
-        **props: Any,
-    ) -> Confirmation:
-        """Send one message; waits only while ``max_in_flight`` are unconfirmed."""
-        in_flight = self._in_flight
-        if len(in_flight) >= self.max_in_flight:
-            await self._retire(in_flight.popleft())
-            # One confirm usually settles many (multiple=True): retire those without waiting,
-            # so the next publishes go out in a batch instead of one per wake-up.
-            while in_flight and in_flight[0].done:
-                self._note(in_flight.popleft())
-        confirmation = await self.conn._send_publish(
-            exchange, routing_key, body, mandatory, properties, props
-        )
-        in_flight.append(confirmation)
-        return confirmation
-
-    async def flush(self) -> None:
-        """Wait for every confirm; raise the first failure (all are in ``failures``)."""
-        while self._in_flight:
-            await self._retire(self._in_flight.popleft())
-        if self.failures:
-            first = self.failures[0].error
-            assert first is not None
-            if len(self.failures) > 1 and isinstance(first, PublishError):
-                first.add_note(f"{len(self.failures)} publishes failed; see Publisher.failures")
-            raise first
-
-    async def _retire(self, confirmation: Confirmation) -> None:
-        try:
-            await confirmation
-        except MQRouteError:
-            self.failures.append(confirmation)
-
-    def _note(self, confirmation: Confirmation) -> None:
-        """Retire a confirmation that is already settled."""
-        if confirmation.error is not None:
-            self.failures.append(confirmation)
-
-
-class Consumer:
-    """An active consumer; iterate it for messages. Made by ``Connection.consume``."""
-
-    def __init__(
-        self,
-        conn: Connection,
-        queue: str,
-        tag: str,
-        prefetch: int,
-        auto_ack: bool,
-        exclusive: bool,
-        arguments: Table,
-    ) -> None:
-        self.conn = conn
-        self.queue = queue
-        self.tag = tag
-        self.prefetch = prefetch
-        self.auto_ack = auto_ack
-        self.exclusive = exclusive
-        self.arguments = arguments
-        # Never blocks the connection's reader: the broker's prefetch bounds it; with prefetch 0
-        # the application chose an unbounded buffer.
-        self._send_stream, self._receive_stream = anyio.create_memory_object_stream[Message](
-            max_buffer_size=math.inf
-        )
-        self._error: MQRouteError | None = None
-        self._active = False
-        self._unyielded = 0
-        self.received = 0  # messages delivered to this consumer so far
-
-    async def __aenter__(self) -> Consumer:
-        if self._active:
-            raise UsageError("this consumer is already active")
-        self.conn._check_open()
-        self.conn._consumers[self.tag] = self
-        self._active = True
-        try:
-            await self.conn._request(
-                Consume,
-                queue=self.queue,
-                consumer_tag=self.tag,
-                prefetch=self.prefetch,
-                auto_ack=self.auto_ack,
-                exclusive=self.exclusive,
-                arguments=self.arguments,
-            )
-        except BaseException:
-            self.conn._consumers.pop(self.tag, None)
-            self._active = False
-            raise
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
-        if _cancelled(exc_type):
-            # No answer can come while we are cancelled; closing the connection (which the
-            # cancellation is about to do) requeues everything this consumer held.
-            self._active = False
-            self.conn._consumers.pop(self.tag, None)
-            self._send_stream.close()
-            return
-        await self.cancel()
-
-    async def cancel(self) -> None:
-        """Stop receiving; release what arrived but was not handed out."""
-        if not self._active:
-            return
-        self._active = False
-        conn = self.conn
-        if conn.is_open and self.tag in conn._consumers:
-            with anyio.move_on_after(CANCEL_TIMEOUT, shield=True):
-                try:
-                    await conn._request(Cancel, consumer_tag=self.tag)
-                except (BrokerError, ConnectionClosed):
-                    pass
-                conn._consumers.pop(self.tag, None)
-                await self._requeue_buffered()
-        self._send_stream.close()
-
-    async def _requeue_buffered(self) -> None:
-        while True:
-            try:
-                msg = self._receive_stream.receive_nowait()
-            except (anyio.WouldBlock, anyio.EndOfStream):
-                return
-            if not msg.settled and self.conn.is_open:
-                await msg.release()  # never handed out: no delivery attempt
-
-    def _deliver(self, msg: Message) -> None:
-        self.received += 1
-        self._send_stream.send_nowait(msg)
-
-    def _end(self, error: MQRouteError) -> None:
-        self._error = error
-        self._send_stream.close()
-
-    def __aiter__(self) -> AsyncIterator[Message]:
-        return self
-
-    async def __anext__(self) -> Message:
-        try:
-            # Messages already buffered are handed out without a trip through the scheduler;
-            # a checkpoint every CHECKPOINT_EVERY keeps the loop cancellable and fair.
-            self._unyielded += 1
-            if self._unyielded < CHECKPOINT_EVERY:
-                try:
-                    return self._receive_stream.receive_nowait()
-                except anyio.WouldBlock:
-                    pass
-            self._unyielded = 0
-            return await self._receive_stream.receive()
-        except anyio.EndOfStream:
-            if self._error is not None and self._active:
-                raise self._error from None
-            raise StopAsyncIteration from None
-
-
-def _cancelled(exc_type: type[BaseException] | None) -> bool:
-    """Whether a block is being left because of a cancellation (trio's or asyncio's)."""
-    if exc_type is None:
-        return False
-    return issubclass(exc_type, anyio.get_cancelled_exc_class())
 
 
 async def serve_rpc(

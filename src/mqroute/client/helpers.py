@@ -32,7 +32,9 @@ import attrs
 
 from ..errors import UsageError
 from ..model import Table
-from .connection import Connection, Consumer, Message
+from .connection import Connection
+from .consumer import Consumer
+from .message import Message
 
 log = logging.getLogger("mqroute.worker")
 

@@ -19,8 +19,8 @@ be acked; the broker redelivers them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import math
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -28,7 +28,8 @@ import anyio
 import anyio.abc
 
 from ..errors import ConnectionClosed, UsageError
-from .connection import Body, Connection, Message, QueueInfo, connect
+from .connection import Body, Connection, QueueInfo, connect
+from .message import Message
 
 log = logging.getLogger("mqroute.robust")
 
@@ -56,15 +57,13 @@ class RobustConnection:
         self._connected = anyio.Event()
         self._replay: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
         self._consumers: list[RobustConsumer] = []
-        self._tg: anyio.abc.TaskGroup | None = None
+        self._tasks: contextlib.AsyncExitStack | None = None
+        self._tg: anyio.abc.TaskGroup | None = None  # consumers' first pumps run here
         self._closing = False
 
     async def __aenter__(self) -> RobustConnection:
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        first = anyio.Event()
-        self._tg.start_soon(self._supervise, first)
-        await first.wait()
+        self._tasks = contextlib.AsyncExitStack()
+        await self._tasks.enter_async_context(self._supervising())
         if self._conn is None:
             await self.__aexit__(None, None, None)
             raise ConnectionClosed(f"cannot connect to {self.url}")
@@ -72,10 +71,20 @@ class RobustConnection:
 
     async def __aexit__(self, *exc_info: object) -> None:
         self._closing = True
-        if self._tg is not None:
-            tg, self._tg = self._tg, None
+        if self._tasks is not None:
+            tasks, self._tasks = self._tasks, None
+            await tasks.aclose()
+
+    @contextlib.asynccontextmanager
+    async def _supervising(self) -> AsyncIterator[None]:
+        """The supervisor task for the life of the block, from its first connection on."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            first = anyio.Event()
+            tg.start_soon(self._supervise, first)
+            await first.wait()
+            yield
             tg.cancel_scope.cancel()
-            await tg.__aexit__(None, None, None)
 
     async def _supervise(self, first: anyio.Event) -> None:
         """Keep one connection open; on loss, wait, reconnect, replay, resume consumers."""
@@ -175,7 +184,8 @@ class RobustConsumer:
         self.owner = owner
         self.queue = queue
         self.options = options
-        self._send, self._receive = anyio.create_memory_object_stream[Message](math.inf)
+        # A hand-over, no buffer: what waits is in the current consumer's, bounded by prefetch.
+        self._send, self._receive = anyio.create_memory_object_stream[Message](0)
         self._stopped = False
 
     async def __aenter__(self) -> RobustConsumer:
