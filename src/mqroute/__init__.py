@@ -10,10 +10,11 @@ __version__ = "0.1.0"
 from typing import TYPE_CHECKING
 
 from .client.bodies import Serializer, json_serializer
-from .client.connection import Connection, QueueInfo, connect, serve_rpc
+from .client.connection import Connection, QueueInfo, connect
 from .client.consumer import Consumer
 from .client.message import Confirmation, Message
 from .client.publisher import Publisher
+from .client.rpc import serve_rpc
 from .client.robust import RobustConnection, connect_robust
 from .errors import (
     AccessRefused,

@@ -22,8 +22,7 @@ import enum
 import itertools
 import os
 import urllib.parse
-import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
@@ -35,13 +34,11 @@ from ..errors import (
     BrokerError,
     ConnectionClosed,
     ConsumerCancelled,
-    MQRouteError,
     PreconditionFailed,
     ProtocolError,
-    RequestTimeout,
     UsageError,
 )
-from ..model import EMPTY_PROPERTIES, REPLY_TO, Properties, Table
+from ..model import EMPTY_PROPERTIES, Properties, Table
 from ..protocol import (
     NEED_DATA,
     PROTOCOL_VERSION,
@@ -79,6 +76,7 @@ from .bodies import Serializer, encode_body
 from .consumer import Consumer, cancelled
 from .message import Confirmation, Message
 from .publisher import Publisher
+from .rpc import RpcCalls
 from .state import ClientState
 
 DEFAULT_URL = "mqroute://127.0.0.1:5680"
@@ -174,9 +172,7 @@ class Connection:
         self._out_ready = anyio.Event()
         self._out_drained = anyio.Event()
         self._closed_by_server = anyio.Event()
-        self._calls: dict[str, list[Any]] = {}  # correlation id -> [event, reply]
-        self._replies: Consumer | None = None
-        self._replies_lock = anyio.Lock()
+        self._rpc = RpcCalls(self)
         self._heartbeat_interval = 0.0
         self._last_received = 0.0
         self._last_sent = 0.0
@@ -310,8 +306,7 @@ class Connection:
         self._tracked.fail(error)
         for consumer in self._consumers.values():
             consumer._end(error)
-        for waiter in self._calls.values():
-            waiter[0].set()
+        self._rpc.fail()
         self._out_ready.set()
         self._out_drained.set()
         self._closed_by_server.set()
@@ -691,53 +686,7 @@ class Connection:
         per call. Raises RequestTimeout after ``timeout`` seconds; a reply that comes later is
         dropped. The server side is ``serve_rpc``.
         """
-        await self._start_replies()
-        correlation_id = props.pop("correlation_id", None) or uuid.uuid4().hex
-        waiter: list[Any] = [anyio.Event(), None]
-        self._calls[correlation_id] = waiter
-        try:
-            await self.publish(
-                exchange,
-                routing_key,
-                body,
-                reply_to=REPLY_TO,
-                correlation_id=correlation_id,
-                **props,
-            )
-            with anyio.move_on_after(timeout) as scope:
-                await waiter[0].wait()
-        finally:
-            self._calls.pop(correlation_id, None)
-        if scope.cancelled_caught:
-            raise RequestTimeout(
-                f"no reply to the request sent to {exchange!r} / {routing_key!r} within {timeout}s"
-            )
-        if waiter[1] is None:
-            self._check_open()
-        reply: Message = waiter[1]
-        return reply
-
-    async def _start_replies(self) -> None:
-        async with self._replies_lock:
-            if self._replies is not None:
-                return
-            consumer = self.consume(
-                REPLY_TO, auto_ack=True, consumer_tag=f"{self.connection_id}.replies"
-            )
-            await consumer.__aenter__()
-            self._replies = consumer
-            assert self._tg is not None
-            self._tg.start_soon(self._route_replies, consumer)
-
-    async def _route_replies(self, replies: Consumer) -> None:
-        try:
-            async for reply in replies:
-                waiter = self._calls.get(reply.correlation_id or "")
-                if waiter is not None:  # else: late, or not ours; dropped
-                    waiter[1] = reply
-                    waiter[0].set()
-        except MQRouteError:
-            pass  # the connection is gone; waiting calls were woken by _fail
+        return await self._rpc.call(exchange, routing_key, body, timeout=timeout, **props)
 
     def publisher(self, *, max_in_flight: int = 1000) -> Publisher:
         """Pipelined publishing: many messages in flight, confirms awaited in bulk.
@@ -778,29 +727,3 @@ class Connection:
         if isinstance(answer, GetOk):
             return self._message(answer, auto_ack)
         return None
-
-
-async def serve_rpc(
-    conn: Connection,
-    queue: str,
-    handler: Callable[[Message], Awaitable[Body]],
-    *,
-    prefetch: int = 16,
-    stop: anyio.Event | None = None,
-) -> None:
-    """Answer RPC requests arriving on ``queue`` with ``await handler(request)`` until cancelled
-    (or, after finishing a request, until ``stop`` is set).
-
-    Each reply goes to the request's ``reply_to`` with its ``correlation_id``; the request is
-    acked after the reply is confirmed, or rejected (not requeued) if the handler raises.
-    """
-    async with conn.consume(queue, prefetch=prefetch) as requests:
-        async for request in requests:
-            async with request.process(requeue=False):
-                reply = await handler(request)
-                if request.reply_to:
-                    await conn.publish(
-                        "", request.reply_to, reply, correlation_id=request.correlation_id
-                    )
-            if stop is not None and stop.is_set():
-                return

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ..errors import PreconditionFailed
+from ..errors import InvalidArgument, PreconditionFailed, ResourceLocked
 from ..model import MAX_MILLISECONDS, Delivery, DeliveryTimedOut, Event, Message, Table, brief
 from .confirms import Confirms
 from .effects import Effects
@@ -211,6 +211,50 @@ class Session:
         """Drop settled tags from the ordering deque so it does not grow without bound."""
         if len(self._unacked_order) > 2 * len(self.unacked) + 64:
             self._unacked_order = deque(t for t in self._unacked_order if t in self.unacked)
+
+    def new_consumer(
+        self,
+        queue: MessageQueue,
+        consumer_tag: str,
+        *,
+        prefetch: int,
+        auto_ack: bool,
+        exclusive: bool,
+        arguments: Table,
+        limit: int,
+    ) -> ConsumerState:
+        """A consumer of ``queue`` on this session (``limit`` consumers at most), checked
+        before anything changes: prefetch range, tag in use, exclusivity, arguments."""
+        name = queue.name
+        if prefetch < 0 or prefetch > 65535:
+            raise InvalidArgument(f"prefetch must be from 0 to 65535, not {prefetch}")
+        if len(self.consumers) >= limit:
+            raise PreconditionFailed(
+                f"cannot consume from {name!r}: consumer limit per connection ({limit}) is reached"
+            )
+        if consumer_tag and consumer_tag in self.consumers:
+            raise PreconditionFailed(f"consumer tag {consumer_tag!r} is already in use")
+        if any(c.exclusive for c in queue.consumers.values() if isinstance(c, ConsumerState)):
+            raise ResourceLocked(f"queue {name!r} has an exclusive consumer")
+        if exclusive and queue.consumers:
+            raise ResourceLocked(
+                f"queue {name!r} already has consumers; cannot consume exclusively"
+            )
+        priority, timeout = consumer_settings(arguments, queue)
+        tag = consumer_tag or self.new_consumer_tag()
+        consumer = ConsumerState(
+            tag=tag,
+            session=self,
+            queue=queue,
+            prefetch=prefetch,
+            auto_ack=auto_ack,
+            exclusive=exclusive,
+            arguments=arguments,
+            priority=priority,
+            timeout=timeout,
+        )
+        self.consumers[tag] = consumer
+        return consumer
 
     def new_consumer_tag(self) -> str:
         tag = f"ctag-{self.id}.{self._next_consumer}"

@@ -21,9 +21,8 @@ from typing import Any
 
 import attrs
 
-from ..errors import BrokerError, InvalidArgument, NotFound, PreconditionFailed, ResourceLocked
+from ..errors import BrokerError, NotFound, PreconditionFailed
 from ..model import (
-    MAX_SHORT_STRING,
     REPLY_TO,
     Binding,
     BrokerStats,
@@ -32,22 +31,22 @@ from ..model import (
     ExchangeSpec,
     Message,
     QueueSpec,
-    Returned,
     Table,
 )
 from .dead_letter import DeadLetters, Redriven
 from .dedup import Deduplicator
 from .effects import Effects, NeedBodies, PageIn
 from .flow import DEFAULT_QUEUE_LIMIT, FlowControl, MemoryLedger
-from .journal import Batch, Journal, PutMessage
+from .journal import Batch, Journal
 from .paging import Pager
+from .publishing import Counts, Publishing
 from .queue import MessageQueue
-from .reply_to import ReplyTo, is_reply
+from .reply_to import ReplyTo
 from .scheduler import Scheduler
-from .session import ConsumerState, Session, consumer_settings
+from .session import Session
 from .settle import Settler
 from .topology import DeclareOk, Limits, Topology, check_access, check_short_string
-from .traversal import RouteResult, explain, route
+from .traversal import RouteResult, explain
 
 
 class Vhost:
@@ -85,17 +84,30 @@ class Vhost:
             pager=self.pager,
             scheduler=self.scheduler,
         )
-        self.dead_letters = DeadLetters(
-            self.topology, self.effects, self.enqueue, lambda: self.scheduler.now
-        )
-        self.settler = Settler(self.topology, self.scheduler, self.dead_letters, self._dispatch)
         self.replies = ReplyTo()
         self.dedup = Deduplicator(self.journal)
+        self.counts = Counts()
+        self.publishing = Publishing(
+            topology=self.topology,
+            journal=self.journal,
+            flow=self.flow,
+            pager=self.pager,
+            scheduler=self.scheduler,
+            dedup=self.dedup,
+            replies=self.replies,
+            counts=self.counts,
+            max_message_size=max_message_size,
+            dispatch=self._dispatch,
+        )
+        self.dead_letters = self.publishing.dead_letters = DeadLetters(
+            self.topology, self.effects, self.publishing.enqueue, lambda: self.scheduler.now
+        )
+        self.settler = Settler(self.topology, self.scheduler, self.dead_letters, self._dispatch)
         self.exchanges = self.topology.exchanges  # the same dicts, for reading
         self.queues = self.topology.queues
         self.sessions: dict[int, Session] = {}
         self._session_ids = itertools.count(1)
-        self._published = self._delivered = self._acked = 0
+        self.counts.published = self.counts.delivered = self.counts.acked = 0
 
     @property
     def now(self) -> float:
@@ -232,119 +244,13 @@ class Vhost:
         A publish that fails (no such exchange, body too large) is nacked with the reason and
         the error is raised too, so a front end can choose between reporting and closing.
         """
-        scheduler = self.scheduler
         if now is not None:
-            scheduler.now = now
-        seq = session.begin_publish()
-        try:
-            if len(message.routing_key) * 4 > MAX_SHORT_STRING:  # short ones need no encoding
-                check_short_string("routing key", message.routing_key)
-            if len(message.body) > self.max_message_size:
-                raise PreconditionFailed(
-                    f"message body of {len(message.body)} bytes exceeds the maximum of "
-                    f"{self.max_message_size}"
-                )
-            if message.properties.reply_to == REPLY_TO:
-                message = self.replies.addressed(session, message)
-            if is_reply(message):
-                self._published += 1
-                self._delivered += self.replies.reply(session, seq, message, mandatory)
-                return seq
-            queues = route(self.topology, message)
-        except BrokerError as exc:
-            session.settle_publish(seq, ok=False, code=exc.code, text=exc.reason)
-            raise
-        self._published += 1
-        exchange = self.exchanges.get(message.exchange)
-        seen = exchange.seen if exchange is not None else None
-        if seen is not None and self.dedup.duplicate(seen, message, scheduler.now):
-            self.dedup.settle_duplicate(session, seq)
-            return seq
-        if not queues and mandatory:
-            session.emit(
-                Returned(
-                    publish_seq=seq,
-                    code="NO_ROUTE",
-                    reply_text="no queue matched",
-                    message=message,
-                )
-            )
-        stored, refused = self.enqueue(message, queues)
-        if seen is not None and exchange is not None and refused is None:
-            # Only an id the broker took is remembered: a nacked publish is retried.
-            holder = ("exchange", exchange.name, exchange.spec.durable)
-            self.dedup.remember(seen, holder, message, scheduler.now, awaits_commit=stored)
-        self.flow.after_publish(session, message.properties.persistent, queues)
-        if refused:
-            session.settle_publish(seq, ok=False, text=f"queue {refused!r} is full (x-overflow)")
-        elif stored:
-            assert self.journal is not None
-            self.journal.batch.confirms.append((session, seq))  # confirmed after the commit
-        else:
-            session.settle_publish(seq, ok=True)
-        return seq
+            self.scheduler.now = now
+        return self.publishing.publish(session, message, mandatory=mandatory)
 
     def refuse_publish(self, session: Session, error: BrokerError) -> int:
         """A publish the front end could not read whole (too large): numbered, then nacked."""
-        seq = session.begin_publish()
-        session.settle_publish(seq, ok=False, code=error.code, text=error.reason)
-        return seq
-
-    def enqueue(self, message: Message, queues: list[MessageQueue]) -> tuple[bool, str | None]:
-        """Put ``message`` in each queue, honouring length limits; dispatch.
-
-        Returns whether the store must keep it before it is confirmed, and the name of a queue
-        that refused it (x-overflow reject-publish), if any.
-        """
-        stored = False
-        refused = None
-        keep = self.journal is not None and message.properties.persistent
-        paging = self.flow.paging and self.topology.can_page
-        scheduler = self.scheduler
-        now = scheduler.now
-        for queue in queues:
-            seen = queue.seen
-            if seen is not None and self.dedup.duplicate(seen, message, now):
-                continue
-            args = queue.args
-            if args.overflow != "drop-head" and queue.would_overflow(len(message.body)):
-                refused = queue.name
-                if args.overflow == "reject-publish-dlx":
-                    self.dead_letters.message(queue, message, "maxlen")
-                continue
-            ready_at = scheduler.ready_at(message)
-            expires_at = scheduler.expires_at(queue, message, ready_at)
-            entry = queue.publish(message, expires_at, ready_at)
-            durable = keep and queue.keeps_messages
-            if seen is not None:  # taken: a retry of it is a duplicate from now on
-                holder = ("queue", queue.name, queue.keeps_messages)
-                self.dedup.remember(seen, holder, message, now, awaits_commit=durable)
-            if durable:
-                entry.persisted = stored = True
-                assert self.journal is not None
-                self.journal.add(PutMessage(queue.name, entry.seq, message, expires_at, ready_at))
-                self.journal.batch.stored.append((queue, entry))
-            elif paging and (ready_at is not None or queue.far()):
-                self.pager.enqueued(queue, entry)  # memory is short: its body goes to disk
-            if queue.consumers:
-                self._dispatch(queue)
-            if ready_at is not None:
-                scheduler.delaying(queue, ready_at)
-                continue  # not ready yet: limits and TTL apply when it is
-            if expires_at is not None:
-                if expires_at <= now:  # TTL 0: delivered just now, or expired
-                    scheduler.expiring(queue)
-                    self._expire_queue(queue)
-                else:
-                    scheduler.expiring(queue, expires_at)
-            self._drop_head(queue)
-        return stored, refused
-
-    def _drop_head(self, queue: MessageQueue) -> None:
-        while queue.over_limit():  # drop-head: the oldest ready messages make room
-            head = queue.fetch(body=False)
-            assert head is not None
-            self.dead_letters.entries(queue, [head], "maxlen")
+        return self.publishing.refuse(session, error)
 
     # --- consuming -----------------------------------------------------------------------
 
@@ -366,39 +272,19 @@ class Vhost:
             return self.replies.consume(session, consumer_tag, auto_ack)
         q = self.topology.queue(queue)
         check_access(session.owner, q)
-        if prefetch < 0 or prefetch > 65535:
-            raise InvalidArgument(f"prefetch must be from 0 to 65535, not {prefetch}")
-        if len(session.consumers) >= self.limits.consumers_per_session:
-            raise PreconditionFailed(
-                f"cannot consume from {queue!r}: consumer limit per connection "
-                f"({self.limits.consumers_per_session}) is reached"
-            )
-        if consumer_tag and consumer_tag in session.consumers:
-            raise PreconditionFailed(f"consumer tag {consumer_tag!r} is already in use")
-        if any(c.exclusive for c in q.consumers.values() if isinstance(c, ConsumerState)):
-            raise ResourceLocked(f"queue {queue!r} has an exclusive consumer")
-        if exclusive and q.consumers:
-            raise ResourceLocked(
-                f"queue {queue!r} already has consumers; cannot consume exclusively"
-            )
-        priority, timeout = consumer_settings(arguments or {}, q)
-        tag = consumer_tag or session.new_consumer_tag()
-        consumer = ConsumerState(
-            tag=tag,
-            session=session,
-            queue=q,
+        consumer = session.new_consumer(
+            q,
+            consumer_tag,
             prefetch=prefetch,
             auto_ack=auto_ack,
             exclusive=exclusive,
             arguments=arguments or {},
-            priority=priority,
-            timeout=timeout,
+            limit=self.limits.consumers_per_session,
         )
-        session.consumers[tag] = consumer
         self.scheduler.touch(q)
         q.add_consumer(consumer)
         self._dispatch(q)
-        return tag
+        return consumer.tag
 
     def cancel(self, session: Session, consumer_tag: str, *, now: float | None = None) -> None:
         """Stop a consumer. Its unacked messages stay unacked (ack them or close to requeue)."""
@@ -432,12 +318,12 @@ class Vhost:
             if len(q):
                 raise NeedBodies(q)
             return None
-        self._delivered += 1
+        self.counts.delivered += 1
         delivery = session.record_delivery(q, entry, None, track=not auto_ack)
         return attrs.evolve(delivery, message_count=len(q))
 
     def _dispatch(self, queue: MessageQueue) -> None:
-        self._delivered += queue.dispatch()
+        self.counts.delivered += queue.dispatch()
 
     # --- settling ------------------------------------------------------------------------
 
@@ -452,7 +338,7 @@ class Vhost:
         if now is not None:
             self.scheduler.now = now
         settled = session.take_settled(delivery_tag, multiple)
-        self._acked += len(settled)
+        self.counts.acked += len(settled)
         self.settler.forget(settled)
         self.settler.credit(settled)
 
@@ -554,42 +440,20 @@ class Vhost:
                 if queue.next_expiry() is not None:
                     scheduler.expiring(queue)
                 self._dispatch(queue)
-                self._drop_head(queue)
+                self.publishing.drop_head(queue)
         for queue in scheduler.lapsed_leases():
             self.topology.remove_queue(queue)
-        return sum(self._expire_queue(q) for q in scheduler.expiring_queues())
-
-    def _expire_queue(self, queue: MessageQueue) -> int:
-        expired = queue.expire(self.scheduler.now)
-        if expired:
-            self.dead_letters.entries(queue, expired, "expired")
-        return len(expired)
+        return sum(self.publishing.expire_queue(q) for q in scheduler.expiring_queues())
 
     # --- durability --------------------------------------------------------------------
 
     def batch_committed(self, batch: Batch) -> None:
         """The store holds ``batch``: confirm its publishes, page out far-from-head bodies."""
-        for session, seq in batch.confirms:
-            if not session.closed:
-                session.settle_publish(seq, ok=True)
-        for queue, entry in batch.stored:
-            if not queue.deleted:
-                queue.page_out(entry)
+        self.publishing.batch_committed(batch)
 
     def batch_failed(self, batch: Batch, reason: str) -> bool:
-        """The store could not write ``batch`` (a full disk): its publishes are nacked, and
-        their messages stay queued in memory only; everything else is written again with the
-        next batch (declarations are answered once they are on disk). Returns whether what
-        else waited on ``batch`` may be released now (``Journal.retry``)."""
-        for session, seq in batch.confirms:
-            if not session.closed:
-                session.settle_publish(seq, ok=False, code="RESOURCE_ERROR", text=reason)
-        for _, entry in batch.stored:
-            entry.persisted = False
-        for seen, message_id in batch.remembered:  # nacked, so not taken: a retry is welcome
-            seen.forget(message_id)
-        assert self.journal is not None
-        return self.journal.retry(batch)
+        """The store could not write ``batch`` (see ``Publishing.batch_failed``)."""
+        return self.publishing.batch_failed(batch, reason)
 
     def restore(self, snapshot: Any, *, now: float | None = None) -> int:
         """Rebuild durable state from a store snapshot (see ``Topology.restore``)."""
@@ -606,7 +470,7 @@ class Vhost:
             consumers=sum(len(q.consumers) for q in queues),
             ready=sum(len(q) for q in queues),
             unacked=sum(q.unacked for q in queues),
-            published=self._published,
-            delivered=self._delivered,
-            acked=self._acked,
+            published=self.counts.published,
+            delivered=self.counts.delivered,
+            acked=self.counts.acked,
         )
