@@ -140,8 +140,9 @@ class Consumer:
     async def __anext__(self) -> Message:
         # Messages already buffered are handed out without a trip through the scheduler;
         # a checkpoint every CHECKPOINT_EVERY keeps the loop cancellable and fair.
+        # (With none buffered, waiting for the next is the trip.)
         self._unyielded += 1
-        if self._unyielded >= CHECKPOINT_EVERY or not self._buffer:
+        if self._unyielded >= CHECKPOINT_EVERY and self._buffer:
             self._unyielded = 0
             await anyio.lowlevel.checkpoint()
         while True:
@@ -154,6 +155,7 @@ class Consumer:
                 if self._error is not None and self._active:
                     raise self._error
                 raise StopAsyncIteration
+            self._unyielded = 0
             self._arrived = anyio.Event()
             await self._arrived.wait()
 
