@@ -14,8 +14,8 @@ from .client.connection import Connection, QueueInfo, connect
 from .client.consumer import Consumer
 from .client.message import Confirmation, Message
 from .client.publisher import Publisher
-from .client.rpc import serve_rpc
 from .client.robust import RobustConnection, connect_robust
+from .client.rpc import serve_rpc
 from .errors import (
     AccessRefused,
     BrokerError,

@@ -20,7 +20,7 @@ from .flow import FlowControl
 from .journal import Batch, Journal, PutMessage
 from .paging import Pager
 from .queue import MessageQueue
-from .reply_to import ReplyTo, is_reply
+from .reply_to import REPLY_PREFIX, ReplyTo
 from .scheduler import Scheduler
 from .session import Session
 from .topology import Topology, check_short_string
@@ -82,7 +82,7 @@ class Publishing:
         the error is raised too, so a front end can choose between reporting and closing.
         """
         scheduler = self.scheduler
-        seq = session.begin_publish()
+        seq = session.confirms.begin()
         try:
             if len(message.routing_key) * 4 > MAX_SHORT_STRING:  # short ones need no encoding
                 check_short_string("routing key", message.routing_key)
@@ -93,7 +93,7 @@ class Publishing:
                 )
             if message.properties.reply_to == REPLY_TO:
                 message = self.replies.addressed(session, message)
-            if is_reply(message):
+            if message.routing_key.startswith(REPLY_PREFIX) and not message.exchange:  # is_reply
                 self.counts.published += 1
                 self.counts.delivered += self.replies.reply(session, seq, message, mandatory)
                 return seq
@@ -184,7 +184,8 @@ class Publishing:
                     self.expire_queue(queue)
                 else:
                     scheduler.expiring(queue, expires_at)
-            self.drop_head(queue)
+            if args.max_length is not None or args.max_length_bytes is not None:
+                self.drop_head(queue)
         return stored, refused
 
     def drop_head(self, queue: MessageQueue) -> None:

@@ -65,6 +65,5 @@ class ReplyTo:
         return delivered
 
 
-def is_reply(message: Message) -> bool:
-    """Whether ``message`` is published to a direct reply-to address."""
-    return message.exchange == "" and message.routing_key.startswith(REPLY_TO + ".")
+#: Every direct reply-to address starts so (the pseudo-queue's name and a dot).
+REPLY_PREFIX = REPLY_TO + "."

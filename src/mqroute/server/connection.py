@@ -428,7 +428,7 @@ class ServerConnection:
         """The session's output as frames. A function of its own so that no local keeps the
         last message alive after it is written."""
         assert self.front is not None
-        chunks += self.front.output(self.proto, self._clock())
+        chunks += self.front.output(self.proto)
         self.shell.drain()  # dispatch may have drained a queue publishers wait for
 
     async def _heartbeats(self, cancel_scope: trio.CancelScope) -> None:

@@ -273,8 +273,9 @@ class NativeFrontEnd:
 
     # --- output ------------------------------------------------------------------------------
 
-    def output(self, proto: Connection, now: float) -> list[bytes]:
-        """The session's events as encoded frames, in order."""
+    def output(self, proto: Connection, now: float | None = None) -> list[bytes]:
+        """The session's events as encoded frames, in order. Without ``now`` the core's time
+        stays where the latest call left it (at most a round old)."""
         events = self.vhost.take_events(self.session, now=now)
         send, send_deliver = proto.send, proto.send_deliver
         chunks: list[bytes] = []
