@@ -124,8 +124,9 @@ def test_object_counts_have_limits_that_change_nothing_when_reached() -> None:
 async def test_out_of_descriptors_the_server_logs_rarely_and_goes_on(
     autojump_clock: trio.testing.MockClock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from mqroute.server.admin import Registry
-    from mqroute.server.shell import Shell, _accept
+    from mqroute.server.node import Node
+    from mqroute.server.shell import _accept
+    from mqroute.server.users import Definitions
 
     class Exhausted:
         """A listener that is out of descriptors 300 times, then accepts one client."""
@@ -142,11 +143,13 @@ async def test_out_of_descriptors_the_server_logs_rarely_and_goes_on(
             self.recovered.set()
             await trio.sleep_forever()
 
-    shell = Shell(broker=Vhost(), config=ServerConfig(), clock=lambda: 0.0, registry=Registry())
+    node = Node(
+        config=ServerConfig(), clock=lambda: 0.0, definitions=Definitions.default(fast=True)
+    )
     listener = Exhausted()
     with caplog.at_level(logging.WARNING, logger="mqroute"):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(_accept, shell, listener, nursery, None)
+            nursery.start_soon(_accept, node, listener, nursery, None)
             await listener.recovered.wait()
             nursery.cancel_scope.cancel()
     lines = [r for r in caplog.records if "cannot accept" in r.getMessage()]

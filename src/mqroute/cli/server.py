@@ -10,7 +10,7 @@ import click
 from ..errors import ServerError
 from ..protocol import DEFAULT_MAX_FRAME_SIZE, HANDSHAKE_FRAME_SIZE
 from ..server import resources, startup
-from ..server.config import DEFAULT_HOST, DEFAULT_PORT, ServerConfig
+from ..server.config import DEFAULT_HOST, DEFAULT_PORT, ServerConfig, TlsConfig
 from ..server.datadir import default_data_dir
 from .main import main
 
@@ -90,6 +90,36 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     "nobody consumes is never limited by it.",
 )
 @click.option(
+    "--tls-cert",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="Serve TLS with this certificate (PEM; the chain after it). Clients then use "
+    "mqroutes:// URLs. `kill -HUP` reads it again without dropping connections.",
+)
+@click.option(
+    "--tls-key",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="The certificate's private key (PEM).",
+)
+@click.option(
+    "--tls-ca",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="CA certificates (PEM) that client certificates must be signed by.",
+)
+@click.option(
+    "--tls-verify-peer",
+    is_flag=True,
+    help="Require a client certificate signed by --tls-ca (RabbitMQ's verify_peer with "
+    "fail_if_no_peer_cert).",
+)
+@click.option(
+    "--require-no-guest",
+    is_flag=True,
+    help="Refuse to start while the guest user exists (mqroute user delete guest).",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -106,9 +136,28 @@ def server(
     memory_high_watermark: str,
     disk_free_limit: str,
     queue_flow_limit: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_ca: Path | None,
+    tls_verify_peer: bool,
+    require_no_guest: bool,
     log_level: str,
 ) -> None:
-    """Run the broker in the foreground until Ctrl-C or SIGTERM."""
+    """Run the broker in the foreground until Ctrl-C or SIGTERM.
+
+    On first start the data directory gets RabbitMQ's defaults: vhost "/" and the user guest
+    (password guest), who may log in from this machine only. See `mqroute user --help` and
+    docs/security.md before listening on another address.
+    """
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    if tls_verify_peer and tls_ca is None:
+        raise click.UsageError("--tls-verify-peer needs --tls-ca to check certificates against")
+    tls = (
+        TlsConfig(cert=tls_cert, key=tls_key, ca=tls_ca, verify_peer=tls_verify_peer)
+        if tls_cert is not None and tls_key is not None
+        else None
+    )
     try:
         watermark = resources.parse_watermark(memory_high_watermark)
         disk_limit = resources.parse_size(disk_free_limit)
@@ -128,6 +177,8 @@ def server(
         disk_free_limit=disk_limit,
         queue_flow_limit=flow_limit,
         data_dir=data_dir,
+        tls=tls,
+        require_no_guest=require_no_guest,
     )
     log.info("data directory %s", data_dir)
     log.info(

@@ -21,7 +21,7 @@ import contextlib
 import enum
 import itertools
 import os
-import urllib.parse
+import ssl
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -78,6 +78,7 @@ from .message import Confirmation, Message
 from .publisher import Publisher
 from .rpc import RpcCalls
 from .state import ClientState
+from .url import parse_url
 
 DEFAULT_URL = "mqroute://127.0.0.1:5680"
 WRITE_BUFFER_LIMIT = 1024 * 1024  # senders wait while more than this is unsent
@@ -112,12 +113,15 @@ def connect(
     heartbeat: float = 60.0,
     connect_timeout: float = 10.0,
     serializer: Serializer | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> Connection:
     """A connection to use as ``async with connect(url) as conn``.
 
-    ``heartbeat`` (seconds, 0 = off) is what this side asks for; the broker may lower it. A
-    broker silent for two heartbeat intervals is taken for dead. ``serializer`` turns bodies
-    that are not bytes or str into bytes (see ``mqroute.bodies``).
+    The URL names the user, password and vhost: ``mqroute://user:password@host:5680/vhost``
+    (url.py); ``mqroutes://`` connects over TLS, with ``ssl_context`` if given (else the
+    system's trusted CAs). ``heartbeat`` (seconds, 0 = off) is what this side asks for; the
+    broker may lower it. A broker silent for two heartbeat intervals is taken for dead.
+    ``serializer`` turns bodies that are not bytes or str into bytes (``mqroute.bodies``).
     """
     return Connection(
         url,
@@ -125,14 +129,8 @@ def connect(
         heartbeat=heartbeat,
         connect_timeout=connect_timeout,
         serializer=serializer,
+        ssl_context=ssl_context,
     )
-
-
-def parse_url(url: str) -> tuple[str, int]:
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme != "mqroute":
-        raise ValueError(f"expected a mqroute:// URL, not {url!r}")
-    return parts.hostname or "127.0.0.1", parts.port or 5680
 
 
 class Connection:
@@ -146,10 +144,15 @@ class Connection:
         heartbeat: float,
         connect_timeout: float,
         serializer: Serializer | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.url = url
+        self._address = parse_url(url)
+        self.url = self._address.shown  # never the password: it goes into errors and logs
         self.serializer = serializer
-        self.host, self.port = parse_url(url)
+        self.host, self.port = self._address.host, self._address.port
+        if ssl_context is not None and not self._address.tls:
+            raise UsageError("an ssl_context needs a mqroutes:// URL")
+        self._ssl_context = ssl_context
         self.client_name = client_name or f"mqroute-python pid {os.getpid()}"
         self.heartbeat = heartbeat
         self.connect_timeout = connect_timeout
@@ -160,7 +163,7 @@ class Connection:
         self._closed_error: ConnectionClosed | None = None
         self._closing = False  # close() has begun: what follows is our doing
         self._proto = protocol.Connection(Role.CLIENT)
-        self._stream: anyio.abc.SocketStream | None = None
+        self._stream: anyio.abc.ByteStream | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._tasks: contextlib.AsyncExitStack | None = None
         self._tracked = ClientState()  # requests, confirms, unsettled deliveries
@@ -194,10 +197,26 @@ class Connection:
             raise UsageError(f"connection is {self._state.value}; open it only once")
         with anyio.fail_after(self.connect_timeout):
             try:
-                self._stream = await anyio.connect_tcp(self.host, self.port)
-            except OSError as exc:
+                if self._address.tls:
+                    self._stream = await anyio.connect_tcp(
+                        self.host,
+                        self.port,
+                        tls=True,
+                        ssl_context=self._ssl_context or ssl.create_default_context(),
+                        tls_standard_compatible=False,
+                    )
+                else:
+                    self._stream = await anyio.connect_tcp(self.host, self.port)
+            except (OSError, ssl.SSLError) as exc:
                 raise ConnectionClosed(f"cannot connect to {self.url}: {exc}") from exc
-            hello = hello_for(self.client_name, int(self.heartbeat * 1000))
+            address = self._address
+            hello = hello_for(
+                self.client_name,
+                int(self.heartbeat * 1000),
+                user=address.user,
+                password=address.password,
+                vhost=address.vhost,
+            )
             await self._stream.send(self._proto.send(hello))
             welcome = await self._read_welcome()
         self.connection_id = welcome.connection_id

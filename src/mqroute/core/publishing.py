@@ -84,6 +84,11 @@ class Publishing:
         scheduler = self.scheduler
         seq = session.confirms.begin()
         try:
+            access = session.access
+            if not access.everything:
+                access.check("write", "exchange", message.exchange)
+            if message.properties.user_id is not None:
+                access.check_user_id(message.properties.user_id)
             if len(message.routing_key) * 4 > MAX_SHORT_STRING:  # short ones need no encoding
                 check_short_string("routing key", message.routing_key)
             if len(message.body) > self.max_message_size:

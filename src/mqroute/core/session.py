@@ -14,6 +14,7 @@ import attrs
 
 from ..errors import InvalidArgument, PreconditionFailed, ResourceLocked
 from ..model import MAX_MILLISECONDS, Delivery, DeliveryTimedOut, Event, Message, Table, brief
+from .access import FULL, Access
 from .confirms import Confirms
 from .effects import Effects
 from .journal import DropMessages, Journal, MarkDelivered
@@ -78,9 +79,11 @@ class Session:
         journal: Journal | None = None,
         effects: Effects | None = None,
         scheduler: Scheduler | None = None,
+        access: Access = FULL,
     ) -> None:
         self.id = session_id
         self.owner = owner
+        self.access = access  # what its user may do in this vhost
         self.journal = journal  # where deliveries of stored messages are recorded
         self.effects = effects or Effects()  # where "this session has output" is noted
         self.closed = False

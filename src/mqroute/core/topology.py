@@ -47,6 +47,8 @@ from .scheduler import Scheduler
 from .session import ConsumerState
 
 DEFAULT_EXCHANGE = ""
+#: Names of server-named queues start so (RabbitMQ: amq.gen-).
+SERVER_NAMED_PREFIX = "mqr.gen-"
 PREDECLARED = {
     "amq.direct": "direct",
     "amq.fanout": "fanout",
@@ -457,7 +459,7 @@ class Topology:
 
     def _server_queue_name(self) -> str:
         while True:
-            name = f"mqr.gen-{next(self._queue_names)}"
+            name = f"{SERVER_NAMED_PREFIX}{next(self._queue_names)}"
             if name not in self.queues:
                 return name
 

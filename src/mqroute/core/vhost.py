@@ -33,6 +33,7 @@ from ..model import (
     QueueSpec,
     Table,
 )
+from .access import FULL, MANAGEMENT_TAGS, REDRIVE_TAGS, Access
 from .dead_letter import DeadLetters, Redriven
 from .dedup import Deduplicator
 from .effects import Effects, NeedBodies, PageIn
@@ -45,7 +46,14 @@ from .reply_to import ReplyTo
 from .scheduler import Scheduler
 from .session import Session
 from .settle import Settler
-from .topology import DeclareOk, Limits, Topology, check_access, check_short_string
+from .topology import (
+    SERVER_NAMED_PREFIX,
+    DeclareOk,
+    Limits,
+    Topology,
+    check_access,
+    check_short_string,
+)
 from .traversal import RouteResult, explain
 
 
@@ -122,9 +130,10 @@ class Vhost:
 
     # --- sessions ------------------------------------------------------------------------
 
-    def open_session(self, owner: str) -> Session:
+    def open_session(self, owner: str, access: Access = FULL) -> Session:
+        """A client's session; ``access`` is what its user may do here (permissions.py)."""
         session = Session(
-            next(self._session_ids), owner, self.journal, self.effects, self.scheduler
+            next(self._session_ids), owner, self.journal, self.effects, self.scheduler, access
         )
         self.sessions[session.id] = session
         return session
@@ -160,16 +169,38 @@ class Vhost:
 
     # --- topology ------------------------------------------------------------------------
 
-    def declare_exchange(self, spec: ExchangeSpec, *, passive: bool = False) -> None:
+    def declare_exchange(
+        self, spec: ExchangeSpec, *, passive: bool = False, access: Access = FULL
+    ) -> None:
+        if not passive:  # RabbitMQ's table: configure; with an AE, write it and read this
+            access.check("configure", "exchange", spec.name)
+            alternate = spec.arguments.get("alternate-exchange")
+            if isinstance(alternate, str):
+                access.check("write", "exchange", alternate)
+                access.check("read", "exchange", spec.name)
         self.topology.declare_exchange(spec, passive=passive)
 
-    def delete_exchange(self, name: str, *, if_unused: bool = False) -> None:
+    def delete_exchange(self, name: str, *, if_unused: bool = False, access: Access = FULL) -> None:
+        access.check("configure", "exchange", name)
         self.topology.delete_exchange(name, if_unused=if_unused)
 
     def declare_queue(
-        self, owner: str, spec: QueueSpec, *, passive: bool = False, now: float | None = None
+        self,
+        owner: str,
+        spec: QueueSpec,
+        *,
+        passive: bool = False,
+        now: float | None = None,
+        access: Access = FULL,
     ) -> DeclareOk:
         self.scheduler.at(now)
+        if not passive:  # configure; with a DLX, write it and read this queue
+            name = spec.name or SERVER_NAMED_PREFIX
+            access.check("configure", "queue", name)
+            dlx = spec.arguments.get("x-dead-letter-exchange")
+            if isinstance(dlx, str):
+                access.check("write", "exchange", dlx)
+                access.check("read", "queue", name)
         return self.topology.declare_queue(owner, spec, passive=passive)
 
     def delete_queue(
@@ -180,12 +211,15 @@ class Vhost:
         if_unused: bool = False,
         if_empty: bool = False,
         now: float | None = None,
+        access: Access = FULL,
     ) -> int:
         """Delete a queue; returns how many ready messages it held."""
         self.scheduler.at(now)
+        access.check("configure", "queue", name)
         return self.topology.delete_queue(owner, name, if_unused=if_unused, if_empty=if_empty)
 
-    def purge_queue(self, owner: str, name: str) -> int:
+    def purge_queue(self, owner: str, name: str, *, access: Access = FULL) -> int:
+        access.check("read", "queue", name)
         return self.topology.purge_queue(owner, name)
 
     def bind_queue(
@@ -195,7 +229,11 @@ class Vhost:
         exchange: str,
         routing_key: str = "",
         arguments: Table | None = None,
+        *,
+        access: Access = FULL,
     ) -> None:
+        access.check("write", "queue", queue)
+        access.check("read", "exchange", exchange)
         topology = self.topology
         topology.bind(topology.queue_binding(owner, queue, exchange, routing_key, arguments))
 
@@ -206,27 +244,48 @@ class Vhost:
         exchange: str,
         routing_key: str = "",
         arguments: Table | None = None,
+        *,
+        access: Access = FULL,
     ) -> None:
+        access.check("write", "queue", queue)
+        access.check("read", "exchange", exchange)
         topology = self.topology
         topology.unbind(topology.queue_binding(owner, queue, exchange, routing_key, arguments))
 
     def bind_exchange(
-        self, destination: str, source: str, routing_key: str = "", arguments: Table | None = None
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        arguments: Table | None = None,
+        *,
+        access: Access = FULL,
     ) -> None:
+        access.check("write", "exchange", destination)
+        access.check("read", "exchange", source)
         topology = self.topology
         topology.bind(topology.exchange_binding(destination, source, routing_key, arguments))
 
     def unbind_exchange(
-        self, destination: str, source: str, routing_key: str = "", arguments: Table | None = None
+        self,
+        destination: str,
+        source: str,
+        routing_key: str = "",
+        arguments: Table | None = None,
+        *,
+        access: Access = FULL,
     ) -> None:
+        access.check("write", "exchange", destination)
+        access.check("read", "exchange", source)
         topology = self.topology
         topology.unbind(topology.exchange_binding(destination, source, routing_key, arguments))
 
     def bindings(self) -> list[Binding]:
         return self.topology.bindings()
 
-    def explain_route(self, message: Message) -> RouteResult:
+    def explain_route(self, message: Message, *, access: Access = FULL) -> RouteResult:
         """Where ``message`` would go, binding by binding; nothing is published."""
+        access.check_tags(MANAGEMENT_TAGS, "route explain")
         return explain(self.topology, message)
 
     # --- publishing ----------------------------------------------------------------------
@@ -270,6 +329,7 @@ class Vhost:
         check_short_string("consumer tag", consumer_tag)
         if queue == REPLY_TO:
             return self.replies.consume(session, consumer_tag, auto_ack)
+        session.access.check("read", "queue", queue)
         q = self.topology.queue(queue)
         check_access(session.owner, q)
         consumer = session.new_consumer(
@@ -310,6 +370,7 @@ class Vhost:
         """The next ready message, or None. Raises ``NeedBodies`` (having changed nothing) if
         its body is on disk: the shell reads it back and asks again."""
         self.scheduler.at(now)
+        session.access.check("read", "queue", queue)
         q = self.topology.queue(queue)
         check_access(session.owner, q)
         self.scheduler.touch(q)
@@ -401,9 +462,14 @@ class Vhost:
         to_exchange: str | None = None,
         limit: int = 0,
         now: float | None = None,
+        access: Access = FULL,
     ) -> Redriven:
         """Move ready messages out of a dead-letter queue (see ``DeadLetters.redrive``)."""
         self.scheduler.at(now)
+        access.check_tags(REDRIVE_TAGS, "redrive")
+        access.check("read", "queue", queue)
+        if to_exchange is not None:
+            access.check("write", "exchange", to_exchange)
         return self.dead_letters.redrive(owner, queue, to_exchange=to_exchange, limit=limit)
 
     def paged_in(

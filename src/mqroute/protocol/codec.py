@@ -89,10 +89,13 @@ def _event_of(items: Any) -> Frame:
     if cls is None:
         raise RemoteProtocolError(f"unknown frame type {items[0]}")
     names = cls._names
-    if len(items) != len(names) + 1:
-        raise RemoteProtocolError(
-            f"{cls.__name__} frame has {len(items) - 1} fields; expected {len(names)}"
-        )
+    given = len(items) - 1
+    if given != len(names):
+        if not cls._required <= given < len(names):
+            raise RemoteProtocolError(
+                f"{cls.__name__} frame has {given} fields; expected {len(names)}"
+            )
+        items = items + list(cls._defaults[given:])
     kwargs = {
         name: check(name, value)
         for name, check, value in zip(names, cls._checks, items[1:], strict=True)

@@ -162,7 +162,7 @@ class Connection:
 
     # receiving
 
-    def receive_data(self, data: bytes) -> None:
+    def receive_data(self, data: bytes | bytearray) -> None:
         if not data:
             self._eof = True
         else:

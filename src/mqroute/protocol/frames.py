@@ -12,8 +12,8 @@ import attrs
 from ..model import Properties, Table
 from .values import CHECKS, ENCODERS
 
-PROTOCOL_VERSION = 3
-SUPPORTED_VERSIONS = (2, 3)  # 3 adds Release
+PROTOCOL_VERSION = 4
+SUPPORTED_VERSIONS = (2, 3, 4)  # 3 adds Release, 4 the login fields of Hello
 #: Before the handshake ends a peer may send only this much in one frame (RabbitMQ: 4 KiB
 #: before tune), so an unknown client cannot make the server buffer more.
 HANDSHAKE_FRAME_SIZE = 4096
@@ -41,6 +41,8 @@ class Frame:
     frame_type: ClassVar[int]
     sender: ClassVar[frozenset[Role]]
     _names: ClassVar[tuple[str, ...]]
+    _required: ClassVar[int]
+    _defaults: ClassVar[tuple[Any, ...]]
     _checks: ClassVar[tuple[Callable[[str, Any], Any], ...]]
     _encoders: ClassVar[tuple[tuple[str, Callable[[Any], Any] | None], ...]]
 
@@ -51,6 +53,9 @@ def _frame(code: int, *senders: Role) -> Callable[[type[Any]], type[Any]]:
         cls.frame_type = code
         cls.sender = frozenset(senders)
         cls._names = tuple(f.name for f in fields)
+        # Fields with defaults may be left off the end (a frame grows by appending fields).
+        cls._required = sum(1 for f in fields if f.default is attrs.NOTHING)
+        cls._defaults = tuple(f.default for f in fields)
         cls._checks = tuple(CHECKS[f.type] for f in fields)
         cls._encoders = tuple((f.name, ENCODERS.get(f.type)) for f in fields)
         assert code not in FRAME_TYPES
@@ -69,10 +74,16 @@ C, S = Role.CLIENT, Role.SERVER
 @_frame(1, C)
 @attrs.frozen(kw_only=True)
 class Hello(Frame):
+    """The client's opening. Clients before protocol version 4 send the first four fields
+    only: they log in as guest to vhost ``/``, as RabbitMQ's clients do by default."""
+
     versions: list[int]
     client: str
     heartbeat_ms: int  # the client's wish; 0 = none
     max_frame_size: int = 0  # the client's wish; 0 = whatever the server chooses
+    user: str = "guest"
+    password: str = attrs.field(default="guest", repr=False)  # never in a log or traceback
+    vhost: str = "/"
 
 
 @_frame(2, S)

@@ -20,12 +20,23 @@ def negotiate_heartbeat(client_ms: int, server_ms: int) -> int:
     return min(wanted) if wanted else 0
 
 
-def hello_for(client: str, heartbeat_ms: int, max_frame_size: int = 0) -> Hello:
+def hello_for(
+    client: str,
+    heartbeat_ms: int,
+    max_frame_size: int = 0,
+    *,
+    user: str = "guest",
+    password: str = "guest",
+    vhost: str = "/",
+) -> Hello:
     return Hello(
         versions=list(SUPPORTED_VERSIONS),
         client=client,
         heartbeat_ms=heartbeat_ms,
         max_frame_size=max_frame_size,
+        user=user,
+        password=password,
+        vhost=vhost,
     )
 
 

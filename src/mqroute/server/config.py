@@ -9,6 +9,7 @@ import attrs
 from ..core.flow import DEFAULT_QUEUE_LIMIT
 from ..core.topology import Limits
 from ..protocol import DEFAULT_MAX_FRAME_SIZE, DEFAULT_MAX_MESSAGE_SIZE
+from .users import Definitions
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 5680
@@ -39,6 +40,23 @@ class ServerConfig:
     frame_grace: float = 10.0
     limits: Limits = attrs.Factory(Limits)
     data_dir: Path | None = None  # None: nothing is kept on disk
+    # Users, vhosts and permissions when there is no data directory (None: a new broker's,
+    # guest/guest on vhost "/"); with one, they are its definitions.json.
+    definitions: Definitions | None = None
+    loopback_users: tuple[str, ...] = ("guest",)  # may log in from loopback addresses only
+    require_no_guest: bool = False  # refuse to start while the guest user exists
+    login_failure_delay: float = 1.0  # seconds a failed login waits before its Close
+    tls: TlsConfig | None = None
+
+
+@attrs.frozen(kw_only=True)
+class TlsConfig:
+    """The certificate the server presents, and whether (and by which CA) it checks clients'."""
+
+    cert: Path
+    key: Path
+    ca: Path | None = None
+    verify_peer: bool = False
 
 
 @attrs.frozen

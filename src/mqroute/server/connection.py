@@ -12,11 +12,13 @@ import attrs
 import trio
 
 from .. import __version__
+from ..core.access import Access
 from ..core.dead_letter import Redriven
 from ..core.effects import NeedBodies
 from ..core.flow import Pause
 from ..core.session import Session
-from ..errors import ProtocolError
+from ..core.vhost import Vhost
+from ..errors import BrokerError, ProtocolError
 from ..protocol import (
     NEED_DATA,
     Ack,
@@ -40,6 +42,8 @@ from ..protocol import (
 from .native import NativeFrontEnd
 
 if TYPE_CHECKING:
+    from .admin import Registry
+    from .node import Node
     from .shell import Shell
 
 log = logging.getLogger("mqroute.server")
@@ -58,14 +62,18 @@ BLOCKED_GRACE_BYTES = 256 * 1024  # publishes taken after a Blocked before readi
 class ServerConnection:
     """One client connection: handshake, then reader, writer and heartbeat tasks."""
 
-    def __init__(self, shell: Shell, stream: trio.SocketStream, conn_id: str) -> None:
-        self.shell = shell
-        self.broker = shell.broker
-        self.registry = shell.registry
+    def __init__(self, node: Node, stream: trio.abc.Stream, conn_id: str, host: str) -> None:
+        self.node = node
+        # The vhost's, once the client logged in to it (``_attach``).
+        self.shell: Shell = None  # type: ignore[assignment]
+        self.broker: Vhost = None  # type: ignore[assignment]
+        self.registry: Registry = None  # type: ignore[assignment]
+        self.user = ""
         self.opened_at = time.time()
-        self._clock = shell.clock
+        self._clock = node.clock
         self.stream = stream
-        config = self.config = shell.config
+        self.host = host
+        config = self.config = node.config
         self.id = conn_id
         self.proto = Connection(
             Role.SERVER,
@@ -91,7 +99,7 @@ class ServerConnection:
         self._unblocked.set()
         self._published_while_blocked = 0  # bytes: publishes already on their way are taken
         self._reading_paused = False  # we stopped reading it (flow control, unsent output)
-        self._now = shell.clock()  # the time of the calls the frames being read make
+        self._now = node.clock()  # the time of the calls the frames being read make
         self._partial_since: float | None = None  # when the frame being received began
         self._partial_received = 0
 
@@ -110,13 +118,17 @@ class ServerConnection:
                 return
             if hello is None:
                 return
-            self.session = self.broker.open_session(self.id)
-            self.front = NativeFrontEnd(
-                self.broker, self.session, self.id, self.registry, self.config.max_message_size
-            )
+            assert self.session is not None
             self.registry.connections[self.id] = self
             self.shell.by_session[self.session.id] = self
-            log.info("%s opened from %s (client %r)", self.id, self.peer, self.client_name)
+            log.info(
+                "%s opened from %s (client %r, user %r, vhost %r)",
+                self.id,
+                self.peer,
+                self.client_name,
+                self.user,
+                self.shell.vhost,
+            )
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._writer)
                 if self._heartbeat:
@@ -130,7 +142,7 @@ class ServerConnection:
             if _connection_lost(exc):
                 self._log_bad("%s: connection lost", self.id)
                 return
-            self.shell.log_limited(
+            self.node.log_limited(
                 "%s: internal error; closing this connection", self.id, exc_info=True
             )
             if self._close is None:
@@ -163,7 +175,11 @@ class ServerConnection:
         return f": {self._close.code} {self._close.text!r}"
 
     def _log_bad(self, message: str, *args: object) -> None:
-        self.shell.log_limited(message, *args)
+        self.node.log_limited(message, *args)
+
+    def close_from_broker(self, code: str, text: str) -> None:
+        """Close this connection from outside its tasks (its vhost or user was deleted)."""
+        self._closing(code, text)
 
     # --- handshake -----------------------------------------------------------------------
 
@@ -196,9 +212,26 @@ class ServerConnection:
                 await self._send_close(exc.code, str(exc))
                 return None
             self.client_name = event.client
+            try:
+                shell, access = await self.node.login(
+                    event.user, event.password, event.vhost, self.host
+                )
+            except BrokerError as exc:
+                await self._send_close(exc.code, exc.reason)
+                return None
+            self._attach(shell, access)
             self._heartbeat = welcome.heartbeat_ms / 1000
             await self.stream.send_all(self.proto.send(welcome))
             return event
+
+    def _attach(self, shell: Shell, access: Access) -> None:
+        """The client logged in to ``shell``'s vhost as ``access.user``."""
+        self.shell, self.broker, self.registry = shell, shell.broker, shell.registry
+        self.user = access.user
+        self.session = self.broker.open_session(self.id, access)
+        self.front = NativeFrontEnd(
+            self.broker, self.session, self.id, self.registry, self.config.max_message_size
+        )
 
     async def _send_close(self, code: str | None, text: str) -> None:
         self._close = Close(code=code, text=text)
@@ -332,7 +365,7 @@ class ServerConnection:
             self._last_received = trio.current_time()
             self._partial_since = None
 
-    async def _receive(self) -> bytes | None:
+    async def _receive(self) -> bytes | bytearray | None:
         """The next bytes from the client; None if a frame it began stalls.
 
         A frame begun must keep arriving at ``min_frame_rate`` on average once
@@ -465,9 +498,10 @@ def _connection_lost(exc: BaseException) -> bool:
     return isinstance(exc, (trio.BrokenResourceError, trio.ClosedResourceError))
 
 
-def _peer_name(stream: trio.SocketStream) -> str:
+def _peer_name(stream: trio.abc.Stream) -> str:
+    raw: Any = getattr(stream, "transport_stream", stream)  # under TLS, the TCP stream
     try:
-        addr = stream.socket.getpeername()
-    except OSError:
+        addr = raw.socket.getpeername()
+    except (OSError, AttributeError):
         return "?"
     return f"{addr[0]}:{addr[1]}" if isinstance(addr, tuple) else str(addr)

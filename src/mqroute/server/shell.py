@@ -15,11 +15,11 @@ import errno
 import itertools
 import logging
 import math
-import time
+import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import trio
@@ -38,9 +38,11 @@ from ..protocol import (
 )
 from . import resources
 from .admin import Registry
+
+if TYPE_CHECKING:
+    from .node import Node
 from .config import ServerAddress, ServerConfig
 from .connection import ServerConnection
-from .log_limit import LogLimit
 from .store import PageFile, Store
 
 log = logging.getLogger("mqroute.server")
@@ -70,48 +72,15 @@ def _read_bodies(
     return bodies
 
 
-async def run_shell(
-    broker: Vhost,
-    store: Store,
-    pages: PageFile | None,
-    config: ServerConfig,
-    task_status: trio.TaskStatus[ServerAddress],
+async def run_vhost(
+    shell: Shell, store: Store, pages: PageFile | None, task_status: trio.TaskStatus[None]
 ) -> None:
-    listeners = await trio.open_tcp_listeners(config.port, host=config.host)
-    sockname = listeners[0].socket.getsockname()
-    address = ServerAddress(sockname[0], sockname[1])
-    ids = itertools.count(1)
-    registry = Registry()
-    # The broker's clock: wall-clock seconds, advancing with trio's monotonic clock (so it
-    # never jumps, and tests can drive it with trio's MockClock).
-    epoch = time.time() - trio.current_time()
-
-    def clock() -> float:
-        return epoch + trio.current_time()
-
-    shell = Shell(
-        broker=broker,
-        config=config,
-        clock=clock,
-        registry=registry,
-        max_connections=config.max_connections or resources.connection_limit(),
-    )
-
-    async def handle(stream: trio.SocketStream) -> None:
-        host = _peer_host(stream)
-        refusal = shell.admit(host)
-        try:
-            if refusal is not None:
-                await _refuse(stream, refusal)
-            else:
-                await ServerConnection(shell, stream, f"conn-{next(ids)}").run()
-        finally:
-            shell.leave(host)
-
+    """The tasks of one vhost, until cancelled (its deletion, or the node's end)."""
+    broker, config = shell.broker, shell.config
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(_timer, shell, epoch)
+        nursery.start_soon(_timer, shell)
         nursery.start_soon(_page_in, shell, store, pages)
-        nursery.start_soon(_sample_rates, broker, registry)
+        nursery.start_soon(_sample_rates, broker, shell.registry)
         if broker.journal is not None:
             disk = DiskWatch(shell, config.data_dir, config.disk_free_limit)
             nursery.start_soon(_committer, shell, store, disk)
@@ -119,8 +88,40 @@ async def run_shell(
                 nursery.start_soon(disk.run)
         if pages is not None:
             nursery.start_soon(_pager, shell, pages)
+        task_status.started()
+
+
+async def accept_clients(
+    node: Node, task_status: trio.TaskStatus[ServerAddress] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Listen and hand each client a connection of its own (one task per connection, so a
+    failure ends that connection and nothing else)."""
+    config = node.config
+    listeners = await trio.open_tcp_listeners(config.port, host=config.host)
+    sockname = listeners[0].socket.getsockname()
+    address = ServerAddress(sockname[0], sockname[1])
+    ids = itertools.count(1)
+
+    async def handle(raw: trio.SocketStream) -> None:
+        host = _peer_host(raw)
+        refusal = node.admit(host)
+        try:
+            stream: trio.abc.Stream = raw
+            if node.ssl_context is not None:
+                secured = await _tls_handshake(node, raw, host)
+                if secured is None:
+                    return
+                stream = secured
+            if refusal is not None:
+                await _refuse(stream, refusal)
+            else:
+                await ServerConnection(node, stream, f"conn-{next(ids)}", host).run()
+        finally:
+            node.leave(host)
+
+    async with trio.open_nursery() as nursery:
         for listener in listeners:
-            nursery.start_soon(_accept, shell, listener, nursery, handle)
+            nursery.start_soon(_accept, node, listener, nursery, handle)
         log.info("mqroute %s listening on %s", __version__, address.url)
         task_status.started(address)
 
@@ -133,12 +134,10 @@ class Shell:
     broker: Vhost
     config: ServerConfig
     clock: Callable[[], float]
-    registry: Registry
-    max_connections: int = 10_000
-    bad_log: LogLimit = attrs.Factory(LogLimit)
+    node: Node | None = None  # None in tests of one shell alone
+    vhost: str = "/"
+    registry: Registry = attrs.Factory(Registry)
     by_session: dict[int, ServerConnection] = attrs.Factory(dict)
-    open_connections: int = 0
-    by_host: dict[str, int] = attrs.Factory(dict)
     # What drain wakes: the timer (and the deadline it sleeps until), the committer, the
     # page-in task (and the page-ins it has to do), and who waits for a queue's page-in.
     timer_wake: trio.Event = attrs.Factory(trio.Event)
@@ -149,38 +148,6 @@ class Shell:
     read_back: dict[int, trio.Event] = attrs.Factory(dict)  # by queue uid
     # Answers held until the batch then being filled is committed: (batch number, slot, conn).
     after_commit: deque[tuple[int, list[Any], ServerConnection]] = attrs.Factory(deque)
-
-    def admit(self, host: str) -> str | None:
-        """Count a new client in; the reason to refuse it, if over a connection limit."""
-        self.open_connections += 1
-        self.by_host[host] = self.by_host.get(host, 0) + 1
-        if self.open_connections > self.max_connections:
-            return f"too many connections: the broker takes at most {self.max_connections}"
-        if self.by_host[host] > self.config.max_connections_per_host:
-            return (
-                f"too many connections from {host}: at most "
-                f"{self.config.max_connections_per_host} per address"
-            )
-        return None
-
-    def leave(self, host: str) -> None:
-        self.open_connections -= 1
-        left = self.by_host[host] - 1
-        if left:
-            self.by_host[host] = left
-        else:
-            del self.by_host[host]
-
-    def log_limited(self, message: str, *args: object, exc_info: bool = False) -> None:
-        """A line clients can cause: at most a few a minute, with a count of the rest. With
-        ``exc_info`` it is an error with its traceback (a bug a client may trigger at will)."""
-        allowed, suppressed = self.bad_log.allow(trio.current_time())
-        if allowed:
-            if suppressed:
-                message += f" ({suppressed} similar lines suppressed)"
-            log.log(
-                logging.ERROR if exc_info else logging.WARNING, message, *args, exc_info=exc_info
-            )
 
     def drain(self) -> None:
         """Carry out what the core's calls left in ``broker.effects`` (see core/effects.py).
@@ -244,9 +211,10 @@ class Shell:
                 conn.set_blocked(reason)
 
 
-async def _timer(shell: Shell, epoch: float) -> None:
+async def _timer(shell: Shell) -> None:
     """Sleep until the broker's next deadline (or until an earlier one appears), then act."""
     broker, clock = shell.broker, shell.clock
+    epoch = clock() - trio.current_time()
     while True:
         wake = shell.timer_wake = trio.Event()
         deadline = shell.timer_at = broker.next_deadline()
@@ -444,7 +412,7 @@ _DESCRIPTOR_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 
 
 async def _accept(
-    shell: Shell,
+    node: Node,
     listener: trio.SocketListener,
     nursery: trio.Nursery,
     handle: Callable[[trio.SocketStream], Awaitable[None]],
@@ -457,13 +425,31 @@ async def _accept(
         except OSError as exc:
             if exc.errno not in _DESCRIPTOR_ERRORS:
                 raise
-            shell.log_limited("cannot accept a client: %s; new clients wait", exc.strerror)
+            node.log_limited("cannot accept a client: %s; new clients wait", exc.strerror)
             await trio.sleep(ACCEPT_BACKOFF)
             continue
         nursery.start_soon(handle, stream)
 
 
-async def _refuse(stream: trio.SocketStream, reason: str) -> None:
+async def _tls_handshake(
+    node: Node, raw: trio.SocketStream, host: str
+) -> trio.SSLStream[trio.SocketStream] | None:
+    """The TLS stream, handshaken within the handshake timeout; None (logged, closed) if the
+    client's certificate is missing or not trusted, or it speaks no TLS."""
+    assert node.ssl_context is not None
+    stream = trio.SSLStream(raw, node.ssl_context, server_side=True)
+    try:
+        with trio.fail_after(node.config.handshake_timeout):
+            await stream.do_handshake()
+    except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError) as exc:
+        cause = exc.__cause__ or exc
+        node.log_limited("TLS handshake with %s failed: %s", host, cause)
+        await trio.aclose_forcefully(raw)
+        return None
+    return stream
+
+
+async def _refuse(stream: trio.abc.Stream, reason: str) -> None:
     """Tell a client over a limit why, then close: it never gets a session."""
     close = Connection(Role.SERVER).send(Close(code="RESOURCE_ERROR", text=reason))
     with trio.move_on_after(1):

@@ -1,30 +1,31 @@
 """Starting a broker: what ``mqroute server``, the benchmarks, tests and the crash tests share.
 
-``serve`` locks the data directory, opens the store and the page file, recovers what the store
-holds (off the event loop), then runs the shell's tasks. ``run`` readies the process around it
+``serve`` locks the data directory, reads the definitions, opens each vhost's store and page
+file, recovers what they hold (off the event loop), then runs the vhosts' tasks and accepts
+clients. ``run`` readies the process around it
 (the garbage collector's threshold, the open file limit) and runs it until SIGINT or SIGTERM.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
 import logging
 import resource
 import signal
+import threading
 import time
-from pathlib import Path
 
 import trio
 
 from ..core.vhost import Vhost
-from ..errors import StoreError
-from . import resources
+from . import resources, users
 from .config import ServerAddress, ServerConfig
 from .datadir import DataDirLock
-from .shell import run_shell
-from .store import MemoryStore, PageFile, SqliteStore, Store
+from .node import Node, is_loopback
+from .shell import accept_clients
+from .store import Store
+from .users import DefinitionsError
 
 log = logging.getLogger("mqroute")
 
@@ -62,64 +63,70 @@ async def serve(
 
         address = await nursery.start(serve, ServerConfig(port=0))
 
-    With ``config.data_dir`` the broker locks that directory, recovers what its SQLite store
-    holds and keeps durable state there; without it (or with a ``store`` given) nothing is
-    written unless that store writes it.
+    With ``config.data_dir`` the broker locks that directory, reads its definitions (users,
+    vhosts, permissions), recovers what each vhost's SQLite store holds and keeps durable
+    state there; without it nothing is written, and the definitions are a new broker's (or
+    ``config.definitions``). ``broker`` and ``store`` stand in for vhost ``/``'s own.
     """
     with contextlib.ExitStack() as stack:
-        if store is None and config.data_dir is not None:
-            stack.enter_context(DataDirLock(config.data_dir))
-            store = SqliteStore(config.data_dir)
-        own_broker = broker is None
-        if broker is None:
-            broker = Vhost(
-                max_message_size=config.max_message_size,
-                durable=store is not None,
-                memory_limit=resources.memory_limit(config.memory_high_watermark),
-                queue_flow_limit=config.queue_flow_limit,
-                limits=config.limits,
+        if config.data_dir is not None:
+            if store is None:  # a store given is opened by who gave it, lock and all
+                stack.enter_context(DataDirLock(config.data_dir))
+            definitions = users.load(config.data_dir)
+        else:
+            definitions = config.definitions or users.Definitions.default(fast=True)
+        if config.require_no_guest and users.GUEST in definitions.users:
+            raise DefinitionsError(
+                "the guest user exists and --require-no-guest is set: delete it first "
+                "(mqroute user delete guest)"
             )
-        store = store or MemoryStore()
-        pages = _open_page_file(config.data_dir)
-        if pages is not None:
-            stack.callback(pages.close)
-        broker.serve_from_disk(reads_back=True, can_page=pages is not None)
-        if own_broker:  # what the process holds already counts against the watermark
-            broker.flow.memory_baseline = resources.process_memory()  # recovery charges its own
-        await _recover(broker, store)
-        try:
-            await run_shell(broker, store, pages, config, task_status)
-        finally:
-            store.close()  # marks a clean shutdown unless a write failed
+        _warn_if_exposed(config, definitions)
+        # The broker's clock: wall-clock seconds, advancing with trio's monotonic clock (so it
+        # never jumps, and tests can drive it with trio's MockClock).
+        epoch = time.time() - trio.current_time()
+        node = Node(
+            config=config,
+            clock=lambda: epoch + trio.current_time(),
+            definitions=definitions,
+            max_connections=config.max_connections or resources.connection_limit(),
+        )
+        node.load_tls()
+        async with trio.open_nursery() as nursery:
+            node._nursery = nursery
+            if config.tls is not None and threading.current_thread() is threading.main_thread():
+                nursery.start_soon(_reload_tls_on_sighup, node)
+            for name in definitions.vhosts:
+                given = name == users.DEFAULT_VHOST
+                await node.start_vhost(
+                    name, broker=broker if given else None, store=store if given else None
+                )
+            address = await nursery.start(accept_clients, node)
+            task_status.started(address)
 
 
-def _open_page_file(data_dir: Path | None) -> PageFile | None:
-    """The page file, or None (no data directory, or no room for it: paging is then off and
-    the memory alarm is all there is)."""
-    if data_dir is None:
-        return None
-    try:
-        return PageFile(data_dir)
-    except StoreError as exc:
-        log.warning("%s; messages will not be paged to disk under memory pressure", exc)
-        return None
+async def _reload_tls_on_sighup(node: Node) -> None:
+    """``kill -HUP``: read the certificate again; open connections are not dropped."""
+    with trio.open_signal_receiver(signal.SIGHUP) as signals:
+        async for _ in signals:
+            node.load_tls()
 
 
-async def _recover(broker: Vhost, store: Store) -> None:
-    started = time.monotonic()
-    # Off the event loop: nothing else runs yet, and the rows stream from the store's cursor.
-    snapshot = await trio.to_thread.run_sync(store.load)
-    now = time.time()  # recovery compares remembered deadlines with it
-    count = await trio.to_thread.run_sync(functools.partial(broker.restore, snapshot, now=now))
-    if snapshot.queues or snapshot.exchanges:
-        log.info(
-            "recovered %d exchanges, %d queues, %d bindings, %d messages in %.2fs%s",
-            len(snapshot.exchanges),
-            len(snapshot.queues),
-            len(snapshot.bindings),
-            count,
-            time.monotonic() - started,
-            "" if snapshot.clean_shutdown else " (after an unclean shutdown: marked redelivered)",
+def _warn_if_exposed(config: ServerConfig, definitions: users.Definitions) -> None:
+    """Say it loudly when the broker listens beyond this machine without TLS or with guest."""
+    if is_loopback(config.host) or config.host == "localhost":
+        return
+    if config.tls is None:
+        log.warning(
+            "SECURITY: listening on %s without TLS: passwords and messages cross the network "
+            "in clear text. Give --tls-cert and --tls-key, or listen on 127.0.0.1.",
+            config.host,
+        )
+    if users.GUEST in definitions.users:
+        log.warning(
+            "SECURITY: listening on %s while the guest user (password guest) exists. It may "
+            "log in from localhost only, but delete it once you have your own users: "
+            "mqroute user delete guest",
+            config.host,
         )
 
 
