@@ -21,6 +21,7 @@ empty.
 from __future__ import annotations
 
 import contextlib
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -28,14 +29,32 @@ import trio
 
 from .client.loop_thread import LoopThread
 from .core.vhost import Vhost
-from .server import ServerAddress, ServerConfig, serve
+from .server import ServerAddress, ServerConfig, serve, users
 
 
 class BrokerThread:
-    """A broker running in a daemon thread until ``stop()``. ``url`` is where it listens."""
+    """A broker running in a daemon thread until ``stop()``. ``url`` is where it listens.
 
-    def __init__(self, *, data_dir: Path | None = None, heartbeat_ms: int = 60_000) -> None:
-        self._config = ServerConfig(port=0, data_dir=data_dir, heartbeat_ms=heartbeat_ms)
+    With ``user=("name", "password")`` the broker has that user too, an administrator with
+    every permission on vhost ``/``, and ``url`` logs in as it (else as guest).
+    """
+
+    def __init__(
+        self,
+        *,
+        data_dir: Path | None = None,
+        heartbeat_ms: int = 60_000,
+        user: tuple[str, str] | None = None,
+    ) -> None:
+        definitions = None
+        if user is not None:
+            definitions = users.Definitions.default(fast=True)
+            definitions.add_user(user[0], user[1], ["administrator"], fast=True)
+            definitions.set_permissions(user[0], users.DEFAULT_VHOST, users.Permissions())
+        self._user = user
+        self._config = ServerConfig(
+            port=0, data_dir=data_dir, heartbeat_ms=heartbeat_ms, definitions=definitions
+        )
         self._address: ServerAddress | None = None
         # The broker's state, for assertions (read only; in memory only: with a data dir,
         # serve() builds its own durable broker).
@@ -45,7 +64,10 @@ class BrokerThread:
     @property
     def url(self) -> str:
         assert self._address is not None, "start() first"
-        return self._address.url
+        if self._user is None:
+            return self._address.url
+        name, password = (urllib.parse.quote(part, safe="") for part in self._user)
+        return self._address.url.replace("mqroute://", f"mqroute://{name}:{password}@", 1)
 
     def start(self) -> BrokerThread:
         async def main(ready: Callable[[], None]) -> None:
@@ -65,9 +87,11 @@ class BrokerThread:
 
 
 @contextlib.contextmanager
-def running_broker(*, data_dir: Path | None = None) -> Iterator[str]:
-    """A broker for the ``with`` block; yields its URL."""
-    thread = BrokerThread(data_dir=data_dir).start()
+def running_broker(
+    *, data_dir: Path | None = None, user: tuple[str, str] | None = None
+) -> Iterator[str]:
+    """A broker for the ``with`` block; yields its URL (logging in as ``user`` if given)."""
+    thread = BrokerThread(data_dir=data_dir, user=user).start()
     try:
         yield thread.url
     finally:

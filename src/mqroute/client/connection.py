@@ -251,6 +251,10 @@ class Connection:
                     data = await self._stream.receive(RECEIVE_SIZE)
                 except anyio.EndOfStream:
                     data = b""
+                except (anyio.BrokenResourceError, OSError, ssl.SSLError) as exc:
+                    # Under TLS 1.3 a server that refuses our certificate says so here.
+                    cause = exc.__cause__ or exc
+                    raise ConnectionClosed(f"cannot talk to {self.url}: {cause}") from None
                 self._proto.receive_data(data)
                 continue
             if isinstance(event, Welcome):
@@ -260,7 +264,8 @@ class Connection:
                     raise ConnectionClosed(f"cannot talk to {self.url}: {exc}") from None
                 return event
             if isinstance(event, Close):
-                raise ConnectionClosed(f"broker refused the connection: {event.code} {event.text}")
+                reason = BrokerError.from_code(event.code or "INTERNAL_ERROR", event.text)
+                raise ConnectionClosed(f"broker refused the connection: {reason}", reason)
             raise ConnectionClosed("broker closed the connection during the handshake")
 
     async def close(self, *, polite: bool = True) -> None:

@@ -12,6 +12,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ..core.access import MANAGEMENT_TAGS, MONITORING_TAGS
 from ..core.dead_letter import Redriven
 from ..core.session import Session
 from ..core.vhost import Vhost
@@ -85,6 +86,7 @@ class NativeFrontEnd:
         self.id = conn_id
         self.registry = registry
         self.max_message_size = max_message
+        self.access = session.access  # what this client's user may do here
 
     # --- messages and settlements: no reply ------------------------------------------------
 
@@ -160,11 +162,11 @@ class NativeFrontEnd:
             internal=ev.internal,
             arguments=ev.arguments,
         )
-        self.vhost.declare_exchange(spec, passive=ev.passive)
+        self.vhost.declare_exchange(spec, passive=ev.passive, access=self.access)
         return Done()
 
     def _delete_exchange(self, ev: DeleteExchange, now: float) -> Done:
-        self.vhost.delete_exchange(ev.name, if_unused=ev.if_unused)
+        self.vhost.delete_exchange(ev.name, if_unused=ev.if_unused, access=self.access)
         return Done()
 
     def _declare_queue(self, ev: DeclareQueue, now: float) -> DeclareQueueOk:
@@ -175,7 +177,9 @@ class NativeFrontEnd:
             auto_delete=ev.auto_delete,
             arguments=ev.arguments,
         )
-        ok = self.vhost.declare_queue(self.id, spec, passive=ev.passive, now=now)
+        ok = self.vhost.declare_queue(
+            self.id, spec, passive=ev.passive, now=now, access=self.access
+        )
         return DeclareQueueOk(
             queue=ok.queue,
             message_count=ok.message_count,
@@ -186,27 +190,29 @@ class NativeFrontEnd:
 
     def _delete_queue(self, ev: DeleteQueue, now: float) -> DeleteQueueOk:
         count = self.vhost.delete_queue(
-            self.id, ev.name, if_unused=ev.if_unused, if_empty=ev.if_empty
+            self.id, ev.name, if_unused=ev.if_unused, if_empty=ev.if_empty, access=self.access
         )
         return DeleteQueueOk(message_count=count)
 
     def _purge_queue(self, ev: PurgeQueue, now: float) -> PurgeQueueOk:
-        return PurgeQueueOk(message_count=self.vhost.purge_queue(self.id, ev.name))
+        return PurgeQueueOk(
+            message_count=self.vhost.purge_queue(self.id, ev.name, access=self.access)
+        )
 
     def _bind(self, ev: Bind, now: float) -> Done:
+        args = (ev.destination, ev.source, ev.routing_key, ev.arguments)
         if ev.to_exchange:
-            self.vhost.bind_exchange(ev.destination, ev.source, ev.routing_key, ev.arguments)
+            self.vhost.bind_exchange(*args, access=self.access)
         else:
-            self.vhost.bind_queue(self.id, ev.destination, ev.source, ev.routing_key, ev.arguments)
+            self.vhost.bind_queue(self.id, *args, access=self.access)
         return Done()
 
     def _unbind(self, ev: Unbind, now: float) -> Done:
+        args = (ev.destination, ev.source, ev.routing_key, ev.arguments)
         if ev.to_exchange:
-            self.vhost.unbind_exchange(ev.destination, ev.source, ev.routing_key, ev.arguments)
+            self.vhost.unbind_exchange(*args, access=self.access)
         else:
-            self.vhost.unbind_queue(
-                self.id, ev.destination, ev.source, ev.routing_key, ev.arguments
-            )
+            self.vhost.unbind_queue(self.id, *args, access=self.access)
         return Done()
 
     def _consume(self, ev: Consume, now: float) -> ConsumeOk:
@@ -243,7 +249,7 @@ class NativeFrontEnd:
 
     def _redrive(self, ev: Redrive, now: float) -> Redriven:
         return self.vhost.redrive(
-            self.id, ev.queue, to_exchange=ev.exchange, limit=ev.limit, now=now
+            self.id, ev.queue, to_exchange=ev.exchange, limit=ev.limit, now=now, access=self.access
         )
 
     def _explain_route(self, ev: ExplainRoute, now: float) -> ExplainRouteOk:
@@ -253,7 +259,7 @@ class NativeFrontEnd:
             body=b"",
             properties=Properties(headers=ev.headers or None),
         )
-        result = self.vhost.explain_route(message)
+        result = self.vhost.explain_route(message, access=self.access)
         steps = [
             {
                 "exchange": step.exchange,
@@ -268,6 +274,8 @@ class NativeFrontEnd:
         return ExplainRouteOk(queues=list(result.queues), steps=steps)
 
     def _inspect(self, ev: Inspect, now: float) -> InspectOk:
+        tags = MONITORING_TAGS if ev.what in ("connections", "status") else MANAGEMENT_TAGS
+        self.access.check_tags(tags, f"listing {ev.what}")
         rows, total = inspect(self.vhost, self.registry, ev.what, ev.offset, ev.limit)
         return InspectOk(result=rows, total=total)
 
