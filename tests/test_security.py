@@ -341,3 +341,18 @@ async def test_the_data_directory_is_the_owners_only(tmp_path: Path) -> None:
     files = [p for p in data.iterdir() if p.is_file()]
     assert "definitions.json" in [p.name for p in files]
     assert {p.name: p.stat().st_mode & 0o777 for p in files} == {p.name: 0o600 for p in files}
+
+
+async def test_the_blocking_and_robust_clients_carry_credentials() -> None:
+    async with running(definitions=two_users()) as address:
+        url = with_user(address.url, "alice", "wonderland")
+        async with mqroute.connect_robust(url) as robust:
+            await robust.declare_queue("robust-q")
+
+        def blocking() -> None:
+            with mqroute.connect_blocking(url) as conn:
+                conn.declare_queue("blocking-q")
+            with pytest.raises(ConnectionClosed, match="login refused for user 'alice'"):
+                mqroute.connect_blocking(with_user(address.url, "alice", "nope"))
+
+        await trio.to_thread.run_sync(blocking)

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 import attrs
 
+from ..client.url import parse_url
 from ..errors import BenchError
 
 TIMESTAMP = struct.Struct("<q")
@@ -336,7 +337,8 @@ async def _mqroute_setup(opts: BenchOptions) -> None:
         conn = await conn_cm.__aenter__()
     except (OSError, ConnectionClosed) as exc:
         raise BenchError(
-            f"cannot reach a broker at {opts.url} ({exc}); start one with `mqroute server`"
+            f"cannot reach a broker at {parse_url(opts.url).shown} ({exc}); start one with "
+            "`mqroute server`"
         ) from None
     try:
         exchange = opts.exchange_name
