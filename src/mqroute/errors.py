@@ -7,7 +7,8 @@
     │   ├── NotFound                NOT_FOUND: no such exchange / queue / consumer
     │   ├── PreconditionFailed      PRECONDITION_FAILED: redeclare mismatch, unknown tag, not empty…
     │   ├── ResourceLocked          RESOURCE_LOCKED: exclusive queue of another connection
-    │   ├── AccessRefused           ACCESS_REFUSED: reserved name (``amq.*``, the default exchange)
+    │   ├── ConnectionForced        CONNECTION_FORCED: the broker closed it (its vhost was deleted)
+    │   ├── AccessRefused           ACCESS_REFUSED: a permission or login refused, a reserved name
     │   ├── InvalidArgument         INVALID_ARGUMENT: a value the broker cannot accept
     │   ├── ResourceError           RESOURCE_ERROR: a broker limit was reached
     │   └── InternalError           INTERNAL_ERROR: a bug in the broker; the broker keeps running
@@ -36,6 +37,7 @@ from typing import ClassVar
 
 REPLY_CODES: dict[str, int] = {
     "NO_ROUTE": 312,
+    "CONNECTION_FORCED": 320,
     "ACCESS_REFUSED": 403,
     "NOT_FOUND": 404,
     "RESOURCE_LOCKED": 405,
@@ -82,6 +84,10 @@ class ResourceLocked(BrokerError):
     code = "RESOURCE_LOCKED"
 
 
+class ConnectionForced(BrokerError):
+    code = "CONNECTION_FORCED"
+
+
 class AccessRefused(BrokerError):
     code = "ACCESS_REFUSED"
 
@@ -104,6 +110,7 @@ _BY_CODE: dict[str, type[BrokerError]] = {
         NotFound,
         PreconditionFailed,
         ResourceLocked,
+        ConnectionForced,
         AccessRefused,
         InvalidArgument,
         ResourceError,

@@ -25,12 +25,13 @@ class BrokerUrl:
 
     @property
     def shown(self) -> str:
-        """The URL without its password: for logs, reprs and error texts."""
+        """The URL without its password (and without the default user): for logs, reprs and
+        error texts."""
         scheme = "mqroutes" if self.tls else "mqroute"
         host = f"[{self.host}]" if ":" in self.host else self.host
         vhost = "" if self.vhost == "/" else "/" + urllib.parse.quote(self.vhost, safe="")
-        user = urllib.parse.quote(self.user, safe="")
-        return f"{scheme}://{user}@{host}:{self.port}{vhost}"
+        login = "" if self.user == "guest" else urllib.parse.quote(self.user, safe="") + "@"
+        return f"{scheme}://{login}{host}:{self.port}{vhost}"
 
 
 def parse_url(url: str) -> BrokerUrl:

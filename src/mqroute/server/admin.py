@@ -23,6 +23,7 @@ class ConnectionInfo(Protocol):
     id: str
     peer: str
     client_name: str
+    user: str
     opened_at: float
 
 
@@ -158,6 +159,7 @@ def _connections(broker: Vhost, registry: Registry, page: slice) -> tuple[list[A
                 "id": conn.id,
                 "peer": conn.peer,
                 "client": conn.client_name,
+                "user": conn.user,
                 "opened": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(conn.opened_at)),
                 "consumers": sum(len(s.consumers) for s in sessions),
                 "unacked": sum(len(s.unacked) for s in sessions),

@@ -33,6 +33,7 @@ log = logging.getLogger("mqroute")
 # default threshold of 700 the collector ran every few hundred publishes and cost more than
 # 10 % of throughput with a large backlog (docs/performance.md).
 GC_THRESHOLD = 50_000
+DEFINITIONS_CHECK_INTERVAL = 2.0  # seconds between looks at definitions.json
 
 
 def prepare_process() -> None:
@@ -100,8 +101,17 @@ async def serve(
                 await node.start_vhost(
                     name, broker=broker if given else None, store=store if given else None
                 )
+            if config.data_dir is not None:
+                nursery.start_soon(_watch_definitions, node)
             address = await nursery.start(accept_clients, node)
             task_status.started(address)
+
+
+async def _watch_definitions(node: Node) -> None:
+    """Apply what the CLI changed (users, vhosts) within a few seconds, logins or not."""
+    while True:
+        await trio.sleep(DEFINITIONS_CHECK_INTERVAL)
+        node.reload_definitions()
 
 
 async def _reload_tls_on_sighup(node: Node) -> None:
