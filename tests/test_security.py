@@ -356,3 +356,12 @@ async def test_the_blocking_and_robust_clients_carry_credentials() -> None:
                 mqroute.connect_blocking(with_user(address.url, "alice", "nope"))
 
         await trio.to_thread.run_sync(blocking)
+
+
+async def test_without_guest_a_client_that_names_no_user_is_refused() -> None:
+    definitions = two_users()
+    definitions.delete_user("guest")
+    async with running(definitions=definitions) as address:
+        with pytest.raises(ConnectionClosed, match="login refused for user 'guest'"):
+            async with mqroute.connect(address.url):
+                pass
