@@ -232,10 +232,9 @@ class Vhost:
         *,
         access: Access = FULL,
     ) -> None:
-        access.check("write", "queue", queue)
-        access.check("read", "exchange", exchange)
-        topology = self.topology
-        topology.bind(topology.queue_binding(owner, queue, exchange, routing_key, arguments))
+        self.topology.bind(
+            self._queue_binding(owner, queue, exchange, routing_key, arguments, access)
+        )
 
     def unbind_queue(
         self,
@@ -247,10 +246,9 @@ class Vhost:
         *,
         access: Access = FULL,
     ) -> None:
-        access.check("write", "queue", queue)
-        access.check("read", "exchange", exchange)
-        topology = self.topology
-        topology.unbind(topology.queue_binding(owner, queue, exchange, routing_key, arguments))
+        self.topology.unbind(
+            self._queue_binding(owner, queue, exchange, routing_key, arguments, access)
+        )
 
     def bind_exchange(
         self,
@@ -261,10 +259,9 @@ class Vhost:
         *,
         access: Access = FULL,
     ) -> None:
-        access.check("write", "exchange", destination)
-        access.check("read", "exchange", source)
-        topology = self.topology
-        topology.bind(topology.exchange_binding(destination, source, routing_key, arguments))
+        self.topology.bind(
+            self._exchange_binding(destination, source, routing_key, arguments, access)
+        )
 
     def unbind_exchange(
         self,
@@ -275,10 +272,36 @@ class Vhost:
         *,
         access: Access = FULL,
     ) -> None:
+        self.topology.unbind(
+            self._exchange_binding(destination, source, routing_key, arguments, access)
+        )
+
+    def _queue_binding(
+        self,
+        owner: str,
+        queue: str,
+        exchange: str,
+        routing_key: str,
+        arguments: Table | None,
+        access: Access,
+    ) -> Binding:
+        """The binding, checked: write on the queue, read on the exchange (RabbitMQ's table)."""
+        access.check("write", "queue", queue)
+        access.check("read", "exchange", exchange)
+        return self.topology.queue_binding(owner, queue, exchange, routing_key, arguments)
+
+    def _exchange_binding(
+        self,
+        destination: str,
+        source: str,
+        routing_key: str,
+        arguments: Table | None,
+        access: Access,
+    ) -> Binding:
+        """The binding, checked: write on the destination, read on the source."""
         access.check("write", "exchange", destination)
         access.check("read", "exchange", source)
-        topology = self.topology
-        topology.unbind(topology.exchange_binding(destination, source, routing_key, arguments))
+        return self.topology.exchange_binding(destination, source, routing_key, arguments)
 
     def bindings(self) -> list[Binding]:
         return self.topology.bindings()
