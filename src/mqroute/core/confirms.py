@@ -24,6 +24,11 @@ class Confirms:
         self._next = 1
         self._pending: deque[_Pending] = deque()
 
+    @property
+    def next_seq(self) -> int:
+        """The number the next publish gets."""
+        return self._next
+
     def __len__(self) -> int:
         """Publishes not yet told (settled or not)."""
         return len(self._pending)

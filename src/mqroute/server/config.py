@@ -47,6 +47,10 @@ class ServerConfig:
     require_no_guest: bool = False  # refuse to start while the guest user exists
     login_failure_delay: float = 1.0  # seconds a failed login waits before its Close
     tls: TlsConfig | None = None
+    # The AMQP 0-9-1 listener (pika, aio-pika, Celery…): None turns it off, 0 picks a port.
+    # The CLI listens on 5672 unless told otherwise; embedded brokers only when asked.
+    amqp_host: str | None = None  # None: the same as ``host``
+    amqp_port: int | None = None
 
 
 @attrs.frozen(kw_only=True)
@@ -63,8 +67,17 @@ class TlsConfig:
 class ServerAddress:
     host: str
     port: int
+    amqp_port: int | None = None  # where the AMQP 0-9-1 listener is, if it runs
 
     @property
     def url(self) -> str:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"mqroute://{host}:{self.port}"
+
+    @property
+    def amqp_url(self) -> str:
+        """``amqp://guest:guest@host:port/`` for pika, aio-pika, kombu and Celery."""
+        if self.amqp_port is None:
+            raise ValueError("this server has no AMQP listener (ServerConfig.amqp_port)")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"amqp://guest:guest@{host}:{self.amqp_port}/"

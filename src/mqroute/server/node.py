@@ -148,14 +148,33 @@ class Node:
     async def login(self, user: str, password: str, vhost: str, host: str) -> tuple[Shell, Access]:
         """The shell of ``vhost`` and what ``user`` may do there, or LoginRefused /
         AccessRefused, after a delay (``config.login_failure_delay``) that slows guessing."""
+        await self.authenticate(user, password, host)
+        return await self.open_vhost(user, vhost, host)
+
+    async def authenticate(self, user: str, password: str, host: str) -> None:
+        """LoginRefused (after the delay) unless ``user`` may log in from ``host`` with
+        ``password``. AMQP asks this at start-ok, before it names the vhost."""
         try:
-            return await self._login(user, password, vhost, host)
+            await self._authenticate(user, password, host)
         except AccessRefused as exc:
-            self._log_failed_login(host, user, exc)
-            await trio.sleep(self.config.login_failure_delay)
+            await self._refused(host, user, exc)
             raise
 
-    async def _login(self, user: str, password: str, vhost: str, host: str) -> tuple[Shell, Access]:
+    async def open_vhost(self, user: str, vhost: str, host: str) -> tuple[Shell, Access]:
+        """The shell of ``vhost`` and what the authenticated ``user`` may do there."""
+        access = self.definitions.access(user, vhost)
+        shell = self.shells.get(vhost)
+        if access is None or shell is None:
+            exc = AccessRefused(f"access to vhost {vhost!r} refused for user {user!r}")
+            await self._refused(host, user, exc)
+            raise exc
+        return shell, access
+
+    async def _refused(self, host: str, user: str, exc: AccessRefused) -> None:
+        self._log_failed_login(host, user, exc)
+        await trio.sleep(self.config.login_failure_delay)
+
+    async def _authenticate(self, user: str, password: str, host: str) -> None:
         self.reload_definitions()
         found = self.definitions.users.get(user)
         if found is None:
@@ -176,11 +195,6 @@ class Node:
                     f"login refused for user {user!r}: unknown user or wrong password"
                 )
             self.passwords.remember(user, stored, password)
-        access = self.definitions.access(user, vhost)
-        shell = self.shells.get(vhost)
-        if access is None or shell is None:
-            raise AccessRefused(f"access to vhost {vhost!r} refused for user {user!r}")
-        return shell, access
 
     def _log_failed_login(self, host: str, user: str, exc: Exception) -> None:
         now = trio.current_time()

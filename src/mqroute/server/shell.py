@@ -28,6 +28,7 @@ from .. import __version__
 from ..core.effects import PageIn
 from ..core.queue import MessageQueue
 from ..core.vhost import Vhost
+from ..errors import ServerError
 from ..model import (
     Message,
 )
@@ -38,6 +39,7 @@ from ..protocol import (
 )
 from . import resources
 from .admin import Registry
+from .amqp_connection import AmqpConnection
 
 if TYPE_CHECKING:
     from .node import Node
@@ -99,8 +101,35 @@ async def accept_clients(
     config = node.config
     listeners = await trio.open_tcp_listeners(config.port, host=config.host)
     sockname = listeners[0].socket.getsockname()
-    address = ServerAddress(sockname[0], sockname[1])
+    amqp_listeners: list[trio.SocketListener] = []
+    if config.amqp_port is not None:
+        amqp_host = config.amqp_host or config.host
+        try:
+            amqp_listeners = await trio.open_tcp_listeners(config.amqp_port, host=amqp_host)
+        except OSError as exc:
+            for listener in listeners:
+                await listener.aclose()
+            raise ServerError(
+                f"cannot listen for AMQP on {amqp_host}:{config.amqp_port}: {exc.strerror} "
+                "(choose another with --amqp-port, or turn it off with --no-amqp)"
+            ) from None
+    address = ServerAddress(
+        sockname[0],
+        sockname[1],
+        amqp_listeners[0].socket.getsockname()[1] if amqp_listeners else None,
+    )
     ids = itertools.count(1)
+
+    async def handle_amqp(raw: trio.SocketStream) -> None:
+        host = _peer_host(raw)
+        refusal = node.admit(host)
+        try:
+            if refusal is None:
+                await AmqpConnection(node, raw, f"amqp-{next(ids)}", host).run()
+            else:
+                await trio.aclose_forcefully(raw)
+        finally:
+            node.leave(host)
 
     async def handle(raw: trio.SocketStream) -> None:
         host = _peer_host(raw)
@@ -122,7 +151,11 @@ async def accept_clients(
     async with trio.open_nursery() as nursery:
         for listener in listeners:
             nursery.start_soon(_accept, node, listener, nursery, handle)
+        for listener in amqp_listeners:
+            nursery.start_soon(_accept, node, listener, nursery, handle_amqp)
         log.info("mqroute %s listening on %s", __version__, address.url)
+        if amqp_listeners:
+            log.info("AMQP 0-9-1 listening on port %d", address.amqp_port)
         task_status.started(address)
 
 

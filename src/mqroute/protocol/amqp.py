@@ -1,0 +1,200 @@
+"""AMQP 0-9-1 framing, sans I/O, on pamqp's marshalling of methods and properties.
+
+pamqp (RabbitMQ-focused, well kept) turns each frame's bytes into a method, a content header
+or a body and back. What it does not do is here: buffering partial frames, the protocol
+header (a wrong one is answered with ``AMQP\\x00\\x00\\x09\\x01``, then the connection ends),
+``frame_max`` (a longer frame is a FRAME_ERROR as soon as its size arrives), splitting
+bodies into frames, and the mapping between AMQP's basic properties and the broker's.
+"""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import struct
+from typing import Any
+
+from pamqp import body as amqp_body
+from pamqp import commands, exceptions
+from pamqp import frame as amqp_frame
+from pamqp import header as amqp_header
+from pamqp import heartbeat as amqp_heartbeat
+
+from ..errors import RemoteProtocolError
+from ..model import Properties, Table
+
+PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
+FRAME_MIN_SIZE = 4096  # the spec's frame-min-size: what either side may always send
+DEFAULT_FRAME_MAX = 131072  # RabbitMQ's
+FRAME_END = 0xCE
+_FRAME_HEADER = struct.Struct(">BHI")
+HEARTBEAT = amqp_heartbeat.Heartbeat()
+
+Method = Any  # a pamqp command instance (commands.Basic.Publish, …)
+
+
+class NeedData:
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+NEED_DATA: Any = NeedData()
+#: What ``next_frame`` returns once the client's protocol header has arrived.
+HEADER_RECEIVED = "header"
+
+
+class BadHeader(RemoteProtocolError):
+    """The peer did not open with AMQP 0-9-1's protocol header: answer with ours, then close."""
+
+
+class FrameError(RemoteProtocolError):
+    """A frame AMQP calls malformed: 501 FRAME_ERROR, the connection ends."""
+
+
+class AmqpFrames:
+    """Bytes in, ``(channel, frame)`` out, for the server side of one connection."""
+
+    def __init__(self) -> None:
+        self.frame_max = FRAME_MIN_SIZE  # until tune-ok
+        self._buffer = bytearray()
+        self._pos = 0
+        self._header_seen = False
+        self.eof = False
+
+    def receive_data(self, data: bytes | bytearray) -> None:
+        if not data:
+            self.eof = True
+        else:
+            self._buffer += data
+
+    def next_frame(self) -> Any:
+        """``(channel, frame)``, NEED_DATA, HEADER_RECEIVED (once, first), or None at the
+        end of the stream."""
+        buf, pos = self._buffer, self._pos
+        available = len(buf) - pos
+        if not self._header_seen:
+            if available < 8:
+                if self.eof:
+                    return None
+                if bytes(buf[pos : pos + available]) != PROTOCOL_HEADER[:available]:
+                    raise BadHeader("not an AMQP 0-9-1 protocol header")
+                return NEED_DATA
+            if bytes(buf[pos : pos + 8]) != PROTOCOL_HEADER:
+                raise BadHeader(f"protocol header {bytes(buf[pos : pos + 8])!r} is not AMQP 0-9-1")
+            self._header_seen = True
+            self._consume(8)
+            return HEADER_RECEIVED
+        if available < 7:
+            return None if self.eof else NEED_DATA
+        kind, channel, size = _FRAME_HEADER.unpack_from(buf, pos)
+        if size + 8 > self.frame_max:
+            raise FrameError(f"frame of {size + 8} bytes exceeds frame_max of {self.frame_max}")
+        if available < 8 + size:
+            return None if self.eof else NEED_DATA
+        if buf[pos + 7 + size] != FRAME_END:
+            raise FrameError(f"frame on channel {channel} does not end with 0xCE")
+        data = bytes(buf[pos : pos + 8 + size])
+        self._consume(8 + size)
+        if kind == 8:
+            if channel != 0:
+                raise FrameError("a heartbeat frame on a channel other than 0")
+            return channel, HEARTBEAT
+        if kind == 3 and size == 0:  # an empty body frame, which pamqp refuses
+            return channel, amqp_body.ContentBody(b"")
+        try:
+            _, channel, value = amqp_frame.unmarshal(data)
+        except (exceptions.UnmarshalingException, ValueError, KeyError, struct.error) as exc:
+            raise FrameError(f"undecodable frame on channel {channel}: {exc}") from None
+        return channel, value
+
+    def _consume(self, n: int) -> None:
+        self._pos += n
+        if self._pos >= 65536 and self._pos * 2 >= len(self._buffer):
+            del self._buffer[: self._pos]
+            self._pos = 0
+
+
+def method_bytes(channel: int, method: Method) -> bytes:
+    return amqp_frame.marshal(method, channel)
+
+
+def content_bytes(
+    channel: int, method: Method, properties: Properties, body: bytes, frame_max: int
+) -> bytes:
+    """A method that carries content (deliver, get-ok, return), its header and its body,
+    the body split to fit ``frame_max``."""
+    parts = [
+        amqp_frame.marshal(method, channel),
+        amqp_frame.marshal(
+            amqp_header.ContentHeader(0, len(body), to_amqp_properties(properties)), channel
+        ),
+    ]
+    room = frame_max - 8
+    for start in range(0, len(body), room):
+        parts.append(amqp_frame.marshal(amqp_body.ContentBody(body[start : start + room]), channel))
+    return b"".join(parts)
+
+
+# --- properties and field tables ----------------------------------------------------------------
+
+
+def from_amqp_properties(props: commands.Basic.Properties) -> Properties:
+    """AMQP's basic properties as the broker's. Field-table values the native protocol
+    cannot carry become ones it can (docs/amqp.md has the table)."""
+    timestamp = props.timestamp
+    return Properties(
+        content_type=props.content_type,
+        content_encoding=props.content_encoding,
+        headers=to_table(props.headers) if props.headers else None,
+        persistent=props.delivery_mode == 2,
+        priority=props.priority,
+        correlation_id=props.correlation_id,
+        reply_to=props.reply_to,
+        expiration=props.expiration,
+        message_id=props.message_id,
+        timestamp=int(timestamp.timestamp()) if timestamp is not None else None,
+        type=props.message_type,
+        user_id=props.user_id,
+        app_id=props.app_id,
+    )
+
+
+def to_amqp_properties(props: Properties) -> commands.Basic.Properties:
+    timestamp = props.timestamp
+    return commands.Basic.Properties(
+        content_type=props.content_type,
+        content_encoding=props.content_encoding,
+        headers=dict(props.headers) if props.headers else None,
+        delivery_mode=2 if props.persistent else None,
+        priority=props.priority,
+        correlation_id=props.correlation_id,
+        reply_to=props.reply_to,
+        expiration=props.expiration,
+        message_id=props.message_id,
+        timestamp=(
+            datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
+            if timestamp is not None
+            else None
+        ),
+        message_type=props.type,
+        user_id=props.user_id,
+        app_id=props.app_id,
+    )
+
+
+def to_table(table: dict[str, Any]) -> Table:
+    return {str(k): _value(v) for k, v in table.items()}
+
+
+def _value(value: Any) -> Any:
+    if isinstance(value, dict):
+        return to_table(value)
+    if isinstance(value, list | tuple):
+        return [_value(v) for v in value]
+    if isinstance(value, decimal.Decimal):
+        return str(value)  # exact, where a float would round
+    if isinstance(value, datetime.datetime):
+        return int(value.timestamp())  # AMQP timestamps are whole seconds
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    return value

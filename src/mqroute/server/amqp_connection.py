@@ -1,0 +1,335 @@
+"""One AMQP 0-9-1 client connection: the trio shell around ``AmqpFrontEnd`` (amqp_front.py).
+
+It reads frames and hands them to the front end, carries out what needs waiting (the login,
+bodies read back from disk), writes what the front end and the channels' sessions produce,
+keeps the heartbeat, and pauses reading while flow control blocks the connection (telling
+the client with connection.blocked if it asked for that).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+import trio
+from pamqp import commands as amqp
+
+from ..core.effects import NeedBodies
+from ..core.flow import Pause
+from ..core.vhost import Vhost
+from ..errors import AccessRefused
+from ..protocol.amqp import (
+    HEADER_RECEIVED,
+    HEARTBEAT,
+    NEED_DATA,
+    PROTOCOL_HEADER,
+    AmqpFrames,
+    BadHeader,
+    FrameError,
+    method_bytes,
+)
+from .amqp_front import AmqpFrontEnd, Authenticate, Closed, OpenVhost
+
+if TYPE_CHECKING:
+    from .admin import Registry
+    from .node import Node
+    from .shell import Shell
+
+log = logging.getLogger("mqroute.amqp")
+
+RECEIVE_SIZE = 256 * 1024
+FRAMES_PER_TURN = 16
+
+
+class AmqpConnection:
+    """One AMQP client: handshake and login, then reader, writer and heartbeat tasks."""
+
+    def __init__(self, node: Node, stream: trio.abc.Stream, conn_id: str, host: str) -> None:
+        self.node = node
+        self.config = node.config
+        self.stream = stream
+        self.id = conn_id
+        self.host = host
+        self.peer = host
+        self.client_name = "?"
+        self.user = ""
+        self.opened_at = time.time()
+        self.shell: Shell | None = None
+        self.broker: Vhost | None = None
+        self.registry: Registry | None = None
+        self.frames = AmqpFrames()
+        self.front = AmqpFrontEnd(
+            conn_id,
+            max_message_size=self.config.max_message_size,
+            heartbeat=self.config.heartbeat_ms // 1000,
+        )
+        self._replies: deque[list[Any]] = deque()  # [bytes, ready]: in order once ready
+        self._wakeup = trio.Event()
+        self._done = False
+        self._last_received = trio.current_time()
+        self._last_sent = trio.current_time()
+        self._blocked: set[int] = set()  # sessions flow control paused
+        self._unblocked = trio.Event()
+        self._unblocked.set()
+
+    async def run(self) -> None:
+        try:
+            with trio.move_on_after(self.config.handshake_timeout) as scope:
+                opened = await self._handshake()
+            if scope.cancelled_caught or not opened:
+                await self._flush_now()
+                return
+            log.info(
+                "%s opened from %s (AMQP, client %r, user %r, vhost %r)",
+                self.id,
+                self.peer,
+                self.client_name,
+                self.user,
+                self.shell.vhost if self.shell else "?",
+            )
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer)
+                if self.front.heartbeat:
+                    nursery.start_soon(self._heartbeats, nursery.cancel_scope)
+                await self._reader()
+                self._wake()
+                with trio.move_on_after(self.config.close_timeout):
+                    while self._replies or self._pending_output():
+                        await trio.sleep(0.001)
+                nursery.cancel_scope.cancel()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        except Exception:
+            self.node.log_limited("%s: internal error; closing", self.id, exc_info=True)
+            self.front.close_connection(541, "INTERNAL_ERROR - internal error in the broker")
+            await self._flush_now()
+        finally:
+            self._release()
+            await trio.aclose_forcefully(self.stream)
+
+    # --- handshake and login ----------------------------------------------------------------
+
+    async def _handshake(self) -> bool:
+        """Until connection.open-ok (True), or the end (False)."""
+        front = self.front
+        while True:
+            item = await self._next_frame()
+            if item is None:
+                return False
+            if item == HEADER_RECEIVED:
+                front.start()  # the client spoke AMQP 0-9-1: start the negotiation
+                await self._flush_now()
+                continue
+            channel, frame = item
+            action = front.handle(channel, frame, self.node.clock())
+            if isinstance(action, Authenticate):
+                self.client_name = str(front.client_properties.get("product", "?"))
+                try:
+                    await self.node.authenticate(action.user, action.password, self.host)
+                except AccessRefused as exc:
+                    front.refused(exc.reason)
+                    await self._flush_now()
+                    return False
+                self.user = action.user
+                front.authenticated(action.user)
+            elif isinstance(action, OpenVhost):
+                try:
+                    shell, access = await self.node.open_vhost(self.user, action.name, self.host)
+                except AccessRefused as exc:
+                    front.close_connection(530, f"NOT_ALLOWED - {exc.reason}")
+                    await self._flush_now()
+                    return False
+                self.shell, self.broker, self.registry = shell, shell.broker, shell.registry
+                front.opened(shell.broker, access)
+                shell.registry.connections[self.id] = self
+                await self._flush_now()
+                return True
+            elif isinstance(action, Closed):
+                await self._flush_now()
+                return False
+            await self._flush_now()
+
+    async def _next_frame(self) -> Any:
+        """``(channel, frame)``, HEADER_RECEIVED, or None at the end."""
+        frames = self.frames
+        while True:
+            try:
+                item = frames.next_frame()
+            except BadHeader:
+                # AMQP's answer to a client that speaks something else: our header, then close.
+                await self.stream.send_all(PROTOCOL_HEADER)
+                return None
+            except FrameError as exc:
+                self.node.log_limited("%s: AMQP frame error: %s", self.id, exc)
+                self.front.close_connection(501, f"FRAME_ERROR - {exc}")
+                await self._flush_now()
+                return None
+            if item is not NEED_DATA:
+                return item
+            data = await self.stream.receive_some(RECEIVE_SIZE)
+            self._last_received = trio.current_time()
+            frames.receive_data(data)
+
+    # --- the open connection ----------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        front, shell = self.front, self.shell
+        assert shell is not None
+        handled = 0
+        while not self._done:
+            item = await self._next_frame()
+            if item is None or item == HEADER_RECEIVED:
+                return
+            handled += 1
+            if handled >= FRAMES_PER_TURN:
+                handled = 0
+                shell.drain()
+                await trio.lowlevel.checkpoint()
+            channel, frame = item
+            if self._blocked and type(frame) is amqp.Basic.Publish:
+                await self._until_unblocked()
+            while True:
+                try:
+                    action = front.handle(channel, frame, self.node.clock())
+                except NeedBodies as need:
+                    await shell.wait_read_back(need.queue)
+                    continue
+                break
+            self._track_sessions()
+            self._queue_out()
+            shell.drain()
+            if isinstance(action, Closed) or (front.state == "closing" and not front.out):
+                self._done = isinstance(action, Closed)
+                if self._done:
+                    return
+
+    def _track_sessions(self) -> None:
+        """Channels opened and closed: their sessions' output wakes this writer."""
+        shell, front = self.shell, self.front
+        assert shell is not None
+        for session in front.sessions_opened:
+            shell.by_session[session.id] = self  # type: ignore[assignment]
+        front.sessions_opened.clear()
+        for session in front.sessions_closed:
+            shell.by_session.pop(session.id, None)
+            self._blocked.discard(session.id)
+        front.sessions_closed.clear()
+
+    def _queue_out(self) -> None:
+        """Move the front end's replies into the reply queue, held until the commit if a
+        declaration in them is durable (as the native front end answers)."""
+        front = self.front
+        if not front.out:
+            return
+        slot = [b"".join(front.out), True]
+        front.out.clear()
+        self._replies.append(slot)
+        broker, shell = self.broker, self.shell
+        journal = broker.journal if broker is not None else None
+        if shell is not None and journal is not None and len(journal):
+            shell.hold_until_committed(self, slot)  # type: ignore[arg-type]
+        else:
+            self._wake()
+
+    def _pending_output(self) -> bool:
+        return any(ch.session.outbox_size() for ch in self.front.channels.values())
+
+    def _wake(self) -> None:
+        self._wakeup.set()
+
+    async def _writer(self) -> None:
+        front, shell = self.front, self.shell
+        assert shell is not None
+        while True:
+            await self._wakeup.wait()
+            self._wakeup = trio.Event()
+            chunks = front.output()
+            self._track_sessions()
+            self._queue_out()  # a channel closed by an event (ack timeout) says so after it
+            replies = self._replies
+            while replies and replies[0][1]:
+                chunks.append(replies.popleft()[0])
+            shell.drain()
+            if chunks:
+                await self.stream.send_all(b"".join(chunks))
+                self._last_sent = trio.current_time()
+
+    async def _flush_now(self) -> None:
+        self._queue_out()
+        chunks = []
+        while self._replies and self._replies[0][1]:
+            chunks.append(self._replies.popleft()[0])
+        if chunks:
+            with trio.move_on_after(self.config.close_timeout):
+                await self.stream.send_all(b"".join(chunks))
+            self._last_sent = trio.current_time()
+
+    async def _heartbeats(self, cancel_scope: trio.CancelScope) -> None:
+        interval = self.front.heartbeat
+        while True:
+            now = trio.current_time()
+            if self._blocked:
+                self._last_received = now
+            if now - self._last_received > 2 * interval:
+                self.node.log_limited("%s: missed AMQP heartbeats; closing", self.id)
+                cancel_scope.cancel()
+                return
+            if now - self._last_sent >= interval / 2:
+                self._replies.append([method_bytes(0, HEARTBEAT), True])
+                self._wake()
+                self._last_sent = now
+            await trio.sleep(interval / 4)
+
+    # --- flow control -----------------------------------------------------------------------
+
+    def set_blocked(self, pause: Pause | None) -> None:
+        """Flow control paused (or resumed) one channel's publishing: the connection stops
+        being read for publishes while any channel is paused."""
+        session_ids = [ch.session.id for ch in self.front.channels.values()]
+        was_blocked = bool(self._blocked)
+        for session_id in session_ids:
+            if pause is None:
+                self._blocked.discard(session_id)
+            else:
+                self._blocked.add(session_id)
+        capabilities = self.front.client_properties.get("capabilities") or {}
+        told = bool(capabilities.get("connection.blocked"))
+        if self._blocked and not was_blocked:
+            if self._unblocked.is_set():
+                self._unblocked = trio.Event()
+            if told and pause is not None:
+                self.front.out.append(method_bytes(0, amqp.Connection.Blocked(pause.reason)))
+                self._queue_out()
+        elif not self._blocked and was_blocked:
+            self._unblocked.set()
+            if told:
+                self.front.out.append(method_bytes(0, amqp.Connection.Unblocked()))
+                self._queue_out()
+
+    async def _until_unblocked(self) -> None:
+        assert self.shell is not None
+        self.shell.drain()
+        await self._unblocked.wait()
+        self._last_received = trio.current_time()
+
+    def close_from_broker(self, code: str, text: str) -> None:
+        self.front.close_connection(320, f"{code} - {text}")
+        self._queue_out()
+
+    def _release(self) -> None:
+        broker, shell = self.broker, self.shell
+        if broker is None or shell is None:
+            return
+        for ch in list(self.front.channels.values()):
+            if not ch.closing:
+                broker.close_session(ch.session, now=self.node.clock())
+            shell.by_session.pop(ch.session.id, None)
+        self.front.channels.clear()
+        broker.release_owner(self.id)
+        if self.registry is not None:
+            self.registry.connections.pop(self.id, None)
+        shell.drain()
+        self.broker = None
+        log.info("%s closed (AMQP)", self.id)

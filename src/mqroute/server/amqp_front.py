@@ -1,0 +1,568 @@
+"""The AMQP 0-9-1 front end, sans I/O: methods become calls on the vhost facade, and the
+sessions' events become methods again. Each channel is a core session (delivery tags,
+prefetch and confirms per channel, as RabbitMQ has them); the connection is the owner of
+exclusive queues. ``amqp_connection.py`` is its trio shell, as ``connection.py`` is
+``native.py``'s; docs/amqp.md lists what is supported and how it differs.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from typing import Any
+
+import attrs
+from pamqp import commands as amqp
+from pamqp import header as amqp_header
+from pamqp import heartbeat as amqp_heartbeat
+from pamqp.body import ContentBody
+
+from .. import __version__
+from ..core.access import Access
+from ..core.session import Session
+from ..core.vhost import Vhost
+from ..errors import REPLY_CODES, BrokerError
+from ..model import (
+    CancelledByBroker,
+    Confirmed,
+    Delivery,
+    DeliveryTimedOut,
+    ExchangeSpec,
+    Message,
+    QueueSpec,
+    Returned,
+)
+from ..protocol.amqp import (
+    DEFAULT_FRAME_MAX,
+    FRAME_MIN_SIZE,
+    content_bytes,
+    from_amqp_properties,
+    method_bytes,
+    to_table,
+)
+
+log = logging.getLogger("mqroute.amqp")
+
+CHANNEL_MAX = 2047  # RabbitMQ's default
+#: The capabilities clients look for before they use a feature (RabbitMQ's list).
+CAPABILITIES: dict[str, Any] = {
+    "publisher_confirms": True,
+    "exchange_exchange_bindings": True,
+    "basic.nack": True,
+    "consumer_cancel_notify": True,
+    "connection.blocked": True,
+    "consumer_priorities": True,
+    "authentication_failure_close": True,
+    "per_consumer_qos": True,
+    "direct_reply_to": True,
+}
+# Channel exceptions by the broker's error codes; a code not here closes the connection.
+_CHANNEL_CODES = {"ACCESS_REFUSED", "NOT_FOUND", "RESOURCE_LOCKED", "PRECONDITION_FAILED"}
+
+
+@attrs.frozen
+class Authenticate:
+    """start-ok came: the shell checks these credentials, then calls ``authenticated``."""
+
+    user: str
+    password: str = attrs.field(repr=False)
+
+
+@attrs.frozen
+class OpenVhost:
+    """connection.open came: the shell finds the vhost, then calls ``opened``."""
+
+    name: str
+
+
+@attrs.frozen
+class Closed:
+    """The connection is over (close-ok sent or received): the shell flushes and ends."""
+
+
+class ConnectionError_(Exception):
+    """An AMQP connection exception: Connection.Close with this code, then the end."""
+
+    def __init__(self, code: int, text: str, method: Any = None) -> None:
+        super().__init__(text)
+        self.code, self.text, self.method = code, text, method
+
+
+@attrs.define(eq=False)
+class Channel:
+    number: int
+    session: Session
+    confirming: bool = False
+    confirm_offset: int = 0  # publishes numbered before confirm.select
+    prefetch: int = 0  # basic.qos: for consumers started after it
+    closing: bool = False  # we sent Channel.Close; only close-ok counts now
+    publish: amqp.Basic.Publish | None = None  # content being assembled
+    body_size: int = 0
+    properties: Any = None
+    parts: list[bytes] = attrs.Factory(list)
+    received: int = 0
+
+
+class AmqpFrontEnd:
+    """One AMQP connection's translation between frames and the facade."""
+
+    def __init__(self, conn_id: str, *, max_message_size: int, heartbeat: int) -> None:
+        self.id = conn_id
+        self.max_message_size = max_message_size
+        self.heartbeat = heartbeat  # seconds, the server's wish; tune-ok settles it
+        self.frame_max = FRAME_MIN_SIZE
+        self.out: list[bytes] = []
+        self.channels: dict[int, Channel] = {}
+        self.vhost: Vhost | None = None
+        self.access: Access | None = None
+        self.user = ""
+        self.client_properties: dict[str, Any] = {}
+        self.state = "start"  # start → tune → open-wait → open → closing
+        self.closed = False
+        self.sessions_opened: list[Session] = []
+        self.sessions_closed: list[Session] = []
+
+    # --- connection ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._send(
+            0,
+            amqp.Connection.Start(
+                server_properties={
+                    "product": "mqroute",
+                    "version": __version__,
+                    "platform": "Python",
+                    "capabilities": CAPABILITIES,
+                    "information": "https://github.com/mqroute (AMQP 0-9-1 listener)",
+                },
+                mechanisms="PLAIN AMQPLAIN",
+                locales="en_US",
+            ),
+        )
+
+    def authenticated(self, user: str) -> None:
+        self.user = user
+        self.state = "tune"
+        self._send(
+            0,
+            amqp.Connection.Tune(
+                channel_max=CHANNEL_MAX, frame_max=DEFAULT_FRAME_MAX, heartbeat=self.heartbeat
+            ),
+        )
+
+    def refused(self, text: str) -> None:
+        """A login that failed: authentication_failure_close, as RabbitMQ does it."""
+        self.close_connection(403, f"ACCESS_REFUSED - {text}")
+
+    def opened(self, vhost: Vhost, access: Access) -> None:
+        self.vhost, self.access = vhost, access
+        self.state = "open"
+        self._send(0, amqp.Connection.OpenOk())
+
+    def close_connection(self, code: int, text: str, method: Any = None) -> None:
+        if self.state == "closing":
+            return
+        class_id, method_id = _ids(method)
+        self._send(0, amqp.Connection.Close(code, text[:255], class_id, method_id))
+        self.state = "closing"
+
+    # --- frames in --------------------------------------------------------------------------
+
+    def handle(self, channel: int, frame: Any, now: float) -> Any:
+        """Act on one frame. Returns an action for the shell (Authenticate, OpenVhost,
+        Closed) or None; raises NeedBodies (nothing changed) for a get whose body is on disk."""
+        if isinstance(frame, amqp_heartbeat.Heartbeat):
+            return None
+        try:
+            if channel == 0:
+                return self._connection_frame(frame)
+            if self.state == "closing":
+                return None  # only close / close-ok count now
+            if self.state != "open":
+                raise ConnectionError_(504, "CHANNEL_ERROR - a channel before connection.open")
+            return self._channel_frame(channel, frame, now)
+        except ConnectionError_ as exc:
+            self.close_connection(exc.code, exc.text, exc.method)
+            return None
+
+    def _connection_frame(self, frame: Any) -> Any:
+        kind = type(frame)
+        if kind is amqp.Connection.StartOk and self.state == "start":
+            self.client_properties = dict(frame.client_properties or {})
+            user, password = _credentials(frame)
+            return Authenticate(user, password)
+        if kind is amqp.Connection.TuneOk and self.state == "tune":
+            if frame.frame_max and frame.frame_max < FRAME_MIN_SIZE:
+                raise ConnectionError_(530, "NOT_ALLOWED - frame_max below 4096", frame)
+            self.frame_max = min(frame.frame_max or DEFAULT_FRAME_MAX, DEFAULT_FRAME_MAX)
+            self.heartbeat = frame.heartbeat
+            self.state = "open-wait"
+            return None
+        if kind is amqp.Connection.Open and self.state == "open-wait":
+            return OpenVhost(frame.virtual_host or "/")
+        if kind is amqp.Connection.Close:
+            self._send(0, amqp.Connection.CloseOk())
+            self.state = "closing"
+            return Closed()
+        if kind is amqp.Connection.CloseOk and self.state == "closing":
+            return Closed()
+        if self.state == "closing":
+            return None
+        raise ConnectionError_(
+            503, f"COMMAND_INVALID - {frame.name} is not expected in state {self.state}", frame
+        )
+
+    def _channel_frame(self, number: int, frame: Any, now: float) -> Any:
+        ch = self.channels.get(number)
+        kind = type(frame)
+        if kind is amqp.Channel.Open:
+            if ch is not None:
+                raise ConnectionError_(504, f"CHANNEL_ERROR - channel {number} is open", frame)
+            if number > CHANNEL_MAX:
+                raise ConnectionError_(530, f"NOT_ALLOWED - channel_max is {CHANNEL_MAX}", frame)
+            assert self.vhost is not None and self.access is not None
+            session = self.vhost.open_session(self.id, self.access)
+            self.channels[number] = Channel(number, session)
+            self.sessions_opened.append(session)
+            self._send(number, amqp.Channel.OpenOk())
+            return None
+        if ch is None:
+            raise ConnectionError_(504, f"CHANNEL_ERROR - no channel {number}", frame)
+        if ch.closing:
+            if kind is amqp.Channel.CloseOk:
+                del self.channels[number]
+            return None
+        if ch.publish is not None:
+            return self._content(ch, frame, now)
+        try:
+            return self._method(ch, frame, now)
+        except BrokerError as exc:
+            if exc.code not in _CHANNEL_CODES:
+                raise ConnectionError_(
+                    REPLY_CODES.get(exc.code, 541), f"{exc.code} - {exc.reason}", frame
+                ) from None
+            self._close_channel(ch, exc.reply_code, f"{exc.code} - {exc.reason}", frame)
+            return None
+
+    def _close_channel(self, ch: Channel, code: int, text: str, method: Any = None) -> None:
+        """A channel exception: its session ends (unacked requeued), the client is told."""
+        class_id, method_id = _ids(method)
+        self._send(ch.number, amqp.Channel.Close(code, text[:255], class_id, method_id))
+        ch.closing = True
+        self._end_session(ch)
+
+    def _end_session(self, ch: Channel) -> None:
+        assert self.vhost is not None
+        self.vhost.close_session(ch.session)
+        self.sessions_closed.append(ch.session)
+
+    # --- content ----------------------------------------------------------------------------
+
+    def _content(self, ch: Channel, frame: Any, now: float) -> Any:
+        if isinstance(frame, amqp_header.ContentHeader) and ch.properties is None:
+            if frame.body_size > self.max_message_size:
+                publish = ch.publish
+                ch.publish = None
+                self._close_channel(
+                    ch,
+                    406,
+                    f"PRECONDITION_FAILED - message size {frame.body_size} is larger than "
+                    f"the maximum of {self.max_message_size}",
+                    publish,
+                )
+                return None
+            ch.properties, ch.body_size = frame.properties, frame.body_size
+        elif isinstance(frame, ContentBody) and ch.properties is not None:
+            ch.parts.append(frame.value)
+            ch.received += len(frame.value)
+            if ch.received > ch.body_size:
+                raise ConnectionError_(501, "FRAME_ERROR - more body than the header said")
+        else:
+            raise ConnectionError_(
+                505, f"UNEXPECTED_FRAME - {type(frame).__name__} in the middle of a content"
+            )
+        if ch.received < ch.body_size:
+            return None
+        publish, props, body = ch.publish, ch.properties, b"".join(ch.parts)
+        ch.publish, ch.properties, ch.parts, ch.received, ch.body_size = None, None, [], 0, 0
+        assert publish is not None and self.vhost is not None
+        try:
+            message = Message(
+                exchange=publish.exchange,
+                routing_key=publish.routing_key,
+                body=body,
+                properties=from_amqp_properties(props),
+            )
+        except (TypeError, ValueError) as exc:
+            self._close_channel(ch, 406, f"PRECONDITION_FAILED - {exc}", publish)
+            return None
+        try:
+            self.vhost.publish(ch.session, message, mandatory=publish.mandatory, now=now)
+        except BrokerError as exc:
+            code = exc.reply_code if exc.code in _CHANNEL_CODES else 406
+            self._close_channel(ch, code, f"{exc.code} - {exc.reason}", publish)
+        return None
+
+    # --- methods ----------------------------------------------------------------------------
+
+    def _method(self, ch: Channel, m: Any, now: float) -> Any:
+        vhost, access, kind, n = self.vhost, self.access, type(m), ch.number
+        assert vhost is not None and access is not None
+        session = ch.session
+        if kind is amqp.Basic.Publish:
+            if m.immediate:
+                raise ConnectionError_(540, "NOT_IMPLEMENTED - immediate=true", m)
+            ch.publish = m
+        elif kind is amqp.Basic.Ack:
+            vhost.ack(session, m.delivery_tag, multiple=m.multiple, now=now)
+        elif kind is amqp.Basic.Nack:
+            vhost.nack(session, m.delivery_tag, multiple=m.multiple, requeue=m.requeue, now=now)
+        elif kind is amqp.Basic.Reject:
+            vhost.reject(session, m.delivery_tag, requeue=m.requeue, now=now)
+        elif kind is amqp.Basic.Consume:
+            tag = vhost.consume(
+                session,
+                m.queue,
+                consumer_tag=m.consumer_tag,
+                prefetch=ch.prefetch,
+                auto_ack=m.no_ack,
+                exclusive=m.exclusive,
+                arguments=to_table(m.arguments or {}),
+                now=now,
+            )
+            if not m.nowait:
+                self._reply(n, amqp.Basic.ConsumeOk(tag))
+        elif kind is amqp.Basic.Cancel:
+            if m.consumer_tag in session.consumers or m.consumer_tag == session.reply_consumer:
+                vhost.cancel(session, m.consumer_tag, now=now)
+            if not m.nowait:  # an unknown tag is no error (RabbitMQ)
+                self._reply(n, amqp.Basic.CancelOk(m.consumer_tag))
+        elif kind is amqp.Basic.Get:
+            d = vhost.get(session, m.queue, auto_ack=m.no_ack, now=now)
+            if d is None:
+                self._reply(n, amqp.Basic.GetEmpty())
+            else:
+                self.out.append(
+                    content_bytes(
+                        n,
+                        amqp.Basic.GetOk(
+                            d.delivery_tag,
+                            d.redelivered,
+                            d.exchange,
+                            d.routing_key,
+                            d.message_count or 0,
+                        ),
+                        d.message.properties,
+                        d.message.body,
+                        self.frame_max,
+                    )
+                )
+        elif kind is amqp.Basic.Qos:
+            if m.prefetch_count > 65535:
+                raise ConnectionError_(530, "NOT_ALLOWED - prefetch_count over 65535", m)
+            ch.prefetch = m.prefetch_count
+            self._reply(n, amqp.Basic.QosOk())
+        elif kind is amqp.Basic.Recover or kind is amqp.Basic.RecoverAsync:
+            if session.unacked:
+                vhost.nack(session, 0, multiple=True, requeue=True, now=now)
+            if kind is amqp.Basic.Recover:
+                self._reply(n, amqp.Basic.RecoverOk())
+        elif kind is amqp.Confirm.Select:
+            if not ch.confirming:
+                ch.confirming = True
+                # AMQP numbers confirms from select on; the session numbered every publish.
+                ch.confirm_offset = session.confirms.next_seq - 1
+            if not m.nowait:
+                self._reply(n, amqp.Confirm.SelectOk())
+        elif kind is amqp.Exchange.Declare:
+            spec = ExchangeSpec(
+                name=m.exchange,
+                type=m.exchange_type,
+                durable=m.durable,
+                auto_delete=m.auto_delete,
+                internal=m.internal,
+                arguments=to_table(m.arguments or {}),
+            )
+            vhost.declare_exchange(spec, passive=m.passive, access=access)
+            if not m.nowait:
+                self._reply(n, amqp.Exchange.DeclareOk())
+        elif kind is amqp.Exchange.Delete:
+            vhost.delete_exchange(m.exchange, if_unused=m.if_unused, access=access)
+            if not m.nowait:
+                self._reply(n, amqp.Exchange.DeleteOk())
+        elif kind is amqp.Exchange.Bind or kind is amqp.Exchange.Unbind:
+            args = (m.destination, m.source, m.routing_key, to_table(m.arguments or {}))
+            if kind is amqp.Exchange.Bind:
+                vhost.bind_exchange(*args, access=access)
+                ok: Any = amqp.Exchange.BindOk()
+            else:
+                vhost.unbind_exchange(*args, access=access)
+                ok = amqp.Exchange.UnbindOk()
+            if not m.nowait:
+                self._reply(n, ok)
+        elif kind is amqp.Queue.Declare:
+            spec_q = QueueSpec(
+                name=m.queue,
+                durable=m.durable,
+                exclusive=m.exclusive,
+                auto_delete=m.auto_delete,
+                arguments=to_table(m.arguments or {}),
+            )
+            declared = vhost.declare_queue(
+                self.id, spec_q, passive=m.passive, now=now, access=access
+            )
+            if not m.nowait:
+                self._reply(
+                    n,
+                    amqp.Queue.DeclareOk(
+                        declared.queue, declared.message_count, declared.consumer_count
+                    ),
+                )
+        elif kind is amqp.Queue.Bind:
+            vhost.bind_queue(
+                self.id,
+                m.queue,
+                m.exchange,
+                m.routing_key,
+                to_table(m.arguments or {}),
+                access=access,
+            )
+            if not m.nowait:
+                self._reply(n, amqp.Queue.BindOk())
+        elif kind is amqp.Queue.Unbind:
+            vhost.unbind_queue(
+                self.id,
+                m.queue,
+                m.exchange,
+                m.routing_key,
+                to_table(m.arguments or {}),
+                access=access,
+            )
+            self._reply(n, amqp.Queue.UnbindOk())
+        elif kind is amqp.Queue.Purge:
+            count = vhost.purge_queue(self.id, m.queue, access=access)
+            if not m.nowait:
+                self._reply(n, amqp.Queue.PurgeOk(count))
+        elif kind is amqp.Queue.Delete:
+            count = vhost.delete_queue(
+                self.id,
+                m.queue,
+                if_unused=m.if_unused,
+                if_empty=m.if_empty,
+                now=now,
+                access=access,
+            )
+            if not m.nowait:
+                self._reply(n, amqp.Queue.DeleteOk(count))
+        elif kind is amqp.Channel.Flow:
+            self._reply(n, amqp.Channel.FlowOk(m.active))  # deliveries go on (docs/amqp.md)
+        elif kind is amqp.Channel.Close:
+            self._end_session(ch)
+            del self.channels[n]
+            self._reply(n, amqp.Channel.CloseOk())
+        elif kind is amqp.Channel.CloseOk:
+            pass
+        elif kind in (amqp.Tx.Select, amqp.Tx.Commit, amqp.Tx.Rollback):
+            raise ConnectionError_(540, "NOT_IMPLEMENTED - transactions (tx.*)", m)
+        else:
+            raise ConnectionError_(
+                503, f"COMMAND_INVALID - {getattr(m, 'name', type(m).__name__)} from a client", m
+            )
+        return None
+
+    def _reply(self, channel: int, method: Any) -> None:
+        self._send(channel, method)
+
+    def _send(self, channel: int, method: Any) -> None:
+        self.out.append(method_bytes(channel, method))
+
+    # --- events out -------------------------------------------------------------------------
+
+    def output(self, now: float | None = None) -> list[bytes]:
+        """What the channels' sessions emitted, as frames; then what ``out`` held."""
+        vhost = self.vhost
+        chunks: list[bytes] = []
+        if vhost is not None:
+            for ch in list(self.channels.values()):
+                if ch.closing:
+                    continue
+                for event in vhost.take_events(ch.session, now=now):
+                    self._event(ch, event, chunks)
+        return chunks
+
+    def _event(self, ch: Channel, e: Any, chunks: list[bytes]) -> None:
+        n = ch.number
+        kind = type(e)
+        if kind is Delivery:
+            chunks.append(
+                content_bytes(
+                    n,
+                    amqp.Basic.Deliver(
+                        e.consumer_tag, e.delivery_tag, e.redelivered, e.exchange, e.routing_key
+                    ),
+                    e.message.properties,
+                    e.message.body,
+                    self.frame_max,
+                )
+            )
+        elif kind is Confirmed:
+            if not ch.confirming:
+                return
+            tag = e.seq - ch.confirm_offset
+            if tag <= 0:
+                return
+            if e.ok:
+                chunks.append(method_bytes(n, amqp.Basic.Ack(tag, e.multiple)))
+            else:
+                chunks.append(method_bytes(n, amqp.Basic.Nack(tag, e.multiple, False)))
+        elif kind is Returned:
+            m = e.message
+            chunks.append(
+                content_bytes(
+                    n,
+                    amqp.Basic.Return(312, "NO_ROUTE", m.exchange, m.routing_key),
+                    m.properties,
+                    m.body,
+                    self.frame_max,
+                )
+            )
+        elif kind is CancelledByBroker:
+            capabilities = self.client_properties.get("capabilities") or {}
+            if capabilities.get("consumer_cancel_notify"):
+                chunks.append(method_bytes(n, amqp.Basic.Cancel(e.consumer_tag, nowait=True)))
+        elif kind is DeliveryTimedOut:
+            # RabbitMQ closes the channel: the delivery went back to its queue. The close goes
+            # into ``out``, which the shell sends after these events.
+            self._close_channel(
+                ch,
+                406,
+                f"PRECONDITION_FAILED - delivery acknowledgement on channel {n} timed out "
+                "(x-consumer-timeout)",
+            )
+
+
+def _credentials(start_ok: amqp.Connection.StartOk) -> tuple[str, str]:
+    """PLAIN's ``\\0user\\0password``, or AMQPLAIN's LOGIN and PASSWORD."""
+    response = start_ok.response or ""
+    if start_ok.mechanism == "PLAIN":
+        parts = response.split("\x00")
+        if len(parts) == 3:
+            return parts[1], parts[2]
+    elif start_ok.mechanism == "AMQPLAIN":
+        from pamqp import decode
+
+        try:
+            raw = response.encode("latin-1") if isinstance(response, str) else response
+            _, table = decode.field_table(struct.pack(">I", len(raw)) + raw)
+        except Exception:
+            return "", ""
+        return str(table.get("LOGIN", "")), str(table.get("PASSWORD", ""))
+    return "", ""
+
+
+def _ids(method: Any) -> tuple[int, int]:
+    """The class and method id of the method that failed (0, 0 if none)."""
+    index = getattr(method, "index", None)
+    if not index:
+        return 0, 0
+    return index >> 16, index & 0xFFFF
