@@ -32,6 +32,17 @@ from .core.vhost import Vhost
 from .server import ServerAddress, ServerConfig, serve, users
 
 
+class BrokerUrl(str):
+    """A broker's native URL (a ``str``, as before), with ``amqp_url`` beside it."""
+
+    amqp_url: str
+
+    def __new__(cls, url: str, amqp_url: str) -> BrokerUrl:
+        made = super().__new__(cls, url)
+        made.amqp_url = amqp_url
+        return made
+
+
 class BrokerThread:
     """A broker running in a daemon thread until ``stop()``. ``url`` is where it listens.
 
@@ -53,7 +64,11 @@ class BrokerThread:
             definitions.set_permissions(user[0], users.DEFAULT_VHOST, users.Permissions())
         self._user = user
         self._config = ServerConfig(
-            port=0, data_dir=data_dir, heartbeat_ms=heartbeat_ms, definitions=definitions
+            port=0,
+            amqp_port=0,
+            data_dir=data_dir,
+            heartbeat_ms=heartbeat_ms,
+            definitions=definitions,
         )
         self._address: ServerAddress | None = None
         # The broker's state, for assertions (read only; in memory only: with a data dir,
@@ -62,12 +77,15 @@ class BrokerThread:
         self._loop = LoopThread("mqroute-test-broker")
 
     @property
-    def url(self) -> str:
+    def url(self) -> BrokerUrl:
+        """The native URL; its ``amqp_url`` is the AMQP listener's (pika, Celery, …)."""
         assert self._address is not None, "start() first"
-        if self._user is None:
-            return self._address.url
-        name, password = (urllib.parse.quote(part, safe="") for part in self._user)
-        return self._address.url.replace("mqroute://", f"mqroute://{name}:{password}@", 1)
+        native, amqp = self._address.url, self._address.amqp_url
+        if self._user is not None:
+            name, password = (urllib.parse.quote(part, safe="") for part in self._user)
+            native = native.replace("mqroute://", f"mqroute://{name}:{password}@", 1)
+            amqp = amqp.replace("guest:guest@", f"{name}:{password}@", 1)
+        return BrokerUrl(native, amqp)
 
     def start(self) -> BrokerThread:
         async def main(ready: Callable[[], None]) -> None:
@@ -89,7 +107,7 @@ class BrokerThread:
 @contextlib.contextmanager
 def running_broker(
     *, data_dir: Path | None = None, user: tuple[str, str] | None = None
-) -> Iterator[str]:
+) -> Iterator[BrokerUrl]:
     """A broker for the ``with`` block; yields its URL (logging in as ``user`` if given)."""
     thread = BrokerThread(data_dir=data_dir, user=user).start()
     try:

@@ -90,6 +90,20 @@ LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
     "nobody consumes is never limited by it.",
 )
 @click.option(
+    "--amqp-host",
+    default=None,
+    help="Address the AMQP 0-9-1 listener binds (default: --host).",
+)
+@click.option(
+    "--amqp-port",
+    default=5672,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port of the AMQP 0-9-1 listener, for pika, aio-pika, kombu/Celery and FastStream "
+    "(docs/amqp.md).",
+)
+@click.option("--no-amqp", is_flag=True, help="Do not listen for AMQP 0-9-1 at all.")
+@click.option(
     "--tls-cert",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     default=None,
@@ -136,6 +150,9 @@ def server(
     memory_high_watermark: str,
     disk_free_limit: str,
     queue_flow_limit: str,
+    amqp_host: str | None,
+    amqp_port: int,
+    no_amqp: bool,
     tls_cert: Path | None,
     tls_key: Path | None,
     tls_ca: Path | None,
@@ -179,6 +196,8 @@ def server(
         data_dir=data_dir,
         tls=tls,
         require_no_guest=require_no_guest,
+        amqp_host=amqp_host,
+        amqp_port=None if no_amqp else amqp_port,
     )
     log.info("data directory %s", data_dir)
     log.info(

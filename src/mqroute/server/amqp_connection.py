@@ -124,6 +124,7 @@ class AmqpConnection:
                 continue
             channel, frame = item
             action = front.handle(channel, frame, self.node.clock())
+            self.frames.frame_max = front.frame_max  # tune-ok settles it
             if isinstance(action, Authenticate):
                 self.client_name = str(front.client_properties.get("product", "?"))
                 try:

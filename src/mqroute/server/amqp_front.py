@@ -21,7 +21,7 @@ from .. import __version__
 from ..core.access import Access
 from ..core.session import Session
 from ..core.vhost import Vhost
-from ..errors import REPLY_CODES, BrokerError
+from ..errors import REPLY_CODES, BrokerError, NotFound, PreconditionFailed
 from ..model import (
     CancelledByBroker,
     Confirmed,
@@ -56,8 +56,17 @@ CAPABILITIES: dict[str, Any] = {
     "per_consumer_qos": True,
     "direct_reply_to": True,
 }
-# Channel exceptions by the broker's error codes; a code not here closes the connection.
-_CHANNEL_CODES = {"ACCESS_REFUSED", "NOT_FOUND", "RESOURCE_LOCKED", "PRECONDITION_FAILED"}
+# Channel exceptions by the broker's error codes and their AMQP reply codes; a code not here
+# (an internal error) closes the connection. A value the broker cannot take is 406, as a
+# newer RabbitMQ answers an unknown exchange type.
+_CHANNEL_CODES = {
+    "ACCESS_REFUSED": 403,
+    "NOT_FOUND": 404,
+    "RESOURCE_LOCKED": 405,
+    "PRECONDITION_FAILED": 406,
+    "INVALID_ARGUMENT": 406,
+    "RESOURCE_ERROR": 406,
+}
 
 
 @attrs.frozen
@@ -78,6 +87,10 @@ class OpenVhost:
 @attrs.frozen
 class Closed:
     """The connection is over (close-ok sent or received): the shell flushes and ends."""
+
+
+#: What a transactional channel holds until tx.commit (publishes are held as content).
+_TX_HELD = (amqp.Basic.Ack, amqp.Basic.Nack, amqp.Basic.Reject)
 
 
 class ConnectionError_(Exception):
@@ -101,6 +114,7 @@ class Channel:
     properties: Any = None
     parts: list[bytes] = attrs.Factory(list)
     received: int = 0
+    tx: list[tuple[Any, Any]] | None = None  # tx.select: (method or publish, message) to commit
 
 
 class AmqpFrontEnd:
@@ -200,6 +214,9 @@ class AmqpFrontEnd:
             return None
         if kind is amqp.Connection.Open and self.state == "open-wait":
             return OpenVhost(frame.virtual_host or "/")
+        if kind is amqp.Connection.UpdateSecret and self.state == "open":
+            self._send(0, amqp.Connection.UpdateSecretOk())  # passwords do not expire here
+            return None
         if kind is amqp.Connection.Close:
             self._send(0, amqp.Connection.CloseOk())
             self.state = "closing"
@@ -237,11 +254,12 @@ class AmqpFrontEnd:
         try:
             return self._method(ch, frame, now)
         except BrokerError as exc:
-            if exc.code not in _CHANNEL_CODES:
+            code = _CHANNEL_CODES.get(exc.code)
+            if code is None:
                 raise ConnectionError_(
                     REPLY_CODES.get(exc.code, 541), f"{exc.code} - {exc.reason}", frame
                 ) from None
-            self._close_channel(ch, exc.reply_code, f"{exc.code} - {exc.reason}", frame)
+            self._close_channel(ch, code, f"{_reply_name(code)} - {exc.reason}", frame)
             return None
 
     def _close_channel(self, ch: Channel, code: int, text: str, method: Any = None) -> None:
@@ -296,12 +314,22 @@ class AmqpFrontEnd:
         except (TypeError, ValueError) as exc:
             self._close_channel(ch, 406, f"PRECONDITION_FAILED - {exc}", publish)
             return None
+        if ch.tx is not None:
+            ch.tx.append((publish, message))  # published at tx.commit
+            return None
+        self._publish(ch, publish, message, now)
+        return None
+
+    def _publish(self, ch: Channel, publish: Any, message: Message, now: float) -> bool:
+        """Whether it was taken; if not, the channel is closed with the reason."""
+        assert self.vhost is not None
         try:
             self.vhost.publish(ch.session, message, mandatory=publish.mandatory, now=now)
         except BrokerError as exc:
-            code = exc.reply_code if exc.code in _CHANNEL_CODES else 406
-            self._close_channel(ch, code, f"{exc.code} - {exc.reason}", publish)
-        return None
+            code = _CHANNEL_CODES.get(exc.code, 406)
+            self._close_channel(ch, code, f"{_reply_name(code)} - {exc.reason}", publish)
+            return False
+        return True
 
     # --- methods ----------------------------------------------------------------------------
 
@@ -309,6 +337,9 @@ class AmqpFrontEnd:
         vhost, access, kind, n = self.vhost, self.access, type(m), ch.number
         assert vhost is not None and access is not None
         session = ch.session
+        if ch.tx is not None and kind in _TX_HELD:
+            ch.tx.append((m, None))  # settled at tx.commit
+            return None
         if kind is amqp.Basic.Publish:
             if m.immediate:
                 raise ConnectionError_(540, "NOT_IMPLEMENTED - immediate=true", m)
@@ -368,6 +399,8 @@ class AmqpFrontEnd:
             if kind is amqp.Basic.Recover:
                 self._reply(n, amqp.Basic.RecoverOk())
         elif kind is amqp.Confirm.Select:
+            if ch.tx is not None:
+                raise PreconditionFailed("cannot switch from tx to confirm mode")
             if not ch.confirming:
                 ch.confirming = True
                 # AMQP numbers confirms from select on; the session numbered every publish.
@@ -387,7 +420,10 @@ class AmqpFrontEnd:
             if not m.nowait:
                 self._reply(n, amqp.Exchange.DeclareOk())
         elif kind is amqp.Exchange.Delete:
-            vhost.delete_exchange(m.exchange, if_unused=m.if_unused, access=access)
+            try:
+                vhost.delete_exchange(m.exchange, if_unused=m.if_unused, access=access)
+            except NotFound:
+                pass  # RabbitMQ's delete is idempotent
             if not m.nowait:
                 self._reply(n, amqp.Exchange.DeleteOk())
         elif kind is amqp.Exchange.Bind or kind is amqp.Exchange.Unbind:
@@ -462,8 +498,30 @@ class AmqpFrontEnd:
             self._reply(n, amqp.Channel.CloseOk())
         elif kind is amqp.Channel.CloseOk:
             pass
-        elif kind in (amqp.Tx.Select, amqp.Tx.Commit, amqp.Tx.Rollback):
-            raise ConnectionError_(540, "NOT_IMPLEMENTED - transactions (tx.*)", m)
+        elif kind is amqp.Tx.Select:
+            if ch.confirming:
+                raise PreconditionFailed("cannot switch from confirm to tx mode")
+            if ch.tx is None:
+                ch.tx = []
+            self._reply(n, amqp.Tx.SelectOk())
+        elif kind is amqp.Tx.Commit or kind is amqp.Tx.Rollback:
+            if ch.tx is None:
+                raise PreconditionFailed("channel is not transactional")
+            held, ch.tx = ch.tx, []
+            if kind is amqp.Tx.Commit:
+                for method, message in held:
+                    if message is not None:
+                        if not self._publish(ch, method, message, now):
+                            return None
+                    else:
+                        ch.tx, saved = None, ch.tx  # settle now, not held again
+                        try:
+                            self._method(ch, method, now)
+                        finally:
+                            ch.tx = saved
+                self._reply(n, amqp.Tx.CommitOk())
+            else:
+                self._reply(n, amqp.Tx.RollbackOk())
         else:
             raise ConnectionError_(
                 503, f"COMMAND_INVALID - {getattr(m, 'name', type(m).__name__)} from a client", m
@@ -558,6 +616,12 @@ def _credentials(start_ok: amqp.Connection.StartOk) -> tuple[str, str]:
             return "", ""
         return str(table.get("LOGIN", "")), str(table.get("PASSWORD", ""))
     return "", ""
+
+
+def _reply_name(code: int) -> str:
+    return {403: "ACCESS_REFUSED", 404: "NOT_FOUND", 405: "RESOURCE_LOCKED"}.get(
+        code, "PRECONDITION_FAILED"
+    )
 
 
 def _ids(method: Any) -> tuple[int, int]:
