@@ -14,10 +14,10 @@ import decimal
 import struct
 from typing import Any
 
+import attrs
 from pamqp import body as amqp_body
 from pamqp import commands, exceptions
 from pamqp import frame as amqp_frame
-from pamqp import header as amqp_header
 from pamqp import heartbeat as amqp_heartbeat
 
 from ..errors import RemoteProtocolError
@@ -123,16 +123,71 @@ def content_bytes(
 ) -> bytes:
     """A method that carries content (deliver, get-ok, return), its header and its body,
     the body split to fit ``frame_max``."""
+    header = content_header(len(body), properties)
     parts = [
         amqp_frame.marshal(method, channel),
-        amqp_frame.marshal(
-            amqp_header.ContentHeader(0, len(body), to_amqp_properties(properties)), channel
-        ),
+        _FRAME_HEADER.pack(2, channel, len(header)),
+        header,
+        b"\xce",
     ]
     room = frame_max - 8
     for start in range(0, len(body), room):
         parts.append(amqp_frame.marshal(amqp_body.ContentBody(body[start : start + room]), channel))
     return b"".join(parts)
+
+
+def content_header(body_size: int, properties: Properties) -> bytes:
+    """A content header's payload. pamqp encodes the properties but for the headers table:
+    it would write floats as 32-bit (AMQP's 'f') and refuse bytes, so the table is encoded
+    here (doubles as 'd', bytes as a byte array, as RabbitMQ writes them) and spliced in."""
+    props = to_amqp_properties(attrs.evolve(properties, headers=None))
+    encoded = props.marshal()
+    flags, rest = struct.unpack_from(">H", encoded)[0], encoded[2:]
+    if properties.headers:
+        # headers come after content_type and content_encoding (short strings), if set
+        at = 0
+        for name in ("content_type", "content_encoding"):
+            if getattr(props, name) is not None:
+                at += 1 + rest[at]
+        rest = rest[:at] + _table(properties.headers) + rest[at:]
+        flags |= commands.Basic.Properties.flags["headers"]
+    return struct.pack(">HxxQH", commands.Basic.frame_id, body_size, flags) + rest
+
+
+def _table(table: Table) -> bytes:
+    body = b"".join(_short(key) + _field(value) for key, value in table.items())
+    return struct.pack(">I", len(body)) + body
+
+
+def _short(text: str) -> bytes:
+    data = text.encode()[:255]
+    return bytes([len(data)]) + data
+
+
+def _field(value: Any) -> bytes:
+    if value is None:
+        return b"V"
+    if value is True or value is False:
+        return b"t" + (b"\x01" if value else b"\x00")
+    if isinstance(value, int):
+        if -(2**31) <= value < 2**31:
+            return b"I" + struct.pack(">i", value)
+        if -(2**63) <= value < 2**63:
+            return b"l" + struct.pack(">q", value)
+        return _field(str(value))  # beyond AMQP's widest integer: as its digits
+    if isinstance(value, float):
+        return b"d" + struct.pack(">d", value)
+    if isinstance(value, str):
+        data = value.encode()
+        return b"S" + struct.pack(">I", len(data)) + data
+    if isinstance(value, bytes | bytearray):
+        return b"x" + struct.pack(">I", len(value)) + bytes(value)
+    if isinstance(value, dict):
+        return b"F" + _table(value)
+    if isinstance(value, list | tuple):
+        body = b"".join(_field(v) for v in value)
+        return b"A" + struct.pack(">I", len(body)) + body
+    return _field(str(value))
 
 
 # --- properties and field tables ----------------------------------------------------------------

@@ -15,10 +15,12 @@ import resource
 import signal
 import threading
 import time
+from collections.abc import Iterator
 
 import trio
 
 from ..core.vhost import Vhost
+from ..errors import ServerError
 from . import resources, users
 from .config import ServerAddress, ServerConfig
 from .datadir import DataDirLock
@@ -92,19 +94,51 @@ async def serve(
             max_connections=config.max_connections or resources.connection_limit(),
         )
         node.load_tls()
-        async with trio.open_nursery() as nursery:
-            node._nursery = nursery
-            if config.tls is not None and threading.current_thread() is threading.main_thread():
-                nursery.start_soon(_reload_tls_on_sighup, node)
-            for name in definitions.vhosts:
-                given = name == users.DEFAULT_VHOST
-                await node.start_vhost(
-                    name, broker=broker if given else None, store=store if given else None
-                )
-            if config.data_dir is not None:
-                nursery.start_soon(_watch_definitions, node)
-            address = await nursery.start(accept_clients, node)
-            task_status.started(address)
+        with _start_up_errors():
+            await _serve_node(node, config, broker, store, definitions, task_status)
+
+
+@contextlib.contextmanager
+def _start_up_errors() -> Iterator[None]:
+    """A port in use or a store that will not open, raised inside the node's nursery, comes
+    out as itself (for the CLI to print), not wrapped in an exception group."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if len(leaves) == 1 and isinstance(leaves[0], ServerError | OSError):
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    out: list[BaseException] = []
+    for exc in group.exceptions:
+        out += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return out
+
+
+async def _serve_node(
+    node: Node,
+    config: ServerConfig,
+    broker: Vhost | None,
+    store: Store | None,
+    definitions: users.Definitions,
+    task_status: trio.TaskStatus[ServerAddress],
+) -> None:
+    async with trio.open_nursery() as nursery:
+        node._nursery = nursery
+        if config.tls is not None and threading.current_thread() is threading.main_thread():
+            nursery.start_soon(_reload_tls_on_sighup, node)
+        for name in definitions.vhosts:
+            given = name == users.DEFAULT_VHOST
+            await node.start_vhost(
+                name, broker=broker if given else None, store=store if given else None
+            )
+        if config.data_dir is not None:
+            nursery.start_soon(_watch_definitions, node)
+        address = await nursery.start(accept_clients, node)
+        task_status.started(address)
 
 
 async def _watch_definitions(node: Node) -> None:

@@ -1,0 +1,385 @@
+"""The AMQP 0-9-1 listener with pika, the client most Python teams already have, on a real
+server; and the framing alone, fed split at every byte and fed garbage."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import functools
+import socket
+import struct
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import pika
+import pika.exceptions
+import pytest
+import trio
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pamqp import commands as amqp_commands
+from pamqp import frame as amqp_frame
+
+import mqroute
+from mqroute.core.access import Permissions
+from mqroute.errors import ServerError
+from mqroute.protocol.amqp import (
+    HEADER_RECEIVED,
+    NEED_DATA,
+    PROTOCOL_HEADER,
+    AmqpFrames,
+    BadHeader,
+    FrameError,
+)
+from mqroute.server import ServerAddress, ServerConfig, serve
+from mqroute.server.users import Definitions
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+async def address(nursery: trio.Nursery) -> AsyncIterator[ServerAddress]:
+    definitions = Definitions.default(fast=True)
+    definitions.add_user("narrow", "pw", fast=True)
+    definitions.set_permissions("narrow", "/", Permissions("^$", "^$", "^$"))
+    config = ServerConfig(port=0, amqp_port=0, definitions=definitions, login_failure_delay=0)
+    yield await nursery.start(functools.partial(serve, config))
+
+
+async def in_thread(fn: Callable[[], T]) -> T:
+    """pika's blocking client, off the event loop the broker runs on."""
+    with trio.fail_after(20):
+        return await trio.to_thread.run_sync(fn)
+
+
+def channel(address: ServerAddress, url: str | None = None) -> Any:
+    connection = pika.BlockingConnection(pika.URLParameters(url or address.amqp_url))
+    return connection, connection.channel()
+
+
+async def test_pika_publishes_consumes_and_acks(address: ServerAddress) -> None:
+    def work() -> list[bytes]:
+        connection, ch = channel(address)
+        ch.queue_declare("work", durable=True)
+        ch.confirm_delivery()
+        for i in range(3):
+            ch.basic_publish("", "work", f"job {i}".encode(), pika.BasicProperties(delivery_mode=2))
+        got = []
+        for method, _, body in ch.consume("work", inactivity_timeout=2):
+            got.append(body)
+            ch.basic_ack(method.delivery_tag)
+            if len(got) == 3:
+                break
+        ch.cancel()
+        connection.close()
+        return got
+
+    assert await in_thread(work) == [b"job 0", b"job 1", b"job 2"]
+
+
+async def test_a_message_crosses_from_pika_to_the_sdk_intact(address: ServerAddress) -> None:
+    async with mqroute.connect(address.url) as conn:
+        await conn.declare_queue("cross")
+
+        def publish() -> None:
+            connection, ch = channel(address)
+            props = pika.BasicProperties(
+                content_type="application/json",
+                headers={"tenant": "acme", "attempt": 2, "flags": [True, None], "n": {"x": -1}},
+                correlation_id="c-1",
+                message_id="m-1",
+                priority=3,
+                delivery_mode=2,
+            )
+            ch.basic_publish("", "cross", b'{"order": 1}', props)
+            connection.close()
+
+        await in_thread(publish)
+        msg = await conn.get("cross")
+        assert msg is not None and msg.body == b'{"order": 1}'
+        p = msg.properties
+        assert (p.content_type, p.correlation_id, p.message_id, p.priority, p.persistent) == (
+            "application/json",
+            "c-1",
+            "m-1",
+            3,
+            True,
+        )
+        assert p.headers == {"tenant": "acme", "attempt": 2, "flags": [True, None], "n": {"x": -1}}
+
+
+async def test_a_message_crosses_from_the_sdk_to_pika_intact(address: ServerAddress) -> None:
+    async with mqroute.connect(address.url) as conn:
+        await conn.declare_queue("back")
+        await conn.publish("", "back", b"from sdk", headers={"k": "v"}, reply_to="r", timestamp=7)
+
+    def get() -> Any:
+        connection, ch = channel(address)
+        _, props, body = ch.basic_get("back", auto_ack=True)
+        connection.close()
+        return props, body
+
+    props, body = await in_thread(get)
+    assert body == b"from sdk" and props.headers == {"k": "v"} and props.reply_to == "r"
+    assert props.timestamp == 7
+
+
+async def test_errors_close_the_channel_with_rabbitmqs_codes(address: ServerAddress) -> None:
+    def work() -> list[tuple[int, str]]:
+        connection, ch = channel(address)
+        seen = []
+        for attempt in (
+            lambda c: c.queue_declare("missing", passive=True),
+            lambda c: c.basic_publish("no-such-exchange", "k", b"x"),
+            lambda c: (c.queue_declare("q1"), c.queue_declare("q1", durable=True)),
+        ):
+            ch = connection.channel()
+            ch.confirm_delivery()
+            try:
+                attempt(ch)
+            except pika.exceptions.ChannelClosedByBroker as exc:
+                seen.append((exc.reply_code, exc.reply_text.split(" - ")[0]))
+        connection.close()
+        return seen
+
+    assert await in_thread(work) == [
+        (404, "NOT_FOUND"),
+        (404, "NOT_FOUND"),
+        (406, "PRECONDITION_FAILED"),
+    ]
+
+
+async def test_a_mandatory_publish_nobody_takes_comes_back(address: ServerAddress) -> None:
+    def work() -> type[Exception] | None:
+        connection, ch = channel(address)
+        ch.confirm_delivery()
+        try:
+            ch.basic_publish("", "nobody-here", b"x", mandatory=True)
+        except pika.exceptions.UnroutableError as exc:
+            return type(exc)
+        finally:
+            connection.close()
+        return None
+
+    assert await in_thread(work) is pika.exceptions.UnroutableError
+
+
+async def test_basic_qos_bounds_the_unacked_deliveries(address: ServerAddress) -> None:
+    def work() -> int:
+        connection, ch = channel(address)
+        ch.queue_declare("qos")
+        for i in range(10):
+            ch.basic_publish("", "qos", str(i).encode())
+        ch.basic_qos(prefetch_count=2)
+        held = []
+        ch.basic_consume("qos", lambda c, m, p, b: held.append(m.delivery_tag))
+        connection.process_data_events(time_limit=0.5)
+        connection.close()
+        return len(held)
+
+    assert await in_thread(work) == 2
+
+
+async def test_the_broker_cancels_consumers_of_a_deleted_queue(address: ServerAddress) -> None:
+    def work() -> bool:
+        connection, ch = channel(address)
+        ch.queue_declare("doomed")
+        cancelled = []
+        ch.add_on_cancel_callback(lambda frame: cancelled.append(frame))
+        ch.basic_consume("doomed", lambda *a: None)
+        other = connection.channel()
+        other.queue_delete("doomed")
+        connection.process_data_events(time_limit=0.5)
+        connection.close()
+        return bool(cancelled)
+
+    assert await in_thread(work)
+
+
+async def test_a_wrong_password_is_an_authentication_error(address: ServerAddress) -> None:
+    url = address.amqp_url.replace("guest:guest", "guest:wrong")
+    with pytest.raises(pika.exceptions.ProbableAuthenticationError, match="ACCESS_REFUSED"):
+        await in_thread(lambda: pika.BlockingConnection(pika.URLParameters(url)))
+
+
+async def test_permissions_hold_over_amqp(address: ServerAddress) -> None:
+    url = address.amqp_url.replace("guest:guest", "narrow:pw")
+
+    def work() -> tuple[int, str]:
+        connection, ch = channel(address, url)
+        try:
+            ch.queue_declare("not-mine")
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            return exc.reply_code, exc.reply_text
+        finally:
+            connection.close()
+        return 0, ""
+
+    code, text = await in_thread(work)
+    assert code == 403
+    assert text == (
+        "ACCESS_REFUSED - access to queue 'not-mine' in vhost '/' refused for user 'narrow': "
+        "configure permission needed"
+    )
+
+
+async def raw_exchange(address: ServerAddress, data: bytes) -> bytes:
+    stream = await trio.open_tcp_stream("127.0.0.1", address.amqp_port or 0)
+    await stream.send_all(data)
+    received = b""
+    with trio.fail_after(5):
+        while chunk := await stream.receive_some(65536):
+            received += chunk
+    return received
+
+
+async def test_a_client_that_speaks_another_protocol_gets_amqps_header(
+    address: ServerAddress,
+) -> None:
+    assert await raw_exchange(address, b"GET / HTTP/1.1\r\n\r\n") == PROTOCOL_HEADER
+
+
+async def test_a_frame_over_frame_max_is_a_frame_error(address: ServerAddress) -> None:
+    big = struct.pack(">BHI", 1, 0, 1 << 20) + b"\x00" * 16  # far over the 4096 of start
+    received = await raw_exchange(address, PROTOCOL_HEADER + big)
+    frames = AmqpFrames()
+    frames.receive_data(PROTOCOL_HEADER + received)
+    frames.frame_max = 1 << 20
+    assert frames.next_frame() == HEADER_RECEIVED
+    _, start = frames.next_frame()
+    _, close = frames.next_frame()
+    assert isinstance(start, amqp_commands.Connection.Start)
+    assert isinstance(close, amqp_commands.Connection.Close) and close.reply_code == 501
+
+
+async def test_a_busy_amqp_port_is_a_start_up_error_naming_the_option() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ServerError, match="--amqp-port, or turn it off with --no-amqp"):
+            await serve(ServerConfig(port=0, amqp_port=port))
+
+
+def test_the_embedded_broker_gives_an_amqp_url() -> None:
+    from mqroute.testing import running_broker
+
+    with running_broker() as url:
+        connection = pika.BlockingConnection(pika.URLParameters(url.amqp_url))
+        connection.channel().queue_declare("from-a-test")
+        connection.close()
+
+
+# --- the framing alone ---------------------------------------------------------------------------
+
+
+def method_frames() -> bytes:
+    return b"".join(
+        amqp_frame.marshal(m, 1)
+        for m in (
+            amqp_commands.Queue.Declare(queue="a"),
+            amqp_commands.Basic.Publish(exchange="", routing_key="a"),
+            amqp_commands.Basic.Ack(delivery_tag=7, multiple=True),
+        )
+    )
+
+
+def drain(frames: AmqpFrames) -> list[Any]:
+    out = []
+    while (item := frames.next_frame()) is not NEED_DATA and item is not None:
+        out.append(item)
+    return out
+
+
+def shown(item: Any) -> Any:
+    """A frame as comparable values (pamqp's frames compare by identity)."""
+    if isinstance(item, str):
+        return item
+    channel, frame = item
+    return channel, type(frame).__name__, [getattr(frame, a) for a in frame.__slots__]
+
+
+def test_frames_split_at_every_byte_decode_the_same() -> None:
+    data = PROTOCOL_HEADER + method_frames()
+    whole = AmqpFrames()
+    whole.frame_max = 131072
+    whole.receive_data(data)
+    expected = drain(whole)
+    for cut in range(len(data) + 1):
+        frames = AmqpFrames()
+        frames.frame_max = 131072
+        got = []
+        for part in (data[:cut], data[cut:]):
+            frames.receive_data(part)
+            got += drain(frames)
+        assert [shown(g) for g in got] == [shown(e) for e in expected], cut
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_random_bytes_only_raise_the_protocols_own_errors(data: bytes) -> None:
+    frames = AmqpFrames()
+    frames.frame_max = 131072
+    frames.receive_data(PROTOCOL_HEADER + data)
+    try:
+        drain(frames)
+    except (FrameError, BadHeader):
+        pass
+
+
+NATIVE_VALUES = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-(2**63), 2**63 - 1),
+        st.floats(allow_nan=False),
+        st.text(max_size=10),
+        st.binary(max_size=10),
+    ),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.text(min_size=1, max_size=4), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def through_amqp(headers: dict[str, Any]) -> dict[str, Any] | None:
+    """Headers as the broker sends them to an AMQP client, and read back as it takes them."""
+    from mqroute.model import Properties
+    from mqroute.protocol.amqp import content_header, from_amqp_properties
+
+    payload = content_header(0, Properties(headers=headers or None))
+    wire = struct.pack(">BHI", 2, 1, len(payload)) + payload + b"\xce"
+    _, _, decoded = amqp_frame.unmarshal(wire)
+    return from_amqp_properties(decoded.properties).headers
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.text(min_size=1, max_size=8), NATIVE_VALUES, max_size=5))
+def test_native_headers_round_trip_through_amqp(headers: dict[str, Any]) -> None:
+    """Every value the native protocol carries survives AMQP: doubles stay doubles (not
+    pamqp's 32-bit floats), bytes are byte arrays, integers keep their sign and width."""
+    assert (through_amqp(headers) or {}) == headers
+
+
+def test_amqp_only_field_types_map_to_native_values() -> None:
+    """What AMQP has and the native protocol does not (docs/amqp.md): a decimal becomes its
+    exact text, a timestamp whole seconds since the epoch."""
+    import pika.data
+
+    table = {
+        "price": decimal.Decimal("12.50"),
+        "at": datetime.datetime(2026, 1, 2, 3, 4, 5, tzinfo=datetime.UTC),
+        "nested": {"deep": [1, "two", {"three": -3}]},
+    }
+    encoded: list[bytes] = []
+    pika.data.encode_table(encoded, table)
+    from mqroute.protocol.amqp import to_table
+
+    _, decoded = __import__("pamqp.decode", fromlist=["field_table"]).field_table(b"".join(encoded))
+    assert to_table(decoded) == {
+        "price": "12.5",  # pika normalises the decimal it sends
+        "at": 1767323045,
+        "nested": {"deep": [1, "two", {"three": -3}]},
+    }
