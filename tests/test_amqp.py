@@ -383,3 +383,40 @@ def test_amqp_only_field_types_map_to_native_values() -> None:
         "at": 1767323045,
         "nested": {"deep": [1, "two", {"three": -3}]},
     }
+
+
+async def test_amqps_with_the_servers_certificate(tmp_path: Any) -> None:
+    import ssl
+
+    import trustme
+
+    from mqroute.server.config import TlsConfig
+
+    ca = trustme.CA()
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(
+        str(tmp_path / "server.pem")
+    )
+    tls = TlsConfig(cert=tmp_path / "server.pem", key=tmp_path / "server.pem")
+    async with trio.open_nursery() as nursery:
+        config = ServerConfig(port=0, amqp_port=0, tls=tls)
+        address = await nursery.start(functools.partial(serve, config))
+
+        def work() -> bytes:
+            context = ssl.create_default_context()
+            ca.configure_trust(context)
+            params = pika.ConnectionParameters(
+                "127.0.0.1",
+                address.amqp_port,
+                credentials=pika.PlainCredentials("guest", "guest"),
+                ssl_options=pika.SSLOptions(context, "127.0.0.1"),
+            )
+            connection = pika.BlockingConnection(params)
+            ch = connection.channel()
+            ch.queue_declare("secure")
+            ch.basic_publish("", "secure", b"over amqps")
+            _, _, body = ch.basic_get("secure", auto_ack=True)
+            connection.close()
+            return body
+
+        assert await in_thread(work) == b"over amqps"
+        nursery.cancel_scope.cancel()

@@ -492,3 +492,9 @@ def test_requeued_messages_go_to_other_waiting_consumers(b: Vhost) -> None:
     b.close_session(first)
     [d] = deliveries(b, second)
     assert d.message.body == b"job" and d.redelivered
+
+
+def test_a_passive_declare_of_direct_reply_to_succeeds(b: Vhost) -> None:
+    """Clients (aio-pika, FastStream) check the pseudo-queue exists before they use it."""
+    ok = b.declare_queue("c1", QueueSpec(name="amq.rabbitmq.reply-to"), passive=True)
+    assert (ok.queue, ok.message_count, ok.consumer_count) == ("amq.rabbitmq.reply-to", 0, 0)

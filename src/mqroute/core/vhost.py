@@ -194,6 +194,10 @@ class Vhost:
         access: Access = FULL,
     ) -> DeclareOk:
         self.scheduler.at(now)
+        if passive and spec.name == REPLY_TO:  # the pseudo-queue "exists", as in RabbitMQ
+            return DeclareOk(
+                queue=REPLY_TO, message_count=0, consumer_count=0, arguments={}, delayed_count=0
+            )
         if not passive:  # configure; with a DLX, write it and read this queue
             name = spec.name or SERVER_NAMED_PREFIX
             access.check("configure", "queue", name)

@@ -124,10 +124,16 @@ async def accept_clients(
         host = _peer_host(raw)
         refusal = node.admit(host)
         try:
+            stream: trio.abc.Stream = raw
+            if node.ssl_context is not None:  # amqps: the same certificate and checks
+                secured = await _tls_handshake(node, raw, host)
+                if secured is None:
+                    return
+                stream = secured
             if refusal is None:
-                await AmqpConnection(node, raw, f"amqp-{next(ids)}", host).run()
+                await AmqpConnection(node, stream, f"amqp-{next(ids)}", host).run()
             else:
-                await trio.aclose_forcefully(raw)
+                await trio.aclose_forcefully(stream)
         finally:
             node.leave(host)
 
