@@ -51,6 +51,8 @@ def server_command(port: int, data_dir: str, *extra: str) -> list[str]:
         str(port),
         "--data-dir",
         data_dir,
+        "--amqp-port",  # ephemeral: 5672 may be a RabbitMQ's (compare_rabbitmq.py runs one)
+        "0",
         *extra,
     ]
 

@@ -75,7 +75,8 @@ async def start_server_process(
     from pathlib import Path
 
     if kill_at is None:
-        command = [sys.executable, "-m", "mqroute", "server"]
+        # An ephemeral AMQP port: 5672 may be a RabbitMQ's, or another test's.
+        command = [sys.executable, "-m", "mqroute", "server", "--amqp-port", "0"]
     else:
         script = Path(__file__).parent / "crashing_server.py"
         command = [sys.executable, str(script), kill_at[0], str(kill_at[1])]

@@ -39,7 +39,10 @@ async def test_second_server_on_the_same_data_dir_refuses(tmp_path: Path) -> Non
     first, _, _ = await start_server_process(tmp_path)
     try:
         result = await trio.run_process(
-            [sys.executable, "-m", "mqroute", "server", "--port", "0", "--data-dir", str(tmp_path)],
+            [
+                *(sys.executable, "-m", "mqroute", "server", "--port", "0"),
+                *("--amqp-port", "0", "--data-dir", str(tmp_path)),
+            ],
             capture_stderr=True,
             check=False,
         )

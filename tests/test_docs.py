@@ -47,6 +47,7 @@ def test_public_names_are_exported() -> None:
 # --- every Python snippet in README.md and docs/ runs ------------------------------------------
 
 ROOT = DOCS.parent
+AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"  # a snippet's AMQP URL: the embedded broker's
 NOT_RUN = "# not run:"  # a snippet's first line, visible in the rendered page, says why
 
 
@@ -90,7 +91,7 @@ def test_doc_snippet_runs_as_written(
     faulthandler.dump_traceback_later(60, exit=True)  # a snippet that blocks ends the run
     try:
         with running_broker() as url:
-            code = snippet.code.replace(DEFAULT_URL, url)
+            code = snippet.code.replace(DEFAULT_URL, url).replace(AMQP_URL, url.amqp_url)
             namespace: dict[str, Any] = {"__name__": "snippet"}
             try:
                 compiled = compile(code, snippet.id, "exec")
