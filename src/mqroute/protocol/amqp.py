@@ -140,6 +140,25 @@ def content_header(body_size: int, properties: Properties) -> bytes:
     """A content header's payload. pamqp encodes the properties but for the headers table:
     it would write floats as 32-bit (AMQP's 'f') and refuse bytes, so the table is encoded
     here (doubles as 'd', bytes as a byte array, as RabbitMQ writes them) and spliced in."""
+    encoded: bytes | None
+    if properties.headers:  # 1 == True == 1.0 in a dict: no cache can tell them apart
+        encoded = _encode_properties(properties)
+    else:
+        encoded = _ENCODED.get(properties)
+        if encoded is None:
+            encoded = _encode_properties(properties)
+            if len(_ENCODED) >= _ENCODED_SIZE:
+                _ENCODED.clear()
+            _ENCODED[properties] = encoded
+    return struct.pack(">HxxQ", commands.Basic.frame_id, body_size) + encoded
+
+
+# Publishers repeat a few property sets: those without headers are encoded once each.
+_ENCODED: dict[Properties, bytes] = {}
+_ENCODED_SIZE = 1024
+
+
+def _encode_properties(properties: Properties) -> bytes:
     props = to_amqp_properties(attrs.evolve(properties, headers=None))
     encoded = props.marshal()
     flags, rest = struct.unpack_from(">H", encoded)[0], encoded[2:]
@@ -151,7 +170,7 @@ def content_header(body_size: int, properties: Properties) -> bytes:
                 at += 1 + rest[at]
         rest = rest[:at] + _table(properties.headers) + rest[at:]
         flags |= commands.Basic.Properties.flags["headers"]
-    return struct.pack(">HxxQH", commands.Basic.frame_id, body_size, flags) + rest
+    return struct.pack(">H", flags) + rest
 
 
 def _table(table: Table) -> bytes:
