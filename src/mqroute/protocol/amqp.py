@@ -18,6 +18,7 @@ import attrs
 from pamqp import body as amqp_body
 from pamqp import commands, exceptions
 from pamqp import frame as amqp_frame
+from pamqp import header as amqp_header
 from pamqp import heartbeat as amqp_heartbeat
 
 from ..errors import RemoteProtocolError
@@ -93,14 +94,19 @@ class AmqpFrames:
             return None if self.eof else NEED_DATA
         if buf[pos + 7 + size] != FRAME_END:
             raise FrameError(f"frame on channel {channel} does not end with 0xCE")
+        if kind == 3:  # a body: its bytes as they are (pamqp would copy them twice)
+            content = amqp_body.ContentBody(bytes(buf[pos + 7 : pos + 7 + size]))
+            self._consume(8 + size)
+            return channel, content
         data = bytes(buf[pos : pos + 8 + size])
         self._consume(8 + size)
         if kind == 8:
             if channel != 0:
                 raise FrameError("a heartbeat frame on a channel other than 0")
             return channel, HEARTBEAT
-        if kind == 3 and size == 0:  # an empty body frame, which pamqp refuses
-            return channel, amqp_body.ContentBody(b"")
+        fast = _fast_decode(kind, data)
+        if fast is not None:
+            return channel, fast
         try:
             _, channel, value = amqp_frame.unmarshal(data)
         except (exceptions.UnmarshalingException, ValueError, KeyError, struct.error) as exc:
@@ -114,18 +120,100 @@ class AmqpFrames:
             self._pos = 0
 
 
+# --- the message path, without pamqp's generic loop --------------------------------------------
+# Each decoder returns None for anything unusual (and pamqp then decodes it, or names the
+# error); tests hold each to pamqp's own output.
+
+_PUBLISH = struct.pack(">HH", 60, 40)
+_ACK = struct.pack(">HH", 60, 80)
+_ACK_BODY = struct.Struct(">QB")
+_HEADER_START = struct.Struct(">HHQH")  # class, weight, body size, property flags
+_DELIVERY_MODE_ONLY = commands.Basic.Properties.flags["delivery_mode"]
+
+
+def _fast_decode(kind: int, data: bytes) -> Any:
+    payload = memoryview(data)[7:-1]
+    if kind == 1:
+        start = bytes(payload[:4])
+        if start == _PUBLISH:
+            return _publish(payload)
+        if start == _ACK and len(payload) == 13:
+            tag, bits = _ACK_BODY.unpack_from(payload, 4)
+            return commands.Basic.Ack(delivery_tag=tag, multiple=bool(bits & 1))
+    elif kind == 2 and len(payload) >= 14:
+        class_id, weight, size, flags = _HEADER_START.unpack_from(payload)
+        if class_id == 60 and weight == 0 and len(payload) == 14 and flags == 0:
+            return amqp_header.ContentHeader(0, size, commands.Basic.Properties())
+        if class_id == 60 and weight == 0 and len(payload) == 15 and flags == _DELIVERY_MODE_ONLY:
+            properties = commands.Basic.Properties(delivery_mode=payload[14])
+            return amqp_header.ContentHeader(0, size, properties)
+    return None
+
+
+def _publish(payload: memoryview) -> Any:
+    try:
+        at = 6  # class, method, ticket
+        exchange_length = payload[at]
+        exchange = bytes(payload[at + 1 : at + 1 + exchange_length]).decode()
+        at += 1 + exchange_length
+        key_length = payload[at]
+        routing_key = bytes(payload[at + 1 : at + 1 + key_length]).decode()
+        at += 1 + key_length
+        if at + 1 != len(payload):
+            return None
+        bits = payload[at]
+    except (IndexError, UnicodeDecodeError):
+        return None
+    try:
+        return commands.Basic.Publish(
+            exchange=exchange,
+            routing_key=routing_key,
+            mandatory=bool(bits & 1),
+            immediate=bool(bits & 2),
+        )
+    except ValueError:  # a name pamqp's constructor refuses: its own decoder decides
+        return None
+
+
+_DELIVER_HEAD = struct.pack(">HH", 60, 60)
+
+
+def deliver_bytes(
+    channel: int, consumer_tag: str, tag: int, redelivered: bool, exchange: str, key: str
+) -> bytes:
+    """``method_bytes(channel, Basic.Deliver(...))``, without pamqp's generic marshal."""
+    payload = b"".join(
+        (
+            _DELIVER_HEAD,
+            _shortstr(consumer_tag),
+            struct.pack(">QB", tag, 1 if redelivered else 0),
+            _shortstr(exchange),
+            _shortstr(key),
+        )
+    )
+    return _FRAME_HEADER.pack(1, channel, len(payload)) + payload + b"\xce"
+
+
+def _shortstr(text: str) -> bytes:
+    data = text.encode()
+    if len(data) > 255:
+        raise ValueError(f"short string of {len(data)} bytes")
+    return bytes([len(data)]) + data
+
+
 def method_bytes(channel: int, method: Method) -> bytes:
     return amqp_frame.marshal(method, channel)
 
 
 def content_bytes(
-    channel: int, method: Method, properties: Properties, body: bytes, frame_max: int
+    channel: int, method: Method | bytes, properties: Properties, body: bytes, frame_max: int
 ) -> bytes:
-    """A method that carries content (deliver, get-ok, return), its header and its body,
-    the body split to fit ``frame_max``."""
+    """A method that carries content (deliver, get-ok, return) — a pamqp method, or its frame
+    already encoded (``deliver_bytes``) — then its header and its body, the body split to fit
+    ``frame_max``."""
     header = content_header(len(body), properties)
     parts = [
-        amqp_frame.marshal(method, channel),
+        method if isinstance(method, bytes) else amqp_frame.marshal(method, channel),
         _FRAME_HEADER.pack(2, channel, len(header)),
         header,
         b"\xce",

@@ -176,35 +176,67 @@ class AmqpConnection:
     # --- the open connection ----------------------------------------------------------------
 
     async def _reader(self) -> None:
-        front, shell = self.front, self.shell
+        """Frames until the connection ends. What a batch of frames produced goes out when
+        the socket has nothing more to read (or every FRAMES_PER_TURN frames), as the native
+        reader does: a burst of publishes or acks costs one drain, not one per frame."""
+        front, shell, frames = self.front, self.shell, self.frames
         assert shell is not None
         handled = 0
-        while not self._done:
-            item = await self._next_frame()
+        now = self.node.clock()
+        while True:
+            try:
+                item = frames.next_frame()
+            except (BadHeader, FrameError) as exc:
+                self.node.log_limited("%s: AMQP frame error: %s", self.id, exc)
+                self.front.close_connection(501, f"FRAME_ERROR - {exc}")
+                self._after_frames()
+                return
+            if item is NEED_DATA:
+                self._after_frames()
+                if front.state == "closing":  # we sent Close: close-ok, or the end, soon
+                    with trio.move_on_after(self.config.close_timeout) as waited:
+                        data = await self.stream.receive_some(RECEIVE_SIZE)
+                    if waited.cancelled_caught:
+                        return
+                else:
+                    data = await self.stream.receive_some(RECEIVE_SIZE)
+                self._last_received = trio.current_time()
+                now = self.node.clock()
+                frames.receive_data(data)
+                continue
             if item is None or item == HEADER_RECEIVED:
+                self._after_frames()
                 return
             handled += 1
             if handled >= FRAMES_PER_TURN:
                 handled = 0
-                shell.drain()
+                self._after_frames()
                 await trio.lowlevel.checkpoint()
             channel, frame = item
             if self._blocked and type(frame) is amqp.Basic.Publish:
+                self._after_frames()
                 await self._until_unblocked()
             while True:
                 try:
-                    action = front.handle(channel, frame, self.node.clock())
+                    action = front.handle(channel, frame, now)
                 except NeedBodies as need:
+                    self._after_frames()
                     await shell.wait_read_back(need.queue)
                     continue
                 break
+            if action is not None and isinstance(action, Closed):
+                self._after_frames()
+                return
+
+    def _after_frames(self) -> None:
+        """What the frames handled so far produced: sessions to watch, replies, wake-ups."""
+        front = self.front
+        if front.sessions_opened or front.sessions_closed:
             self._track_sessions()
+        if front.out:
             self._queue_out()
-            shell.drain()
-            if isinstance(action, Closed) or (front.state == "closing" and not front.out):
-                self._done = isinstance(action, Closed)
-                if self._done:
-                    return
+        assert self.shell is not None
+        self.shell.drain()
 
     def _track_sessions(self) -> None:
         """Channels opened and closed: their sessions' output wakes this writer."""

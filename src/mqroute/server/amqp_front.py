@@ -36,6 +36,7 @@ from ..protocol.amqp import (
     DEFAULT_FRAME_MAX,
     FRAME_MIN_SIZE,
     content_bytes,
+    deliver_bytes,
     from_amqp_properties,
     method_bytes,
     to_table,
@@ -555,8 +556,8 @@ class AmqpFrontEnd:
             chunks.append(
                 content_bytes(
                     n,
-                    amqp.Basic.Deliver(
-                        e.consumer_tag, e.delivery_tag, e.redelivered, e.exchange, e.routing_key
+                    deliver_bytes(
+                        n, e.consumer_tag, e.delivery_tag, e.redelivered, e.exchange, e.routing_key
                     ),
                     e.message.properties,
                     e.message.body,
