@@ -41,12 +41,7 @@ class RpcCalls:
         timeout: float = 30.0,
         **props: Any,
     ) -> Message:
-        """RPC: publish a request and wait for its reply (a Message).
-
-        Replies come over direct reply-to (``amq.rabbitmq.reply-to``): no queue is declared
-        per call. Raises RequestTimeout after ``timeout`` seconds; a reply that comes later is
-        dropped. The server side is ``serve_rpc``.
-        """
+        """``Connection.call``: publish with a fresh correlation id, wait for its reply."""
         await self._start()
         correlation_id = props.pop("correlation_id", None) or uuid.uuid4().hex
         waiter: list[Any] = [anyio.Event(), None]
