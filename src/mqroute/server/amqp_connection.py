@@ -67,7 +67,7 @@ class AmqpConnection:
         )
         self._replies: deque[list[Any]] = deque()  # [bytes, ready]: in order once ready
         self._wakeup = trio.Event()
-        self._done = False
+        self._drained = trio.Event()  # set when the writer has nothing left to send
         self._last_received = trio.current_time()
         self._last_sent = trio.current_time()
         self._blocked: set[int] = set()  # sessions flow control paused
@@ -96,8 +96,7 @@ class AmqpConnection:
                 await self._reader()
                 self._wake()
                 with trio.move_on_after(self.config.close_timeout):
-                    while self._replies or self._pending_output():
-                        await trio.sleep(0.001)
+                    await self._drained.wait()
                 nursery.cancel_scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
@@ -270,6 +269,8 @@ class AmqpConnection:
         return any(ch.session.outbox_size() for ch in self.front.channels.values())
 
     def _wake(self) -> None:
+        if self._drained.is_set():  # something new to send: not drained until it is sent
+            self._drained = trio.Event()
         self._wakeup.set()
 
     async def _writer(self) -> None:
@@ -288,6 +289,8 @@ class AmqpConnection:
             if chunks:
                 await self.stream.send_all(b"".join(chunks))
                 self._last_sent = trio.current_time()
+            if not self._replies and not self._pending_output() and not self._wakeup.is_set():
+                self._drained.set()
 
     async def _flush_now(self) -> None:
         self._queue_out()

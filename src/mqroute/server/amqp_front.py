@@ -363,16 +363,16 @@ class AmqpFrontEnd:
                 now=now,
             )
             if not m.nowait:
-                self._reply(n, amqp.Basic.ConsumeOk(tag))
+                self._send(n, amqp.Basic.ConsumeOk(tag))
         elif kind is amqp.Basic.Cancel:
             if m.consumer_tag in session.consumers or m.consumer_tag == session.reply_consumer:
                 vhost.cancel(session, m.consumer_tag, now=now)
             if not m.nowait:  # an unknown tag is no error (RabbitMQ)
-                self._reply(n, amqp.Basic.CancelOk(m.consumer_tag))
+                self._send(n, amqp.Basic.CancelOk(m.consumer_tag))
         elif kind is amqp.Basic.Get:
             d = vhost.get(session, m.queue, auto_ack=m.no_ack, now=now)
             if d is None:
-                self._reply(n, amqp.Basic.GetEmpty())
+                self._send(n, amqp.Basic.GetEmpty())
             else:
                 self.out.append(
                     content_bytes(
@@ -393,12 +393,12 @@ class AmqpFrontEnd:
             if m.prefetch_count > 65535:
                 raise ConnectionError_(530, "NOT_ALLOWED - prefetch_count over 65535", m)
             ch.prefetch = m.prefetch_count
-            self._reply(n, amqp.Basic.QosOk())
+            self._send(n, amqp.Basic.QosOk())
         elif kind is amqp.Basic.Recover or kind is amqp.Basic.RecoverAsync:
             if session.unacked:
                 vhost.nack(session, 0, multiple=True, requeue=True, now=now)
             if kind is amqp.Basic.Recover:
-                self._reply(n, amqp.Basic.RecoverOk())
+                self._send(n, amqp.Basic.RecoverOk())
         elif kind is amqp.Confirm.Select:
             if ch.tx is not None:
                 raise PreconditionFailed("cannot switch from tx to confirm mode")
@@ -407,7 +407,7 @@ class AmqpFrontEnd:
                 # AMQP numbers confirms from select on; the session numbered every publish.
                 ch.confirm_offset = session.confirms.next_seq - 1
             if not m.nowait:
-                self._reply(n, amqp.Confirm.SelectOk())
+                self._send(n, amqp.Confirm.SelectOk())
         elif kind is amqp.Exchange.Declare:
             spec = ExchangeSpec(
                 name=m.exchange,
@@ -419,14 +419,14 @@ class AmqpFrontEnd:
             )
             vhost.declare_exchange(spec, passive=m.passive, access=access)
             if not m.nowait:
-                self._reply(n, amqp.Exchange.DeclareOk())
+                self._send(n, amqp.Exchange.DeclareOk())
         elif kind is amqp.Exchange.Delete:
             try:
                 vhost.delete_exchange(m.exchange, if_unused=m.if_unused, access=access)
             except NotFound:
                 pass  # RabbitMQ's delete is idempotent
             if not m.nowait:
-                self._reply(n, amqp.Exchange.DeleteOk())
+                self._send(n, amqp.Exchange.DeleteOk())
         elif kind is amqp.Exchange.Bind or kind is amqp.Exchange.Unbind:
             args = (m.destination, m.source, m.routing_key, to_table(m.arguments or {}))
             if kind is amqp.Exchange.Bind:
@@ -436,7 +436,7 @@ class AmqpFrontEnd:
                 vhost.unbind_exchange(*args, access=access)
                 ok = amqp.Exchange.UnbindOk()
             if not m.nowait:
-                self._reply(n, ok)
+                self._send(n, ok)
         elif kind is amqp.Queue.Declare:
             spec_q = QueueSpec(
                 name=m.queue,
@@ -449,7 +449,7 @@ class AmqpFrontEnd:
                 self.id, spec_q, passive=m.passive, now=now, access=access
             )
             if not m.nowait:
-                self._reply(
+                self._send(
                     n,
                     amqp.Queue.DeclareOk(
                         declared.queue, declared.message_count, declared.consumer_count
@@ -465,7 +465,7 @@ class AmqpFrontEnd:
                 access=access,
             )
             if not m.nowait:
-                self._reply(n, amqp.Queue.BindOk())
+                self._send(n, amqp.Queue.BindOk())
         elif kind is amqp.Queue.Unbind:
             vhost.unbind_queue(
                 self.id,
@@ -475,11 +475,11 @@ class AmqpFrontEnd:
                 to_table(m.arguments or {}),
                 access=access,
             )
-            self._reply(n, amqp.Queue.UnbindOk())
+            self._send(n, amqp.Queue.UnbindOk())
         elif kind is amqp.Queue.Purge:
             count = vhost.purge_queue(self.id, m.queue, access=access)
             if not m.nowait:
-                self._reply(n, amqp.Queue.PurgeOk(count))
+                self._send(n, amqp.Queue.PurgeOk(count))
         elif kind is amqp.Queue.Delete:
             count = vhost.delete_queue(
                 self.id,
@@ -490,13 +490,13 @@ class AmqpFrontEnd:
                 access=access,
             )
             if not m.nowait:
-                self._reply(n, amqp.Queue.DeleteOk(count))
+                self._send(n, amqp.Queue.DeleteOk(count))
         elif kind is amqp.Channel.Flow:
-            self._reply(n, amqp.Channel.FlowOk(m.active))  # deliveries go on (docs/amqp.md)
+            self._send(n, amqp.Channel.FlowOk(m.active))  # deliveries go on (docs/amqp.md)
         elif kind is amqp.Channel.Close:
             self._end_session(ch)
             del self.channels[n]
-            self._reply(n, amqp.Channel.CloseOk())
+            self._send(n, amqp.Channel.CloseOk())
         elif kind is amqp.Channel.CloseOk:
             pass
         elif kind is amqp.Tx.Select:
@@ -504,7 +504,7 @@ class AmqpFrontEnd:
                 raise PreconditionFailed("cannot switch from confirm to tx mode")
             if ch.tx is None:
                 ch.tx = []
-            self._reply(n, amqp.Tx.SelectOk())
+            self._send(n, amqp.Tx.SelectOk())
         elif kind is amqp.Tx.Commit or kind is amqp.Tx.Rollback:
             if ch.tx is None:
                 raise PreconditionFailed("channel is not transactional")
@@ -520,17 +520,14 @@ class AmqpFrontEnd:
                             self._method(ch, method, now)
                         finally:
                             ch.tx = saved
-                self._reply(n, amqp.Tx.CommitOk())
+                self._send(n, amqp.Tx.CommitOk())
             else:
-                self._reply(n, amqp.Tx.RollbackOk())
+                self._send(n, amqp.Tx.RollbackOk())
         else:
             raise ConnectionError_(
                 503, f"COMMAND_INVALID - {getattr(m, 'name', type(m).__name__)} from a client", m
             )
         return None
-
-    def _reply(self, channel: int, method: Any) -> None:
-        self._send(channel, method)
 
     def _send(self, channel: int, method: Any) -> None:
         self.out.append(method_bytes(channel, method))
