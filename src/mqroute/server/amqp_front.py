@@ -13,7 +13,6 @@ from typing import Any
 
 import attrs
 from pamqp import commands as amqp
-from pamqp import header as amqp_header
 from pamqp import heartbeat as amqp_heartbeat
 from pamqp.body import ContentBody
 
@@ -29,15 +28,16 @@ from ..model import (
     DeliveryTimedOut,
     ExchangeSpec,
     Message,
+    Properties,
     QueueSpec,
     Returned,
 )
 from ..protocol.amqp import (
     DEFAULT_FRAME_MAX,
     FRAME_MIN_SIZE,
+    Header,
     content_bytes,
     deliver_bytes,
-    from_amqp_properties,
     method_bytes,
     to_table,
 )
@@ -112,7 +112,7 @@ class Channel:
     closing: bool = False  # we sent Channel.Close; only close-ok counts now
     publish: amqp.Basic.Publish | None = None  # content being assembled
     body_size: int = 0
-    properties: Any = None
+    properties: Properties | None = None
     parts: list[bytes] = attrs.Factory(list)
     received: int = 0
     tx: list[tuple[Any, Any]] | None = None  # tx.select: (method or publish, message) to commit
@@ -278,20 +278,23 @@ class AmqpFrontEnd:
     # --- content ----------------------------------------------------------------------------
 
     def _content(self, ch: Channel, frame: Any, now: float) -> Any:
-        if isinstance(frame, amqp_header.ContentHeader) and ch.properties is None:
+        if type(frame) is Header and ch.properties is None:
             if frame.body_size > self.max_message_size:
+                reason = (
+                    f"message size {frame.body_size} is larger than the maximum of "
+                    f"{self.max_message_size}"
+                )
+            elif frame.error is not None:
+                reason = frame.error
+            else:
+                reason = None
+            if reason is not None:
                 publish = ch.publish
                 ch.publish = None
-                self._close_channel(
-                    ch,
-                    406,
-                    f"PRECONDITION_FAILED - message size {frame.body_size} is larger than "
-                    f"the maximum of {self.max_message_size}",
-                    publish,
-                )
+                self._close_channel(ch, 406, f"PRECONDITION_FAILED - {reason}", publish)
                 return None
             ch.properties, ch.body_size = frame.properties, frame.body_size
-        elif isinstance(frame, ContentBody) and ch.properties is not None:
+        elif type(frame) is ContentBody and ch.properties is not None:
             ch.parts.append(frame.value)
             ch.received += len(frame.value)
             if ch.received > ch.body_size:
@@ -302,19 +305,16 @@ class AmqpFrontEnd:
             )
         if ch.received < ch.body_size:
             return None
-        publish, props, body = ch.publish, ch.properties, b"".join(ch.parts)
+        publish, properties = ch.publish, ch.properties
+        body = ch.parts[0] if len(ch.parts) == 1 else b"".join(ch.parts)
         ch.publish, ch.properties, ch.parts, ch.received, ch.body_size = None, None, [], 0, 0
-        assert publish is not None and self.vhost is not None
-        try:
-            message = Message(
-                exchange=publish.exchange,
-                routing_key=publish.routing_key,
-                body=body,
-                properties=from_amqp_properties(props),
-            )
-        except (TypeError, ValueError) as exc:
-            self._close_channel(ch, 406, f"PRECONDITION_FAILED - {exc}", publish)
-            return None
+        assert publish is not None and properties is not None and self.vhost is not None
+        message = Message(
+            exchange=publish.exchange,
+            routing_key=publish.routing_key,
+            body=body,
+            properties=properties,
+        )
         if ch.tx is not None:
             ch.tx.append((publish, message))  # published at tx.commit
             return None
