@@ -23,10 +23,12 @@ from common import free_port, mqroute_server
 from mqroute.bench.runner import BenchOptions, MQRouteDriver, run
 
 
-def cpu_seconds(pid: int) -> float:
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 @contextlib.contextmanager
@@ -55,9 +57,12 @@ def main() -> None:
                     import attrs
 
                     run(attrs.evolve(opts, url=url), MQRouteDriver)
-                used = cpu_seconds(pid) - before
-            per_message[front].append(used / args.count * 1e6)
-            print(f"  run {i + 1} {front:6}: {per_message[front][-1]:6.1f} µs of server CPU")
+                user, system = (b - a for a, b in zip(before, cpu_seconds(pid), strict=True))
+            per_message[front].append((user + system) / args.count * 1e6)
+            print(
+                f"  run {i + 1} {front:6}: {per_message[front][-1]:6.1f} µs of server CPU "
+                f"({user / args.count * 1e6:.1f} user, {system / args.count * 1e6:.1f} system)"
+            )
     amqp, native = (statistics.median(per_message[k]) for k in ("AMQP", "native"))
     print(f"server CPU per message: AMQP {amqp:.1f} µs, native {native:.1f} µs")
     print(f"so the AMQP front end alone runs at {native / amqp:.2f}x the native one's rate")

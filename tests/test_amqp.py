@@ -588,18 +588,23 @@ def test_the_fast_deliver_encoder_agrees_with_pamqp(
     )
 
 
-def test_a_name_pamqp_will_not_build_falls_back_to_its_decoder() -> None:
-    from mqroute.protocol.amqp import _fast_decode
+async def test_a_publish_to_a_name_pamqp_would_refuse_is_not_found(
+    address: ServerAddress,
+) -> None:
+    """pamqp's constructor refuses an exchange named '*'; RabbitMQ answers NOT_FOUND, and so
+    does mqroute: the decoder passes the name and the broker answers for it."""
 
-    payload = struct.pack(">HHH", 60, 40, 0) + b"\x01*" + b"\x01k" + b"\x00"
-    wire = struct.pack(">BHI", 1, 1, len(payload)) + payload + b"\xce"
-    assert _fast_decode(1, wire) is None
-    frames = AmqpFrames()
-    frames.frame_max = 131072
-    frames.receive_data(PROTOCOL_HEADER + wire)
-    assert frames.next_frame() == HEADER_RECEIVED
-    try:
-        channel, frame = frames.next_frame()
-    except FrameError:
-        return  # refused with the protocol's own error: also fine
-    assert (channel, frame.exchange, frame.routing_key) == (1, "*", "k")
+    def work() -> tuple[int, str]:
+        connection, ch = channel(address)
+        ch.confirm_delivery()
+        try:
+            ch.basic_publish("*", "k", b"x")
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            return exc.reply_code, exc.reply_text
+        finally:
+            connection.close()
+        raise AssertionError("published to an exchange that does not exist")
+
+    code, text = await in_thread(work)
+    assert code == 404
+    assert "'*'" in text

@@ -97,7 +97,7 @@ class AmqpFrames:
             content = amqp_body.ContentBody(bytes(buf[pos + 7 : pos + 7 + size]))
             self._consume(8 + size)
             return channel, content
-        data = bytes(buf[pos : pos + 8 + size])
+        data = buf[pos : pos + 8 + size]
         self._consume(8 + size)
         if kind == 8:
             if channel != 0:
@@ -107,7 +107,7 @@ class AmqpFrames:
         if fast is not None:
             return channel, fast
         try:
-            _, channel, value = amqp_frame.unmarshal(data)
+            _, channel, value = amqp_frame.unmarshal(bytes(data))
         except (exceptions.UnmarshalingException, ValueError, KeyError, struct.error) as exc:
             raise FrameError(f"undecodable frame on channel {channel}: {exc}") from None
         if isinstance(value, amqp_header.ContentHeader):
@@ -151,25 +151,33 @@ def _broker_header(body_size: int, make: Any, *args: Any) -> Header:
         return Header(body_size, None, str(exc))
 
 
-def _fast_decode(kind: int, data: bytes) -> Any:
-    payload = memoryview(data)[7:-1]
+def _fast_decode(kind: int, frame: bytes | bytearray) -> Any:
+    """A whole frame's method or content header, or None for pamqp to decode."""
     if kind == 1:
-        start = bytes(payload[:4])
+        start = frame[7:11]
         if start == _PUBLISH:
-            return _publish(payload)
-        if start == _ACK and len(payload) == 13:
-            tag, bits = _ACK_BODY.unpack_from(payload, 4)
-            return commands.Basic.Ack(delivery_tag=tag, multiple=bool(bits & 1))
-    elif kind == 2 and len(payload) >= 14:
-        class_id, weight, size, flags = _HEADER_START.unpack_from(payload)
+            return _publish(frame)
+        if start == _ACK and len(frame) == 21:
+            tag, bits = _ACK_BODY.unpack_from(frame, 11)
+            ack = _new(commands.Basic.Ack)
+            ack.delivery_tag, ack.multiple = tag, bool(bits & 1)
+            return ack
+    elif kind == 2 and len(frame) >= 22:
+        class_id, weight, size, flags = _HEADER_START.unpack_from(frame, 7)
         if class_id == 60 and weight == 0 and not flags & _FLAGS_OTHER:
             try:
-                fields = _properties(payload, flags)
+                fields = _properties(frame, flags)
             except (IndexError, UnicodeDecodeError, struct.error):
                 return None
             if fields is not None:
                 return _broker_header(size, _make_properties, fields)
     return None
+
+
+def _new(cls: Any) -> Any:
+    """A pamqp method without its constructor's checks: the fast decoders set every slot,
+    with values the wire format already bounds."""
+    return cls.__new__(cls)
 
 
 # Basic's property flags, high bit first, as AMQP orders the fields.
@@ -192,19 +200,19 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 
 
-def _properties(payload: memoryview, flags: int) -> dict[str, Any] | None:
+def _properties(frame: bytes | bytearray, flags: int) -> dict[str, Any] | None:
     """The property fields after a content header's flags, as ``Properties`` arguments;
     None where pamqp should decide (a table's values, a timestamp in milliseconds, bytes
     left over)."""
     fields: dict[str, Any] = {}
-    at = 14
+    at, end = 21, len(frame) - 1  # after the frame's and the header's fixed fields
 
     def short() -> str:
         nonlocal at
-        length = payload[at]
-        if at + 1 + length > len(payload):
+        length = frame[at]
+        if at + 1 + length > end:
             raise IndexError("a short string beyond the frame")
-        text = bytes(payload[at + 1 : at + 1 + length]).decode()
+        text = frame[at + 1 : at + 1 + length].decode()
         at += 1 + length
         return text
 
@@ -213,20 +221,20 @@ def _properties(payload: memoryview, flags: int) -> dict[str, Any] | None:
     if flags & _CONTENT_ENCODING:
         fields["content_encoding"] = short()
     if flags & _HEADERS:
-        if _U32.unpack_from(payload, at)[0] != 0:
+        if _U32.unpack_from(frame, at)[0] != 0:
             return None  # a table with fields: pamqp's decoder
         at += 4
     if flags & _DELIVERY_MODE:
-        fields["persistent"] = payload[at] == 2
+        fields["persistent"] = frame[at] == 2
         at += 1
     if flags & _PRIORITY:
-        fields["priority"] = payload[at]
+        fields["priority"] = frame[at]
         at += 1
     for flag, name in _SHORT_STRINGS:
         if flags & flag:
             fields[name] = short()
     if flags & _TIMESTAMP:
-        timestamp = _U64.unpack_from(payload, at)[0]
+        timestamp = _U64.unpack_from(frame, at)[0]
         if timestamp > 0xFFFFFFFF:
             return None  # pamqp reads it as milliseconds
         fields["timestamp"] = timestamp
@@ -236,36 +244,34 @@ def _properties(payload: memoryview, flags: int) -> dict[str, Any] | None:
             fields[name] = short()
     if flags & _CLUSTER_ID:
         short()  # deprecated, and dropped as RabbitMQ drops it
-    return fields if at == len(payload) else None
+    return fields if at == end else None
 
 
 def _make_properties(fields: dict[str, Any]) -> Properties:
     return Properties(**fields) if fields else EMPTY_PROPERTIES
 
 
-def _publish(payload: memoryview) -> Any:
+def _publish(frame: bytes | bytearray) -> Any:
+    """basic.publish. Names pamqp's constructor would refuse pass: the broker answers for
+    them (an exchange that does not exist is NOT_FOUND), as RabbitMQ does."""
+    end = len(frame) - 1
     try:
-        at = 6  # class, method, ticket
-        exchange_length = payload[at]
-        exchange = bytes(payload[at + 1 : at + 1 + exchange_length]).decode()
-        at += 1 + exchange_length
-        key_length = payload[at]
-        routing_key = bytes(payload[at + 1 : at + 1 + key_length]).decode()
-        at += 1 + key_length
-        if at + 1 != len(payload):
+        at = 13  # the frame's header, class, method, ticket
+        length = frame[at]
+        exchange = frame[at + 1 : at + 1 + length].decode()
+        at += 1 + length
+        length = frame[at]
+        routing_key = frame[at + 1 : at + 1 + length].decode()
+        at += 1 + length
+        if at + 1 != end:
             return None
-        bits = payload[at]
+        bits = frame[at]
     except (IndexError, UnicodeDecodeError):
         return None
-    try:
-        return commands.Basic.Publish(
-            exchange=exchange,
-            routing_key=routing_key,
-            mandatory=bool(bits & 1),
-            immediate=bool(bits & 2),
-        )
-    except ValueError:  # a name pamqp's constructor refuses: its own decoder decides
-        return None
+    publish = _new(commands.Basic.Publish)
+    publish.ticket, publish.exchange, publish.routing_key = 0, exchange, routing_key
+    publish.mandatory, publish.immediate = bool(bits & 1), bool(bits & 2)
+    return publish
 
 
 _DELIVER_HEAD = struct.pack(">HH", 60, 60)
