@@ -3,11 +3,13 @@ server; and the framing alone, fed split at every byte and fed garbage."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import decimal
 import functools
 import socket
 import struct
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -179,6 +181,126 @@ async def test_basic_qos_bounds_the_unacked_deliveries(address: ServerAddress) -
         return len(held)
 
     assert await in_thread(work) == 2
+
+
+async def test_a_connection_that_publishes_and_consumes_is_not_stalled_by_credit(
+    nursery: trio.Nursery,
+) -> None:
+    """One connection publishes to a queue it also consumes from, faster than it acks. The
+    queue passes its credit limit, but the broker goes on reading the connection: the acks
+    behind the publishes are what drain the queue (stopping there would wait forever)."""
+    config = ServerConfig(port=0, amqp_port=0, queue_flow_limit=16 * 1024)
+    address = await nursery.start(functools.partial(serve, config))
+    count = 200
+
+    def work() -> int:
+        connection, publisher = channel(address)
+        consumer = connection.channel()
+        consumer.queue_declare("both")
+        consumer.basic_qos(prefetch_count=5)
+        taken = 0
+
+        def on_message(ch: Any, method: Any, properties: Any, body: bytes) -> None:
+            nonlocal taken
+            taken += 1
+            ch.basic_ack(method.delivery_tag)
+
+        consumer.basic_consume("both", on_message)
+        for _ in range(count):
+            publisher.basic_publish("", "both", b"x" * 1024)
+        deadline = time.monotonic() + 10
+        while taken < count and time.monotonic() < deadline:
+            connection.process_data_events(time_limit=0.1)
+        if taken == count:  # else a close would wait behind the unread publishes
+            connection.close()
+        return taken
+
+    assert await in_thread(work) == count
+
+
+@contextlib.asynccontextmanager
+async def server_with(**vhost_options: Any) -> AsyncIterator[ServerAddress]:
+    from mqroute.core.vhost import Vhost
+
+    async with trio.open_nursery() as nursery:
+        config = ServerConfig(port=0, amqp_port=0)
+        yield await nursery.start(functools.partial(serve, config, broker=Vhost(**vhost_options)))
+        nursery.cancel_scope.cancel()
+
+
+def pump(*connections: Any, until: Callable[[], bool]) -> bool:
+    """Let pika's blocking connections take what the broker sent, until ``until()``."""
+    deadline = time.monotonic() + 10
+    while not until() and time.monotonic() < deadline:
+        for connection in connections:
+            connection.process_data_events(time_limit=0.02)
+    return until()
+
+
+async def test_the_memory_alarm_is_told_with_connection_blocked_and_unblocked() -> None:
+    from mqroute.core.flow import ENTRY_OVERHEAD
+
+    async with server_with(memory_limit=50 * (1024 + ENTRY_OVERHEAD)) as address:
+
+        def work() -> tuple[list[str], int]:
+            told: list[str] = []
+            producer, pub = channel(address)
+            producer.add_on_connection_blocked_callback(
+                lambda _, frame: told.append(f"blocked: {frame.method.reason}")
+            )
+            producer.add_on_connection_unblocked_callback(lambda *_: told.append("unblocked"))
+            pub.queue_declare("heavy")
+            for _ in range(200):
+                pub.basic_publish("", "heavy", b"x" * 1024)
+            assert pump(producer, until=lambda: bool(told))
+            consumer, sub = channel(address)
+            drained = 0
+            while drained < 200 or told[-1] != "unblocked":
+                method, _, _ = sub.basic_get("heavy", auto_ack=True)
+                if method is None:
+                    if not pump(producer, consumer, until=lambda: told[-1] == "unblocked"):
+                        break
+                    continue
+                drained += 1
+            producer.close()
+            consumer.close()
+            return told, drained
+
+        told, drained = await in_thread(work)
+    # Blocked and unblocked by turns (reading resumes, the next publishes raise it again),
+    # each block naming the alarm; the last word is unblocked.
+    assert all("memory alarm" in t for t in told[0::2]) and set(told[1::2]) == {"unblocked"}
+    assert len(told) % 2 == 0
+    assert drained == 200  # the publishes not read while blocked were taken after
+
+
+async def test_a_queue_over_its_credit_limit_pauses_its_publisher_without_a_word() -> None:
+    """RabbitMQ's silent flow state: no connection.blocked, and nothing lost."""
+    async with server_with(queue_flow_limit=8 * 1024) as address:
+
+        def work() -> tuple[list[str], int]:
+            told: list[str] = []
+            producer, pub = channel(address)
+            producer.add_on_connection_blocked_callback(lambda *_: told.append("blocked"))
+            consumer, sub = channel(address)
+            sub.queue_declare("paced")
+            sub.basic_qos(prefetch_count=5)
+            taken = 0
+
+            def on_message(ch: Any, method: Any, properties: Any, body: bytes) -> None:
+                nonlocal taken
+                taken += 1
+                ch.basic_ack(method.delivery_tag)
+
+            sub.basic_consume("paced", on_message)
+            for _ in range(100):
+                pub.basic_publish("", "paced", b"x" * 1024)
+            pump(producer, consumer, until=lambda: taken == 100)
+            producer.close()
+            consumer.close()
+            return told, taken
+
+        assert await in_thread(work) == ([], 100)
 
 
 async def test_the_broker_cancels_consumers_of_a_deleted_queue(address: ServerAddress) -> None:

@@ -70,7 +70,8 @@ class AmqpConnection:
         self._drained = trio.Event()  # set when the writer has nothing left to send
         self._last_received = trio.current_time()
         self._last_sent = trio.current_time()
-        self._blocked: set[int] = set()  # sessions flow control paused
+        self._paused: dict[int, Pause] = {}  # sessions flow control paused, and why
+        self._told_blocked = False  # connection.blocked sent, unblocked not yet
         self._unblocked = trio.Event()
         self._unblocked.set()
 
@@ -212,7 +213,7 @@ class AmqpConnection:
                 self._after_frames()
                 await trio.lowlevel.checkpoint()
             channel, frame = item
-            if self._blocked and type(frame) is amqp.Basic.Publish:
+            if self._paused and type(frame) is amqp.Basic.Publish and self._must_wait():
                 self._after_frames()
                 await self._until_unblocked()
             while True:
@@ -246,7 +247,8 @@ class AmqpConnection:
         front.sessions_opened.clear()
         for session in front.sessions_closed:
             shell.by_session.pop(session.id, None)
-            self._blocked.discard(session.id)
+            if self._paused.pop(session.id, None) is not None:
+                self._pause_changed()
         front.sessions_closed.clear()
 
     def _queue_out(self) -> None:
@@ -306,7 +308,7 @@ class AmqpConnection:
         interval = self.front.heartbeat
         while True:
             now = trio.current_time()
-            if self._blocked:
+            if not self._unblocked.is_set():  # not read: the client's silence is ours
                 self._last_received = now
             if now - self._last_received > 2 * interval:
                 self.node.log_limited("%s: missed AMQP heartbeats; closing", self.id)
@@ -321,28 +323,43 @@ class AmqpConnection:
     # --- flow control -----------------------------------------------------------------------
 
     def set_blocked(self, pause: Pause | None) -> None:
-        """Flow control paused (or resumed) one channel's publishing: the connection stops
-        being read for publishes while any channel is paused."""
-        session_ids = [ch.session.id for ch in self.front.channels.values()]
-        was_blocked = bool(self._blocked)
-        for session_id in session_ids:
+        """Flow control paused (or resumed) this connection's publishing. An alarm is told
+        (connection.blocked, to clients that take it) and publishes are not read until it
+        ends. A queue over its credit limit is RabbitMQ's silent ``flow`` state: publishes
+        wait unread, and the client is not told; but a connection that also consumes goes on
+        being read, since the acks behind its publishes are what drain the queue."""
+        for ch in self.front.channels.values():
             if pause is None:
-                self._blocked.discard(session_id)
+                self._paused.pop(ch.session.id, None)
             else:
-                self._blocked.add(session_id)
+                self._paused[ch.session.id] = pause
+        self._pause_changed()
+
+    def _pause_changed(self) -> None:
+        alarm = next((p for p in self._paused.values() if not p.credit), None)
         capabilities = self.front.client_properties.get("capabilities") or {}
-        told = bool(capabilities.get("connection.blocked"))
-        if self._blocked and not was_blocked:
+        if alarm is not None and not self._told_blocked:
+            if capabilities.get("connection.blocked"):
+                self.front.out.append(method_bytes(0, amqp.Connection.Blocked(alarm.reason)))
+                self._queue_out()
+                self._told_blocked = True
+        elif alarm is None and self._told_blocked:
+            self.front.out.append(method_bytes(0, amqp.Connection.Unblocked()))
+            self._queue_out()
+            self._told_blocked = False
+        if self._must_wait():
             if self._unblocked.is_set():
                 self._unblocked = trio.Event()
-            if told and pause is not None:
-                self.front.out.append(method_bytes(0, amqp.Connection.Blocked(pause.reason)))
-                self._queue_out()
-        elif not self._blocked and was_blocked:
+        else:
             self._unblocked.set()
-            if told:
-                self.front.out.append(method_bytes(0, amqp.Connection.Unblocked()))
-                self._queue_out()
+
+    def _must_wait(self) -> bool:
+        """Whether a publish read now must wait (see ``set_blocked``)."""
+        if not self._paused:
+            return False
+        if any(not p.credit for p in self._paused.values()):
+            return True
+        return not any(ch.session.consumers for ch in self.front.channels.values())
 
     async def _until_unblocked(self) -> None:
         assert self.shell is not None
