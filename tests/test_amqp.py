@@ -176,11 +176,66 @@ async def test_basic_qos_bounds_the_unacked_deliveries(address: ServerAddress) -
         ch.basic_qos(prefetch_count=2)
         held = []
         ch.basic_consume("qos", lambda c, m, p, b: held.append(m.delivery_tag))
-        connection.process_data_events(time_limit=0.5)
+        ch.queue_declare("qos", passive=True)  # a round trip: what was dispatched came first
+        connection.process_data_events(time_limit=0)  # pika hands those to the callback
         connection.close()
         return len(held)
 
     assert await in_thread(work) == 2
+
+
+async def test_basic_qos_global_is_shared_by_the_channels_consumers(
+    address: ServerAddress,
+) -> None:
+    """RabbitMQ's meaning of global=true: one limit for all the channel's consumers."""
+
+    def work() -> tuple[int, int]:
+        connection, ch = channel(address)
+        held: list[int] = []
+        for name in ("g1", "g2"):
+            ch.queue_declare(name)
+            for i in range(5):
+                ch.basic_publish("", name, str(i).encode())
+        ch.basic_qos(prefetch_count=3, global_qos=True)
+        for name in ("g1", "g2"):
+            ch.basic_consume(name, lambda c, m, p, b: held.append(m.delivery_tag))
+        ch.queue_declare("g1", passive=True)  # a round trip
+        connection.process_data_events(time_limit=0)
+        first = len(held)
+        ch.basic_ack(held[0])
+        ch.queue_declare("g1", passive=True)
+        connection.process_data_events(time_limit=0)
+        connection.close()
+        return first, len(held)
+
+    assert await in_thread(work) == (3, 4)
+
+
+async def test_channel_flow_off_is_not_implemented_as_in_rabbitmq(
+    address: ServerAddress,
+) -> None:
+    def work() -> tuple[int, str]:
+        _, ch = channel(address)
+        assert ch.flow(True) is True
+        try:
+            ch.flow(False)
+        except pika.exceptions.ConnectionClosedByBroker as exc:
+            return exc.reply_code, exc.reply_text
+        raise AssertionError("channel.flow(active=false) was accepted")
+
+    assert await in_thread(work) == (540, "NOT_IMPLEMENTED - active=false")
+
+
+async def test_a_prefetch_size_is_not_implemented_as_in_rabbitmq(address: ServerAddress) -> None:
+    def work() -> tuple[int, str]:
+        _, ch = channel(address)
+        try:
+            ch.basic_qos(prefetch_size=1024)
+        except pika.exceptions.ConnectionClosedByBroker as exc:
+            return exc.reply_code, exc.reply_text
+        raise AssertionError("a prefetch_size was accepted")
+
+    assert await in_thread(work) == (540, "NOT_IMPLEMENTED - prefetch_size!=0 (1024)")
 
 
 async def test_a_connection_that_publishes_and_consumes_is_not_stalled_by_credit(

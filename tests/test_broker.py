@@ -373,6 +373,37 @@ def test_prefetch_limits_unacked_deliveries(b: Vhost, s: Session) -> None:
     assert len(b.queues["q"]) == 0
 
 
+def test_a_shared_prefetch_bounds_all_of_a_sessions_consumers_together(
+    b: Vhost, s: Session
+) -> None:
+    """AMQP's basic.qos global=true as RabbitMQ means it: one limit across the channel's
+    consumers, on top of each consumer's own."""
+    queue(b, "a")
+    queue(b, "b")
+    b.share_prefetch(s, 3)
+    b.consume(s, "a", prefetch=2)
+    b.consume(s, "b")
+    for i in range(4):
+        b.publish(s, msg("", "a", b"a%d" % i))
+        b.publish(s, msg("", "b", b"b%d" % i))
+    got = deliveries(b, s)
+    assert len(got) == 3
+    assert sum(d.message.body.startswith(b"a") for d in got) <= 2  # a's own limit holds
+    b.ack(s, got[0].delivery_tag)
+    more = deliveries(b, s)
+    assert len(more) == 1  # one settled, one more from either queue
+    b.share_prefetch(s, 0)  # lifted: each consumer's own limit alone
+    rest = deliveries(b, s)
+    unacked_a = sum(d.message.body.startswith(b"a") for d in got[1:] + more + rest)
+    assert unacked_a == 2 and len(b.queues["b"]) == 0
+
+
+def test_a_shared_prefetch_is_a_count_from_0_to_65535(b: Vhost, s: Session) -> None:
+    with pytest.raises(InvalidArgument, match="prefetch must be from 0 to 65535"):
+        b.share_prefetch(s, 65536)
+    assert s.prefetch == 0
+
+
 def test_fair_dispatch_with_prefetch_one(b: Vhost) -> None:
     queue(b, "q")
     busy, idle = b.open_session("busy"), b.open_session("idle")

@@ -63,7 +63,11 @@ class ConsumerState:
         if len(session._outbox) >= session.outbox_limit or session._outbox_bytes >= OUTBOX_BYTES:
             session.starved = True
             return False
-        return self.auto_ack or self.prefetch == 0 or self.unacked < self.prefetch
+        if self.auto_ack:
+            return True
+        if session.prefetch and session.consumer_unacked >= session.prefetch:
+            return False
+        return self.prefetch == 0 or self.unacked < self.prefetch
 
     def deliver(self, queue: MessageQueue, entry: QueueEntry) -> None:
         self.session.record_delivery(queue, entry, self, track=not self.auto_ack)
@@ -94,6 +98,10 @@ class Session:
         self.starved = False
         self.publishes = 0  # bits: 1 transient, 2 persistent (flow control knows of them)
         self.consumers: dict[str, ConsumerState] = {}
+        # A limit shared by all the session's consumers (AMQP's basic.qos global=true), and
+        # the consumers' deliveries it counts: those not yet settled (gets do not count).
+        self.prefetch = 0
+        self.consumer_unacked = 0
         self.unacked: dict[int, Unacked] = {}
         self._unacked_order: deque[int] = deque()
         self._next_tag = 1
@@ -154,6 +162,7 @@ class Session:
             queue.unacked += 1
             if consumer is not None:
                 consumer.unacked += 1
+                self.consumer_unacked += 1
         message = entry.message
         assert message is not None, "fetch pages bodies in before delivery"
         if entry.delivery_count > 1:  # a redelivery says how many deliveries came before

@@ -53,7 +53,13 @@ class Settler:
             consumer = item.consumer
             if consumer is not None:
                 consumer.unacked -= 1
-                if consumer.tag in consumer.session.consumers:
+                session = consumer.session
+                session.consumer_unacked -= 1
+                if session.prefetch:  # a shared limit: each of its consumers may take again
+                    for other in session.consumers.values():
+                        other.queue.activate(other)
+                        touched[id(other.queue)] = other.queue
+                elif consumer.tag in session.consumers:
                     item.queue.activate(consumer)
                     touched[id(item.queue)] = item.queue
         for queue in touched.values():

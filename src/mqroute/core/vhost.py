@@ -21,7 +21,7 @@ from typing import Any
 
 import attrs
 
-from ..errors import BrokerError, NotFound, PreconditionFailed
+from ..errors import BrokerError, InvalidArgument, NotFound, PreconditionFailed
 from ..model import (
     REPLY_TO,
     Binding,
@@ -372,6 +372,18 @@ class Vhost:
         q.add_consumer(consumer)
         self._dispatch(q)
         return consumer.tag
+
+    def share_prefetch(self, session: Session, count: int, *, now: float | None = None) -> None:
+        """A limit of ``count`` unacked deliveries (0: none) shared by all of ``session``'s
+        consumers, beside each one's own: AMQP's basic.qos with global=true, as RabbitMQ
+        means it. A higher limit lets them take more at once."""
+        self.scheduler.at(now)
+        if not 0 <= count <= 65535:
+            raise InvalidArgument(f"prefetch must be from 0 to 65535, not {count}")
+        session.prefetch = count
+        for consumer in list(session.consumers.values()):
+            consumer.queue.activate(consumer)
+            self._dispatch(consumer.queue)
 
     def cancel(self, session: Session, consumer_tag: str, *, now: float | None = None) -> None:
         """Stop a consumer. Its unacked messages stay unacked (ack them or close to requeue)."""

@@ -390,9 +390,16 @@ class AmqpFrontEnd:
                     )
                 )
         elif kind is amqp.Basic.Qos:
+            if m.prefetch_size:  # as RabbitMQ
+                raise ConnectionError_(
+                    540, f"NOT_IMPLEMENTED - prefetch_size!=0 ({m.prefetch_size})", m
+                )
             if m.prefetch_count > 65535:
                 raise ConnectionError_(530, "NOT_ALLOWED - prefetch_count over 65535", m)
-            ch.prefetch = m.prefetch_count
+            if m.global_:  # RabbitMQ's meaning: shared by the channel's consumers
+                vhost.share_prefetch(session, m.prefetch_count, now=now)
+            else:
+                ch.prefetch = m.prefetch_count
             self._send(n, amqp.Basic.QosOk())
         elif kind is amqp.Basic.Recover or kind is amqp.Basic.RecoverAsync:
             if session.unacked:
@@ -492,7 +499,9 @@ class AmqpFrontEnd:
             if not m.nowait:
                 self._send(n, amqp.Queue.DeleteOk(count))
         elif kind is amqp.Channel.Flow:
-            self._send(n, amqp.Channel.FlowOk(m.active))  # deliveries go on (docs/amqp.md)
+            if not m.active:  # RabbitMQ's answer since 3.3 (docs/amqp.md)
+                raise ConnectionError_(540, "NOT_IMPLEMENTED - active=false", m)
+            self._send(n, amqp.Channel.FlowOk(True))
         elif kind is amqp.Channel.Close:
             self._end_session(ch)
             del self.channels[n]
