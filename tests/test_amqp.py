@@ -739,6 +739,21 @@ def test_the_fast_content_header_decoder_agrees_with_pamqp(size: int, props: Any
     )
 
 
+def test_properties_a_publisher_repeats_are_decoded_once_and_shared() -> None:
+    from pamqp import header as amqp_header
+
+    from mqroute.protocol.amqp import _fast_decode
+
+    def header(props: Any) -> Any:
+        return _fast_decode(2, amqp_frame.marshal(amqp_header.ContentHeader(0, 5, props), 1))
+
+    plain = amqp_commands.Basic.Properties(delivery_mode=2, content_type="text/plain")
+    assert header(plain).properties is header(plain).properties
+    one, two = (amqp_commands.Basic.Properties(message_id=m) for m in ("1", "2"))
+    assert header(one).properties.message_id == "1"  # per message: not cached
+    assert header(two).properties.message_id == "2"
+
+
 def test_a_header_the_broker_refuses_is_named_whichever_decoder_read_it() -> None:
     frames = AmqpFrames()
     frames.frame_max = 131072

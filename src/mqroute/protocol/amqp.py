@@ -14,6 +14,7 @@ import decimal
 import struct
 from typing import Any
 
+import attrs
 from pamqp import body as amqp_body
 from pamqp import commands, exceptions
 from pamqp import frame as amqp_frame
@@ -165,12 +166,24 @@ def _fast_decode(kind: int, frame: bytes | bytearray) -> Any:
     elif kind == 2 and len(frame) >= 22:
         class_id, weight, size, flags = _HEADER_START.unpack_from(frame, 7)
         if class_id == 60 and weight == 0 and not flags & _FLAGS_OTHER:
+            shared = not flags & _PER_MESSAGE
+            if shared:  # properties a publisher repeats: decoded once, the object shared
+                key = bytes(frame[19:-1])
+                known = _KNOWN.get(key)
+                if known is not None:
+                    return Header(size, known, None)
             try:
-                fields = _properties(frame, flags)
+                properties = _properties(frame, flags)
             except (IndexError, UnicodeDecodeError, struct.error):
                 return None
-            if fields is not None:
-                return _broker_header(size, _make_properties, fields)
+            except ValueError as exc:  # decoded, and refused by the broker
+                return Header(size, None, str(exc))
+            if properties is not None:
+                if shared:
+                    if len(_KNOWN) >= _KNOWN_SIZE:
+                        _KNOWN.clear()
+                    _KNOWN[key] = properties
+                return Header(size, properties, None)
     return None
 
 
@@ -189,6 +202,10 @@ _EXPIRATION, _MESSAGE_ID, _TIMESTAMP = _FLAG["expiration"], _FLAG["message_id"],
 _TYPE, _USER_ID, _APP_ID = _FLAG["message_type"], _FLAG["user_id"], _FLAG["app_id"]
 _CLUSTER_ID = _FLAG["cluster_id"]
 _FLAGS_OTHER = 0b11  # reserved, and "more flags follow": pamqp decides
+# Fields that differ from message to message: a header with none of them is worth caching.
+_PER_MESSAGE = _MESSAGE_ID | _CORRELATION_ID | _TIMESTAMP | _HEADERS
+_KNOWN: dict[bytes, Properties] = {}  # the flags and fields of a header: its properties
+_KNOWN_SIZE = 1024
 _SHORT_STRINGS = (
     (_CORRELATION_ID, "correlation_id"),
     (_REPLY_TO, "reply_to"),
@@ -200,55 +217,83 @@ _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 
 
-def _properties(frame: bytes | bytearray, flags: int) -> dict[str, Any] | None:
-    """The property fields after a content header's flags, as ``Properties`` arguments;
-    None where pamqp should decide (a table's values, a timestamp in milliseconds, bytes
-    left over)."""
-    fields: dict[str, Any] = {}
+def _properties(frame: bytes | bytearray, flags: int) -> Properties | None:
+    """The properties after a content header's flags; None where pamqp should decide (a
+    table's values, a timestamp in milliseconds, bytes left over). Raises ValueError for
+    properties the broker refuses, with the model's own text."""
+    if not flags:
+        return EMPTY_PROPERTIES
+    p = _blank()
     at, end = 21, len(frame) - 1  # after the frame's and the header's fixed fields
-
-    def short() -> str:
-        nonlocal at
-        length = frame[at]
-        if at + 1 + length > end:
-            raise IndexError("a short string beyond the frame")
-        text = frame[at + 1 : at + 1 + length].decode()
-        at += 1 + length
-        return text
-
-    if flags & _CONTENT_TYPE:
-        fields["content_type"] = short()
-    if flags & _CONTENT_ENCODING:
-        fields["content_encoding"] = short()
-    if flags & _HEADERS:
-        if _U32.unpack_from(frame, at)[0] != 0:
-            return None  # a table with fields: pamqp's decoder
-        at += 4
-    if flags & _DELIVERY_MODE:
-        fields["persistent"] = frame[at] == 2
-        at += 1
-    if flags & _PRIORITY:
-        fields["priority"] = frame[at]
-        at += 1
-    for flag, name in _SHORT_STRINGS:
-        if flags & flag:
-            fields[name] = short()
-    if flags & _TIMESTAMP:
-        timestamp = _U64.unpack_from(frame, at)[0]
-        if timestamp > 0xFFFFFFFF:
-            return None  # pamqp reads it as milliseconds
-        fields["timestamp"] = timestamp
-        at += 8
-    for flag, name in _LATE_STRINGS:
-        if flags & flag:
-            fields[name] = short()
-    if flags & _CLUSTER_ID:
-        short()  # deprecated, and dropped as RabbitMQ drops it
-    return fields if at == end else None
+    for flag, setter in _FIELDS:
+        if not flags & flag:
+            continue
+        if flag == _HEADERS:
+            if _U32.unpack_from(frame, at)[0] != 0:
+                return None  # a table with fields: pamqp's decoder
+            at += 4
+        elif flag == _DELIVERY_MODE:
+            setter(p, frame[at] == 2)
+            at += 1
+        elif flag == _PRIORITY:
+            setter(p, frame[at])
+            at += 1
+        elif flag == _TIMESTAMP:
+            timestamp = _U64.unpack_from(frame, at)[0]
+            if timestamp > 0xFFFFFFFF:
+                return None  # pamqp reads it as milliseconds
+            setter(p, timestamp)
+            at += 8
+        else:  # a short string
+            length = frame[at]
+            if at + 1 + length > end:
+                raise IndexError("a short string beyond the frame")
+            text = frame[at + 1 : at + 1 + length].decode()
+            at += 1 + length
+            if setter is not None:  # cluster_id is dropped, as RabbitMQ drops it
+                setter(p, text)
+    if at != end:
+        return None
+    if p.expiration is not None:
+        _EXPIRATION_FIELD.validator(p, _EXPIRATION_FIELD, p.expiration)  # type: ignore[misc]
+    return p
 
 
-def _make_properties(fields: dict[str, Any]) -> Properties:
-    return Properties(**fields) if fields else EMPTY_PROPERTIES
+# Properties are built slot by slot: their constructor's checks cost more than decoding, and
+# what they check the wire already bounds (short strings, octets, 64-bit integers) but for
+# the expiration, which is checked as the model checks it.
+_ATTRIBUTES = attrs.fields(Properties)
+_EXPIRATION_FIELD = _ATTRIBUTES.expiration
+_DEFAULTS = [(getattr(Properties, a.name).__set__, a.default) for a in _ATTRIBUTES]
+
+
+def _setter(name: str) -> Any:
+    return getattr(Properties, name).__set__
+
+
+def _blank() -> Properties:
+    p = object.__new__(Properties)
+    for setter, default in _DEFAULTS:
+        setter(p, default)
+    return p
+
+
+_FIELDS: tuple[tuple[int, Any], ...] = (
+    (_CONTENT_TYPE, _setter("content_type")),
+    (_CONTENT_ENCODING, _setter("content_encoding")),
+    (_HEADERS, None),
+    (_DELIVERY_MODE, _setter("persistent")),
+    (_PRIORITY, _setter("priority")),
+    (_CORRELATION_ID, _setter("correlation_id")),
+    (_REPLY_TO, _setter("reply_to")),
+    (_EXPIRATION, _setter("expiration")),
+    (_MESSAGE_ID, _setter("message_id")),
+    (_TIMESTAMP, _setter("timestamp")),
+    (_TYPE, _setter("type")),
+    (_USER_ID, _setter("user_id")),
+    (_APP_ID, _setter("app_id")),
+    (_CLUSTER_ID, None),
+)
 
 
 def _publish(frame: bytes | bytearray) -> Any:
