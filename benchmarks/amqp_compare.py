@@ -10,8 +10,10 @@ RabbitMQ is started by hand (benchmarks/compare_rabbitmq.py says how; any port).
 - pika BlockingConnection, transient, multi-ack every 50 (target: mqroute ≥ 2× RabbitMQ);
 - aio-pika, persistent into a durable queue, 1,000 confirms in flight (≥ 3×);
 - aio-pika at a fixed 1,000 msg/s: p99 latency (no worse than RabbitMQ's);
-- aio-pika on the AMQP listener against mqroute's SDK on the native port, same workload
-  (the AMQP front end at ≥ 0.8× the native one).
+- raw_amqp.py's lean client, transient, 1,000 confirms in flight: the brokers' own rates,
+  where pika and aio-pika measure their own CPU as much as the broker's.
+
+The AMQP front end against the native one is front_end_cpu.py.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from typing import Any
 import attrs
 import compare_rabbitmq as cr
 from common import free_port, mqroute_server
+from raw_amqp import RawAmqpDriver
 
-from mqroute.bench.runner import BenchOptions, MQRouteDriver, run
+from mqroute.bench.runner import BenchOptions, run
 
 
 def on(url: str) -> None:
@@ -64,6 +67,13 @@ def main() -> None:
             "msg/s",
         ),
         ("aio-pika at 1,000 msg/s", paced, cr.AioPikaDriver, cr.P99_MS, "p99 ms"),
+        (
+            "lean client, transient, 1,000 confirms",
+            attrs.evolve(transient, confirm=1000),
+            RawAmqpDriver,
+            cr.END_TO_END,
+            "msg/s",
+        ),
     ]
     for name, opts, driver, metric, unit in cases:
         samples: dict[str, list[float]] = {"mqroute": [], "RabbitMQ": []}
@@ -81,26 +91,6 @@ def main() -> None:
         m, r = statistics.median(samples["mqroute"]), statistics.median(samples["RabbitMQ"])
         ratio = m / r if unit != "p99 ms" else r / m
         print(f"{name}: mqroute {m:,.1f} {unit}, RabbitMQ {r:,.1f} {unit}: {ratio:.2f}x\n")
-    # The two front ends of one broker, the same workload.
-    fronts: dict[str, list[float]] = {"AMQP (aio-pika)": [], "native (mqroute SDK)": []}
-    for i in range(args.runs):
-        with mqroute_with_amqp() as (url, amqp_url):
-            on(amqp_url)
-            fronts["AMQP (aio-pika)"].append(cr.END_TO_END(run(transient, cr.AioPikaDriver)))
-            fronts["native (mqroute SDK)"].append(
-                cr.END_TO_END(run(attrs.evolve(transient, url=url), MQRouteDriver))
-            )
-        print(
-            f"  front ends run {i + 1}: "
-            + "  ".join(f"{k} {v[-1]:,.0f}" for k, v in fronts.items()),
-            flush=True,
-        )
-    medians = {k: statistics.median(v) for k, v in fronts.items()}
-    print(
-        "front ends, transient multi-ack 50: "
-        + ", ".join(f"{k} {v:,.0f} msg/s" for k, v in medians.items())
-        + f": AMQP / native = {medians['AMQP (aio-pika)'] / medians['native (mqroute SDK)']:.2f}x"
-    )
 
 
 if __name__ == "__main__":
