@@ -238,41 +238,6 @@ async def test_a_prefetch_size_is_not_implemented_as_in_rabbitmq(address: Server
     assert await in_thread(work) == (540, "NOT_IMPLEMENTED - prefetch_size!=0 (1024)")
 
 
-async def test_a_connection_that_publishes_and_consumes_is_not_stalled_by_credit(
-    nursery: trio.Nursery,
-) -> None:
-    """One connection publishes to a queue it also consumes from, faster than it acks. The
-    queue passes its credit limit, but the broker goes on reading the connection: the acks
-    behind the publishes are what drain the queue (stopping there would wait forever)."""
-    config = ServerConfig(port=0, amqp_port=0, queue_flow_limit=16 * 1024)
-    address = await nursery.start(functools.partial(serve, config))
-    count = 200
-
-    def work() -> int:
-        connection, publisher = channel(address)
-        consumer = connection.channel()
-        consumer.queue_declare("both")
-        consumer.basic_qos(prefetch_count=5)
-        taken = 0
-
-        def on_message(ch: Any, method: Any, properties: Any, body: bytes) -> None:
-            nonlocal taken
-            taken += 1
-            ch.basic_ack(method.delivery_tag)
-
-        consumer.basic_consume("both", on_message)
-        for _ in range(count):
-            publisher.basic_publish("", "both", b"x" * 1024)
-        deadline = time.monotonic() + 10
-        while taken < count and time.monotonic() < deadline:
-            connection.process_data_events(time_limit=0.1)
-        if taken == count:  # else a close would wait behind the unread publishes
-            connection.close()
-        return taken
-
-    assert await in_thread(work) == count
-
-
 @contextlib.asynccontextmanager
 async def server_with(**vhost_options: Any) -> AsyncIterator[ServerAddress]:
     from mqroute.core.vhost import Vhost
@@ -290,6 +255,43 @@ def pump(*connections: Any, until: Callable[[], bool]) -> bool:
         for connection in connections:
             connection.process_data_events(time_limit=0.02)
     return until()
+
+
+def acking_consumer(ch: Any, queue: str, prefetch: int) -> list[int]:
+    """Declare ``queue`` and consume it on ``ch``, acking each delivery; the tags seen."""
+    ch.queue_declare(queue)
+    ch.basic_qos(prefetch_count=prefetch)
+    taken: list[int] = []
+
+    def on_message(c: Any, method: Any, properties: Any, body: bytes) -> None:
+        taken.append(method.delivery_tag)
+        c.basic_ack(method.delivery_tag)
+
+    ch.basic_consume(queue, on_message)
+    return taken
+
+
+async def test_a_connection_that_publishes_and_consumes_is_not_stalled_by_credit(
+    nursery: trio.Nursery,
+) -> None:
+    """One connection publishes to a queue it also consumes from, faster than it acks. The
+    queue passes its credit limit, but the broker goes on reading the connection: the acks
+    behind the publishes are what drain the queue (stopping there would wait forever)."""
+    config = ServerConfig(port=0, amqp_port=0, queue_flow_limit=16 * 1024)
+    address = await nursery.start(functools.partial(serve, config))
+    count = 200
+
+    def work() -> int:
+        connection, publisher = channel(address)
+        taken = acking_consumer(connection.channel(), "both", prefetch=5)
+        for _ in range(count):
+            publisher.basic_publish("", "both", b"x" * 1024)
+        done = pump(connection, until=lambda: len(taken) == count)
+        if done:  # else a close would wait behind the unread publishes
+            connection.close()
+        return len(taken)
+
+    assert await in_thread(work) == count
 
 
 async def test_the_memory_alarm_is_told_with_connection_blocked_and_unblocked() -> None:
@@ -338,22 +340,13 @@ async def test_a_queue_over_its_credit_limit_pauses_its_publisher_without_a_word
             producer, pub = channel(address)
             producer.add_on_connection_blocked_callback(lambda *_: told.append("blocked"))
             consumer, sub = channel(address)
-            sub.queue_declare("paced")
-            sub.basic_qos(prefetch_count=5)
-            taken = 0
-
-            def on_message(ch: Any, method: Any, properties: Any, body: bytes) -> None:
-                nonlocal taken
-                taken += 1
-                ch.basic_ack(method.delivery_tag)
-
-            sub.basic_consume("paced", on_message)
+            taken = acking_consumer(sub, "paced", prefetch=5)
             for _ in range(100):
                 pub.basic_publish("", "paced", b"x" * 1024)
-            pump(producer, consumer, until=lambda: taken == 100)
+            pump(producer, consumer, until=lambda: len(taken) == 100)
             producer.close()
             consumer.close()
-            return told, taken
+            return told, len(taken)
 
         assert await in_thread(work) == ([], 100)
 

@@ -468,29 +468,6 @@ def from_amqp_properties(props: commands.Basic.Properties) -> Properties:
     )
 
 
-def to_amqp_properties(props: Properties) -> commands.Basic.Properties:
-    timestamp = props.timestamp
-    return commands.Basic.Properties(
-        content_type=props.content_type,
-        content_encoding=props.content_encoding,
-        headers=dict(props.headers) if props.headers else None,
-        delivery_mode=2 if props.persistent else None,
-        priority=props.priority,
-        correlation_id=props.correlation_id,
-        reply_to=props.reply_to,
-        expiration=props.expiration,
-        message_id=props.message_id,
-        timestamp=(
-            datetime.datetime.fromtimestamp(timestamp, datetime.UTC)
-            if timestamp is not None
-            else None
-        ),
-        message_type=props.type,
-        user_id=props.user_id,
-        app_id=props.app_id,
-    )
-
-
 def to_table(table: dict[str, Any]) -> Table:
     return {str(k): _value(v) for k, v in table.items()}
 
