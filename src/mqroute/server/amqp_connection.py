@@ -27,6 +27,7 @@ from ..protocol.amqp import (
     PROTOCOL_HEADER,
     AmqpFrames,
     BadHeader,
+    Content,
     FrameError,
     method_bytes,
 )
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("mqroute.amqp")
 
 RECEIVE_SIZE = 256 * 1024
+_PUBLISHES = (amqp.Basic.Publish, Content)  # what a paused connection is not read past
 FRAMES_PER_TURN = 16
 
 
@@ -213,7 +215,7 @@ class AmqpConnection:
                 self._after_frames()
                 await trio.lowlevel.checkpoint()
             channel, frame = item
-            if self._paused and type(frame) is amqp.Basic.Publish and self._must_wait():
+            if self._paused and type(frame) in _PUBLISHES and self._must_wait():
                 self._after_frames()
                 await self._until_unblocked()
             while True:

@@ -35,6 +35,7 @@ from ..model import (
 from ..protocol.amqp import (
     DEFAULT_FRAME_MAX,
     FRAME_MIN_SIZE,
+    Content,
     Header,
     content_bytes,
     deliver_bytes,
@@ -250,6 +251,8 @@ class AmqpFrontEnd:
             if kind is amqp.Channel.CloseOk:
                 del self.channels[number]
             return None
+        if kind is Content:
+            return self._whole_content(ch, frame, now)
         if ch.publish is not None:
             return self._content(ch, frame, now)
         try:
@@ -276,6 +279,32 @@ class AmqpFrontEnd:
         self.sessions_closed.append(ch.session)
 
     # --- content ----------------------------------------------------------------------------
+
+    def _whole_content(self, ch: Channel, content: Content, now: float) -> Any:
+        """A publish read with its header and body at once. The usual one is published
+        here; anything else goes through the frame-by-frame path, so it is answered alike."""
+        publish, header = content.publish, content.header
+        if (
+            ch.publish is None
+            and ch.tx is None
+            and not publish.immediate
+            and header.body_size <= self.max_message_size
+        ):
+            assert header.properties is not None
+            message = Message(
+                exchange=publish.exchange,
+                routing_key=publish.routing_key,
+                body=content.body,
+                properties=header.properties,
+            )
+            self._publish(ch, publish, message, now)
+            return None
+        parts = [publish, header] + ([ContentBody(content.body)] if content.body else [])
+        for part in parts:
+            self._channel_frame(ch.number, part, now)
+            if self.channels.get(ch.number) is not ch or ch.closing or ch.publish is not publish:
+                break
+        return None
 
     def _content(self, ch: Channel, frame: Any, now: float) -> Any:
         if type(frame) is Header and ch.properties is None:
