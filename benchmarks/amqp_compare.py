@@ -52,6 +52,7 @@ def main() -> None:
     parser.add_argument("--rabbitmq", required=True, help="a RabbitMQ's amqp:// URL")
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--count", type=int, default=100_000)
+    parser.add_argument("--only", default="", help="run the workloads whose name has this")
     args = parser.parse_args()
     base: dict[str, Any] = {"size": 256, "prefetch": 100, "multi_ack_every": 50}
     transient = BenchOptions(count=args.count, **base)
@@ -76,6 +77,8 @@ def main() -> None:
         ),
     ]
     for name, opts, driver, metric, unit in cases:
+        if args.only not in name:
+            continue
         samples: dict[str, list[float]] = {"mqroute": [], "RabbitMQ": []}
         for i in range(args.runs):
             with mqroute_with_amqp() as (_, amqp_url):
