@@ -825,3 +825,72 @@ async def test_a_publish_to_a_name_pamqp_would_refuse_is_not_found(
     code, text = await in_thread(work)
     assert code == 404
     assert "'*'" in text
+
+
+# --- the front end alone: a publish read whole takes the same answers as one read in parts ---
+
+
+def front_end(max_message_size: int = 1 << 20) -> Any:
+    from mqroute.core.access import FULL
+    from mqroute.core.vhost import Vhost
+    from mqroute.server.amqp_front import AmqpFrontEnd
+
+    vhost = Vhost()
+    front = AmqpFrontEnd("c", max_message_size=max_message_size, heartbeat=0)
+    front.opened(vhost, FULL)
+    front.handle(1, amqp_commands.Channel.Open(), 0.0)
+    front.handle(1, amqp_commands.Queue.Declare(queue="q"), 0.0)
+    front.out.clear()
+    return vhost, front
+
+
+def answers(front: Any, *methods: Any, body: bytes = b"hello") -> list[Any]:
+    """Each publish in ``methods`` sent with a header and ``body``: what the front end says."""
+    from pamqp import header as amqp_header
+    from pamqp.body import ContentBody
+
+    wire = []
+    for m in methods:
+        wire.append(amqp_frame.marshal(m, 1))
+        if isinstance(m, amqp_commands.Basic.Publish):
+            props = amqp_commands.Basic.Properties(delivery_mode=1)
+            wire.append(amqp_frame.marshal(amqp_header.ContentHeader(0, len(body), props), 1))
+            wire.append(amqp_frame.marshal(ContentBody(body), 1))
+    frames = AmqpFrames()
+    frames.frame_max = 131072
+    frames.receive_data(PROTOCOL_HEADER + b"".join(wire))
+    for channel, frame in drain(frames)[1:]:
+        front.handle(channel, frame, 0.0)
+    out = b"".join(front.out)
+    front.out.clear()
+    said = []
+    while out:
+        size = struct.unpack_from(">I", out, 3)[0]
+        said.append(amqp_frame.unmarshal(out[: size + 8])[2])
+        out = out[size + 8 :]
+    return said
+
+
+def test_a_publish_over_the_size_limit_closes_its_channel_however_it_was_read() -> None:
+    vhost, front = front_end(max_message_size=4)
+    (close,) = answers(front, amqp_commands.Basic.Publish(routing_key="q"))
+    assert (close.reply_code, close.reply_text) == (
+        406,
+        "PRECONDITION_FAILED - message size 5 is larger than the maximum of 4",
+    )
+    assert len(vhost.queues["q"]) == 0
+
+
+def test_an_immediate_publish_is_not_implemented_however_it_was_read() -> None:
+    vhost, front = front_end()
+    (close,) = answers(front, amqp_commands.Basic.Publish(routing_key="q", immediate=True))
+    assert (close.reply_code, close.reply_text) == (540, "NOT_IMPLEMENTED - immediate=true")
+    assert len(vhost.queues["q"]) == 0
+
+
+def test_a_publish_in_a_transaction_waits_for_the_commit_however_it_was_read() -> None:
+    vhost, front = front_end()
+    answers(front, amqp_commands.Tx.Select(), amqp_commands.Basic.Publish(routing_key="q"))
+    assert len(vhost.queues["q"]) == 0
+    assert [type(m).__name__ for m in answers(front, amqp_commands.Tx.Commit())] == ["CommitOk"]
+    assert len(vhost.queues["q"]) == 1
