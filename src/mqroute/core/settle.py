@@ -48,6 +48,7 @@ class Settler:
     def credit(self, settled: Iterable[Unacked]) -> None:
         """Credit goes back to consumers; queues with new credit dispatch."""
         touched: dict[int, MessageQueue] = {}
+        shared: dict[int, Session] = {}  # sessions with a shared prefetch: all their consumers
         for item in settled:
             item.queue.unacked -= 1
             consumer = item.consumer
@@ -55,13 +56,15 @@ class Settler:
                 consumer.unacked -= 1
                 session = consumer.session
                 session.consumer_unacked -= 1
-                if session.prefetch:  # a shared limit: each of its consumers may take again
-                    for other in session.consumers.values():
-                        other.queue.activate(other)
-                        touched[id(other.queue)] = other.queue
+                if session.prefetch:
+                    shared[session.id] = session
                 elif consumer.tag in session.consumers:
                     item.queue.activate(consumer)
                     touched[id(item.queue)] = item.queue
+        for session in shared.values():
+            for other in session.consumers.values():
+                other.queue.activate(other)
+                touched[id(other.queue)] = other.queue
         for queue in touched.values():
             if not queue.deleted:
                 self.dispatch(queue)
