@@ -16,13 +16,13 @@ from typing import Any
 
 import attrs
 from pamqp import body as amqp_body
-from pamqp import commands, exceptions
+from pamqp import commands
 from pamqp import frame as amqp_frame
-from pamqp import header as amqp_header
 from pamqp import heartbeat as amqp_heartbeat
 
 from ..errors import RemoteProtocolError
 from ..model import EMPTY_PROPERTIES, Properties, Table
+from .amqp_fields import FieldError, decode_method, decode_properties, decode_table
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 FRAME_MIN_SIZE = 4096  # the spec's frame-min-size: what either side may always send
@@ -49,7 +49,8 @@ class BadHeader(RemoteProtocolError):
 
 
 class FrameError(RemoteProtocolError):
-    """A frame AMQP calls malformed: 501 FRAME_ERROR, the connection ends."""
+    """A frame AMQP calls malformed, or one over a limit: 501 FRAME_ERROR, the connection
+    ends."""
 
 
 class AmqpFrames:
@@ -112,12 +113,14 @@ class AmqpFrames:
                     return channel, whole
             return channel, fast
         try:
-            _, channel, value = amqp_frame.unmarshal(bytes(data))
-        except (exceptions.UnmarshalingException, ValueError, KeyError, struct.error) as exc:
-            raise FrameError(f"undecodable frame on channel {channel}: {exc}") from None
-        if isinstance(value, amqp_header.ContentHeader):
-            return channel, _broker_header(value.body_size, from_amqp_properties, value.properties)
-        return channel, value
+            if kind == 1:
+                return channel, decode_method(data, 7 + size)
+            if kind == 2:
+                body_size, props = decode_properties(data, 7 + size)
+                return channel, _broker_header(body_size, from_amqp_properties, props)
+        except FieldError as exc:
+            raise FrameError(f"frame on channel {channel}: {exc}") from None
+        raise FrameError(f"unknown frame type {kind} on channel {channel}")
 
     def _rest_of_content(self, channel: int, publish: Any) -> Content | None:
         """A publish's header and body, when both are already here, in one frame each, and

@@ -20,7 +20,13 @@ from .. import __version__
 from ..core.access import Access
 from ..core.session import Session
 from ..core.vhost import Vhost
-from ..errors import REPLY_CODES, BrokerError, NotFound, PreconditionFailed
+from ..errors import (
+    REPLY_CODES,
+    BrokerError,
+    NotFound,
+    PreconditionFailed,
+    RemoteProtocolError,
+)
 from ..model import (
     CancelledByBroker,
     Confirmed,
@@ -42,6 +48,7 @@ from ..protocol.amqp import (
     method_bytes,
     to_table,
 )
+from ..protocol.amqp_fields import decode_table
 
 log = logging.getLogger("mqroute.amqp")
 
@@ -636,21 +643,24 @@ class AmqpFrontEnd:
 
 
 def _credentials(start_ok: amqp.Connection.StartOk) -> tuple[str, str]:
-    """PLAIN's ``\\0user\\0password``, or AMQPLAIN's LOGIN and PASSWORD."""
+    """PLAIN's ``\\0user\\0password``, or AMQPLAIN's LOGIN and PASSWORD; ("", "") for a
+    response that is neither (it is refused as a wrong password would be)."""
     response = start_ok.response or ""
     if start_ok.mechanism == "PLAIN":
+        if isinstance(response, bytes):  # not UTF-8: no user has such a name
+            return "", ""
         parts = response.split("\x00")
         if len(parts) == 3:
             return parts[1], parts[2]
     elif start_ok.mechanism == "AMQPLAIN":
-        from pamqp import decode
-
         try:
-            raw = response.encode("latin-1") if isinstance(response, str) else response
-            _, table = decode.field_table(struct.pack(">I", len(raw)) + raw)
-        except Exception:
+            raw = response if isinstance(response, bytes) else response.encode()
+            table = decode_table(struct.pack(">I", len(raw)) + raw)
+        except RemoteProtocolError:
             return "", ""
-        return str(table.get("LOGIN", "")), str(table.get("PASSWORD", ""))
+        login, password = table.get("LOGIN", ""), table.get("PASSWORD", "")
+        if isinstance(login, str) and isinstance(password, str):
+            return login, password
     return "", ""
 
 
