@@ -31,7 +31,7 @@ async def test_server_serves_logs_and_stops_on_sigterm(tmp_path: Path) -> None:
     rest = await read_rest(process)
     assert await process.wait() == 0
     assert "opened from 127.0.0.1" in rest
-    assert "(client 'cli-test', user 'guest', vhost '/')" in rest
+    assert "(native, client 'cli-test', user 'guest', vhost '/')" in rest
     assert "received SIGTERM; shutting down" in rest and "stopped" in rest
 
 

@@ -14,7 +14,7 @@ import mqroute
 from mqroute.core.flow import ENTRY_OVERHEAD, FlowControl, MemoryLedger, Pause
 from mqroute.core.vhost import Vhost
 from mqroute.server import ServerAddress, ServerConfig, serve
-from mqroute.server.connection import BLOCKED_GRACE_BYTES
+from mqroute.server.driver import BLOCKED_GRACE_BYTES
 
 
 @attrs.define
@@ -316,7 +316,7 @@ async def test_a_client_ignoring_blocked_is_not_read_past_a_bound(
 ) -> None:
     from mqroute.model import Properties
     from mqroute.protocol import Blocked, Publish
-    from mqroute.server import connection as server_module
+    from mqroute.server import driver as server_module
 
     from .helpers import RawClient
 

@@ -161,20 +161,20 @@ async def test_a_closed_connection_is_freed_without_a_full_collection(
     import gc
     import weakref
 
-    from mqroute.server.connection import ServerConnection
+    from mqroute.server.driver import Driver
 
-    made: list[weakref.ref[ServerConnection]] = []
+    made: list[weakref.ref[Driver]] = []
     finished = trio.Semaphore(0)
-    run = ServerConnection.run
+    run = Driver.run
 
-    async def recording_run(self: ServerConnection) -> None:
+    async def recording_run(self: Driver) -> None:
         made.append(weakref.ref(self))
         try:
             await run(self)
         finally:
             finished.release()
 
-    monkeypatch.setattr(ServerConnection, "run", recording_run)
+    monkeypatch.setattr(Driver, "run", recording_run)
     gc.collect()
     gc.disable()
     try:

@@ -67,6 +67,41 @@ class Pause:
     credit: bool = False  # only a queue over its credit limit (no alarm) holds it back
 
 
+@attrs.frozen
+class PausePolicy:
+    """How one connection is paused: what its client is told (an alarm's or credit's
+    reason; None: nothing), and whether the publishes it sends wait unread."""
+
+    tell: str | None = None
+    wait: bool = False
+
+
+def pause_policy(pauses: Iterable[Pause], *, consuming: bool, holds_when_told: bool) -> PausePolicy:
+    """Decide how a connection whose sessions hold ``pauses`` is paused (RabbitMQ's ``flow``
+    state, shared by every front end; the driver carries it out).
+
+    - An alarm (memory, disk) is told, and publishes wait (after those already on their way).
+    - Credit alone, on a connection that does not consume: not a word; its publishes wait
+      unread, and are taken the moment the queue drains (no round trip lost).
+    - Credit alone, on a connection that also consumes: not reading it would stop the acks
+      behind its publishes, which are what drain the queue. A client that holds its
+      publishes when told (the native SDK) is told and then waits; one that cannot be told
+      of credit (AMQP has no word for it) is not paused.
+    """
+    credit: str | None = None
+    for pause in pauses:
+        if not pause.credit:
+            return PausePolicy(tell=pause.reason, wait=True)
+        credit = credit or pause.reason
+    if credit is None:
+        return PausePolicy()
+    if not consuming:
+        return PausePolicy(wait=True)
+    if holds_when_told:
+        return PausePolicy(tell=credit, wait=True)
+    return PausePolicy()
+
+
 @attrs.define
 class MemoryLedger:
     """Bytes held in memory by queued messages (bodies plus ENTRY_OVERHEAD each)."""

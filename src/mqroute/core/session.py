@@ -13,7 +13,16 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from ..errors import InvalidArgument, PreconditionFailed, ResourceLocked
-from ..model import MAX_MILLISECONDS, Delivery, DeliveryTimedOut, Event, Message, Table, brief
+from ..model import (
+    MAX_MILLISECONDS,
+    Delivery,
+    DeliveryTimedOut,
+    Event,
+    Message,
+    Returned,
+    Table,
+    brief,
+)
 from .access import FULL, Access
 from .confirms import Confirms
 from .effects import Effects
@@ -119,7 +128,7 @@ class Session:
     def emit(self, event: Event) -> None:
         was_idle = not self._outbox
         self._outbox.append(event)
-        if type(event) is Delivery:
+        if type(event) is Delivery or type(event) is Returned:
             self._outbox_bytes += len(event.message.body)
         if was_idle:
             self.effects.output.add(self.id)
@@ -134,6 +143,10 @@ class Session:
 
     def outbox_size(self) -> int:
         return len(self._outbox)
+
+    def outbox_bytes(self) -> int:
+        """The bodies of the deliveries and returns waiting in the outbox."""
+        return self._outbox_bytes
 
     # --- delivery tags -------------------------------------------------------------------
 

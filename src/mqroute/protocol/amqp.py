@@ -22,7 +22,7 @@ from pamqp import heartbeat as amqp_heartbeat
 
 from ..errors import RemoteProtocolError
 from ..model import EMPTY_PROPERTIES, Properties, Table
-from .amqp_fields import FieldError, decode_method, decode_properties, decode_table
+from .amqp_fields import FieldError, decode_method, decode_properties
 
 PROTOCOL_HEADER = b"AMQP\x00\x00\x09\x01"
 FRAME_MIN_SIZE = 4096  # the spec's frame-min-size: what either side may always send
@@ -68,6 +68,10 @@ class AmqpFrames:
             self.eof = True
         else:
             self._buffer += data
+
+    def pending_bytes(self) -> int:
+        """Bytes received and not yet part of a whole frame."""
+        return len(self._buffer) - self._pos
 
     def next_frame(self) -> Any:
         """``(channel, frame)``, NEED_DATA, HEADER_RECEIVED (once, first), or None at the

@@ -177,13 +177,13 @@ _READERS: dict[str, Any] = {
     "timestamp": lambda r: _timestamp(r.unpack(_U64)),
 }
 # Each method's arguments as (name, reader or None for a bit), computed once per class.
-_LAYOUTS: dict[int, tuple[type, tuple[tuple[str, Any], ...]]] = {}
+_LAYOUTS: dict[int, tuple[Any, tuple[tuple[str, Any], ...]]] = {}
 
 
-def _layout(index: int) -> tuple[type, tuple[tuple[str, Any], ...]]:
+def _layout(index: int) -> tuple[Any, tuple[tuple[str, Any], ...]]:
     known = _LAYOUTS.get(index)
     if known is None:
-        cls = commands.INDEX_MAPPING.get(index)
+        cls: Any = commands.INDEX_MAPPING.get(index)
         if cls is None:
             raise FieldError(f"unknown method {index >> 16}.{index & 0xFFFF}")
         fields = tuple(
@@ -208,7 +208,7 @@ def decode_properties(frame: bytes | bytearray, end: int) -> tuple[int, Any]:
     more = flags
     while more & 1:  # further flag words: no basic property lives there
         more = reader.unpack(_U16)
-    cls = commands.Basic.Properties
+    cls: Any = commands.Basic.Properties
     props = cls.__new__(cls)
     for name in cls.__slots__:
         value = None

@@ -388,6 +388,9 @@ class AmqpFrontEnd:
         elif kind is amqp.Basic.Reject:
             vhost.reject(session, m.delivery_tag, requeue=m.requeue, now=now)
         elif kind is amqp.Basic.Consume:
+            # consume-ok goes before the first delivery (py-amqp registers the callback when
+            # it arrives): events this channel has waiting go first, those consume made after.
+            self._take_events(ch, now)
             tag = vhost.consume(
                 session,
                 m.queue,
@@ -400,6 +403,7 @@ class AmqpFrontEnd:
             )
             if not m.nowait:
                 self._send(n, amqp.Basic.ConsumeOk(tag))
+            self._take_events(ch, now)
         elif kind is amqp.Basic.Cancel:
             if m.consumer_tag in session.consumers or m.consumer_tag == session.reply_consumer:
                 vhost.cancel(session, m.consumer_tag, now=now)
@@ -590,6 +594,13 @@ class AmqpFrontEnd:
                 for event in vhost.take_events(ch.session, now=now):
                     self._event(ch, event, chunks)
         return chunks
+
+    def _take_events(self, ch: Channel, now: float) -> None:
+        """Move what the channel's session emitted into ``out``, where replies keep their
+        order with it."""
+        assert self.vhost is not None
+        for event in self.vhost.take_events(ch.session, now=now):
+            self._event(ch, event, self.out)
 
     def _event(self, ch: Channel, e: Any, chunks: list[bytes]) -> None:
         n = ch.number

@@ -118,14 +118,19 @@ class Node:
         else:
             del self.by_host[host]
 
-    def log_limited(self, message: str, *args: object, exc_info: bool = False) -> None:
+    def log_limited(
+        self, message: str, *args: object, exc_info: bool | BaseException = False
+    ) -> None:
         """A line clients can cause: at most a few a minute, with a count of the rest."""
         allowed, suppressed = self.bad_log.allow(trio.current_time())
         if allowed:
             if suppressed:
                 message += f" ({suppressed} similar lines suppressed)"
             log.log(
-                logging.ERROR if exc_info else logging.WARNING, message, *args, exc_info=exc_info
+                logging.ERROR if exc_info is not False else logging.WARNING,
+                message,
+                *args,
+                exc_info=exc_info,
             )
 
     def load_tls(self) -> None:

@@ -10,12 +10,10 @@ connections' writers.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import itertools
 import logging
 import math
-import ssl
 from collections import deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -32,19 +30,15 @@ from ..errors import ServerError
 from ..model import (
     Message,
 )
-from ..protocol import (
-    Close,
-    Connection,
-    Role,
-)
 from . import resources
 from .admin import Registry
-from .amqp_connection import AmqpConnection
+from .amqp_wire import AmqpWire
 
 if TYPE_CHECKING:
     from .node import Node
 from .config import ServerAddress, ServerConfig
-from .connection import ServerConnection
+from .driver import Driver, serve_client
+from .native_wire import NativeWire
 from .store import PageFile, Store
 
 log = logging.getLogger("mqroute.server")
@@ -120,39 +114,11 @@ async def accept_clients(
     )
     ids = itertools.count(1)
 
-    async def handle_amqp(raw: trio.SocketStream) -> None:
-        host = _peer_host(raw)
-        refusal = node.admit(host)
-        try:
-            stream: trio.abc.Stream = raw
-            if node.ssl_context is not None:  # amqps: the same certificate and checks
-                secured = await _tls_handshake(node, raw, host)
-                if secured is None:
-                    return
-                stream = secured
-            if refusal is None:
-                await AmqpConnection(node, stream, f"amqp-{next(ids)}", host).run()
-            else:
-                await trio.aclose_forcefully(stream)
-        finally:
-            node.leave(host)
-
     async def handle(raw: trio.SocketStream) -> None:
-        host = _peer_host(raw)
-        refusal = node.admit(host)
-        try:
-            stream: trio.abc.Stream = raw
-            if node.ssl_context is not None:
-                secured = await _tls_handshake(node, raw, host)
-                if secured is None:
-                    return
-                stream = secured
-            if refusal is not None:
-                await _refuse(stream, refusal)
-            else:
-                await ServerConnection(node, stream, f"conn-{next(ids)}", host).run()
-        finally:
-            node.leave(host)
+        await serve_client(node, raw, f"conn-{next(ids)}", NativeWire)
+
+    async def handle_amqp(raw: trio.SocketStream) -> None:
+        await serve_client(node, raw, f"amqp-{next(ids)}", AmqpWire)
 
     async with trio.open_nursery() as nursery:
         for listener in listeners:
@@ -176,7 +142,7 @@ class Shell:
     node: Node | None = None  # None in tests of one shell alone
     vhost: str = "/"
     registry: Registry = attrs.Factory(Registry)
-    by_session: dict[int, ServerConnection] = attrs.Factory(dict)
+    by_session: dict[int, Driver] = attrs.Factory(dict)
     # What drain wakes: the timer (and the deadline it sleeps until), the committer, the
     # page-in task (and the page-ins it has to do), and who waits for a queue's page-in.
     timer_wake: trio.Event = attrs.Factory(trio.Event)
@@ -186,7 +152,7 @@ class Shell:
     page_ins: deque[PageIn] = attrs.Factory(deque)
     read_back: dict[int, trio.Event] = attrs.Factory(dict)  # by queue uid
     # Answers held until the batch then being filled is committed: (batch number, slot, conn).
-    after_commit: deque[tuple[int, list[Any], ServerConnection]] = attrs.Factory(deque)
+    after_commit: deque[tuple[int, list[Any], Driver]] = attrs.Factory(deque)
 
     def drain(self) -> None:
         """Carry out what the core's calls left in ``broker.effects`` (see core/effects.py).
@@ -212,7 +178,7 @@ class Shell:
             self.commit_wake.set()
         self.apply_flow()
 
-    def hold_until_committed(self, conn: ServerConnection, slot: list[Any]) -> None:
+    def hold_until_committed(self, conn: Driver, slot: list[Any]) -> None:
         """Send this answer once what is journaled now is on disk."""
         journal = self.broker.journal
         assert journal is not None
@@ -247,7 +213,7 @@ class Shell:
         for session, reason in flow.take_changes().items():
             conn = self.by_session.get(session)
             if conn is not None:
-                conn.set_blocked(reason)
+                conn.set_blocked(session, reason)
 
 
 async def _timer(shell: Shell) -> None:
@@ -468,38 +434,3 @@ async def _accept(
             await trio.sleep(ACCEPT_BACKOFF)
             continue
         nursery.start_soon(handle, stream)
-
-
-async def _tls_handshake(
-    node: Node, raw: trio.SocketStream, host: str
-) -> trio.SSLStream[trio.SocketStream] | None:
-    """The TLS stream, handshaken within the handshake timeout; None (logged, closed) if the
-    client's certificate is missing or not trusted, or it speaks no TLS."""
-    assert node.ssl_context is not None
-    stream = trio.SSLStream(raw, node.ssl_context, server_side=True)
-    try:
-        with trio.fail_after(node.config.handshake_timeout):
-            await stream.do_handshake()
-    except (trio.BrokenResourceError, trio.TooSlowError, ssl.SSLError) as exc:
-        cause = exc.__cause__ or exc
-        node.log_limited("TLS handshake with %s failed: %s", host, cause)
-        await trio.aclose_forcefully(raw)
-        return None
-    return stream
-
-
-async def _refuse(stream: trio.abc.Stream, reason: str) -> None:
-    """Tell a client over a limit why, then close: it never gets a session."""
-    close = Connection(Role.SERVER).send(Close(code="RESOURCE_ERROR", text=reason))
-    with trio.move_on_after(1):
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
-            await stream.send_all(close)
-    await trio.aclose_forcefully(stream)
-
-
-def _peer_host(stream: trio.SocketStream) -> str:
-    try:
-        addr = stream.socket.getpeername()
-    except OSError:
-        return "?"
-    return str(addr[0]) if isinstance(addr, tuple) else str(addr)
