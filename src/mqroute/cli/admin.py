@@ -101,7 +101,7 @@ COLUMNS = {
     "exchanges": ["name", "type", "durable", "bindings", "arguments"],
     "bindings": ["source", "kind", "destination", "routing_key", "arguments"],
     "consumers": ["queue", "consumer_tag", "connection", "prefetch", "unacked", "active"],
-    "connections": ["id", "peer", "client", "user", "opened", "consumers", "unacked"],
+    "connections": ["id", "peer", "client", "user", "opened", "consumers", "unacked", "send_pend"],
 }
 
 

@@ -38,7 +38,7 @@ also stop the acks its queue waits for.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Protocol
+from typing import Any, Protocol
 
 import attrs
 
@@ -118,7 +118,7 @@ class FlowQueue(Protocol):
     ready_count: int
 
     @property
-    def consumers(self) -> Mapping[str, object]: ...
+    def consumers(self) -> Mapping[Any, object]: ...
 
     @property
     def name(self) -> str: ...

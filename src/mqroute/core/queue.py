@@ -116,7 +116,10 @@ class MessageQueue:
         self.unacked = 0
         self.last_used = 0.0  # broker time of the last declare, get or consumer change
         self.published = self.delivered = 0  # totals, for rates
-        self.consumers: dict[str, Consumer] = {}
+        # By the consumer itself: tags are unique per session, not per queue (AMQP's are per
+        # channel), so two sessions may each consume with tag "t".
+        self.consumers: dict[Consumer, Consumer] = {}
+        self.exclusive_consumer = False  # one consumes exclusively: nobody else may
         # Ready messages never delivered, one deque per priority level (one level unless
         # x-max-priority); requeued ones in a heap by (-priority, seq).
         self._levels: list[deque[QueueEntry]] = [
@@ -127,8 +130,9 @@ class MessageQueue:
         self._expiry: list[tuple[float, int, QueueEntry]] = []  # (expires at, seq, entry)
         self.ready_count = 0  # ready messages (len(queue); an attribute for the hot path)
         self._rings: dict[int, deque[Consumer]] = {}  # by consumer priority
-        self._in_ring: set[str] = set()
-        self.active_tag: str | None = None  # with x-single-active-consumer: the one served
+        self._in_ring: set[Consumer] = set()  # consumers the rings serve; others are stale
+        self._stale = 0  # removed consumers still in a ring (dropped as dispatch meets them)
+        self.active: Consumer | None = None  # with x-single-active-consumer: the one served
         self._next_seq = 1
 
     @property
@@ -470,34 +474,43 @@ class MessageQueue:
     # --- consumers ----------------------------------------------------------------------
 
     def add_consumer(self, consumer: Consumer) -> None:
-        self.consumers[consumer.tag] = consumer
-        if self.args.single_active_consumer and self.active_tag is None:
-            self.active_tag = consumer.tag
+        self.consumers[consumer] = consumer
+        if getattr(consumer, "exclusive", False):
+            self.exclusive_consumer = True
+        if self.args.single_active_consumer and self.active is None:
+            self.active = consumer
         self.activate(consumer)
 
-    def remove_consumer(self, tag: str) -> None:
-        consumer = self.consumers.pop(tag, None)
-        if consumer is None:
+    def remove_consumer(self, consumer: Consumer) -> None:
+        """Stop serving ``consumer``. It stays in its ring until dispatch meets it (removing
+        it from the middle of a deque would make 40,000 cancels quadratic); a ring more stale
+        than live is rebuilt."""
+        if self.consumers.pop(consumer, None) is None:
             return
-        if tag in self._in_ring:
-            self._in_ring.discard(tag)
-            self._rings[consumer.priority].remove(consumer)
-        if tag == self.active_tag:
+        self.exclusive_consumer = False  # an exclusive consumer is the only one
+        if consumer in self._in_ring:
+            self._in_ring.discard(consumer)
+            self._stale += 1
+            if self._stale > len(self._in_ring) + 64:
+                live = self._in_ring
+                for priority, ring in self._rings.items():
+                    self._rings[priority] = deque(c for c in ring if c in live)
+                self._stale = 0
+        if consumer is self.active:
             # The next active consumer: the highest priority, then the longest waiting.
             waiting = list(self.consumers.values())
             best = max(waiting, key=lambda c: c.priority, default=None)
-            self.active_tag = best.tag if best is not None else None
+            self.active = best
             if best is not None:
                 self.activate(best)
 
     def activate(self, consumer: Consumer) -> None:
         """Let ``consumer`` take part in dispatch again (it may have credit now)."""
-        tag = consumer.tag
-        if tag not in self.consumers or tag in self._in_ring:
+        if consumer not in self.consumers or consumer in self._in_ring:
             return
-        if self.active_tag is not None and tag != self.active_tag:
+        if self.active is not None and consumer is not self.active:
             return  # single active consumer: the others wait their turn
-        self._in_ring.add(tag)
+        self._in_ring.add(consumer)
         self._rings.setdefault(consumer.priority, deque()).append(consumer)
 
     def dispatch(self) -> int:
@@ -508,8 +521,11 @@ class MessageQueue:
             ring = self._rings[priority]
             while ring and self.ready_count:
                 consumer = ring.popleft()
+                if consumer not in self._in_ring:  # removed while it waited here
+                    self._stale -= 1
+                    continue
                 if not consumer.has_credit():
-                    self._in_ring.discard(consumer.tag)
+                    self._in_ring.discard(consumer)
                     continue
                 entry = self.fetch()
                 if entry is None:  # its body is being read back: dispatch goes on then
@@ -520,7 +536,7 @@ class MessageQueue:
                 if consumer.has_credit():
                     ring.append(consumer)
                 else:
-                    self._in_ring.discard(consumer.tag)
+                    self._in_ring.discard(consumer)
             if not self.ready_count:
                 break
         return sent

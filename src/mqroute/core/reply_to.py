@@ -48,18 +48,17 @@ class ReplyTo:
         target_id = message.routing_key[len(REPLY_TO) + 1 :]
         valid = target_id.isascii() and target_id.isdigit() and len(target_id) < 20
         target = self._sessions.get(int(target_id)) if valid else None
-        delivered = not (target is None or target.closed or target.reply_consumer is None)
+        gone = target is None or target.closed or target.reply_consumer is None
+        # A requester that does not read its replies gets no more than its outbox holds:
+        # they pass through no queue, so nothing else would bound them.
+        delivered = target is not None and not gone and not target.outbox_full()
         if delivered:
             assert target is not None and target.reply_consumer is not None
             target.deliver_direct(target.reply_consumer, message)
         elif mandatory:
+            why = "the requester is gone" if gone else "the requester is not reading its replies"
             session.emit(
-                Returned(
-                    publish_seq=seq,
-                    code="NO_ROUTE",
-                    reply_text="the requester is gone",
-                    message=message,
-                )
+                Returned(publish_seq=seq, code="NO_ROUTE", reply_text=why, message=message)
             )
         session.settle_publish(seq, ok=True)
         return delivered

@@ -69,7 +69,7 @@ class ConsumerState:
         session = self.session
         if session.closed:
             return False
-        if len(session._outbox) >= session.outbox_limit or session._outbox_bytes >= OUTBOX_BYTES:
+        if session.outbox_full():
             session.starved = True
             return False
         if self.auto_ack:
@@ -143,6 +143,10 @@ class Session:
 
     def outbox_size(self) -> int:
         return len(self._outbox)
+
+    def outbox_full(self) -> bool:
+        """Whether the client is so far behind that no more deliveries should wait for it."""
+        return len(self._outbox) >= self.outbox_limit or self._outbox_bytes >= OUTBOX_BYTES
 
     def outbox_bytes(self) -> int:
         """The bodies of the deliveries and returns waiting in the outbox."""
@@ -259,7 +263,7 @@ class Session:
             )
         if consumer_tag and consumer_tag in self.consumers:
             raise PreconditionFailed(f"consumer tag {consumer_tag!r} is already in use")
-        if any(c.exclusive for c in queue.consumers.values() if isinstance(c, ConsumerState)):
+        if queue.exclusive_consumer:
             raise ResourceLocked(f"queue {name!r} has an exclusive consumer")
         if exclusive and queue.consumers:
             raise ResourceLocked(

@@ -398,7 +398,7 @@ class Vhost:
     def _remove_consumer(self, session: Session, tag: str) -> None:
         consumer = session.consumers.pop(tag)
         queue = consumer.queue
-        queue.remove_consumer(tag)
+        queue.remove_consumer(consumer)
         self.scheduler.touch(queue)
         if queue.spec.auto_delete and not queue.consumers and not queue.deleted:
             self.topology.remove_queue(queue)

@@ -17,7 +17,7 @@ from typing import Any
 import attrs
 from pamqp import body as amqp_body
 from pamqp import commands
-from pamqp import frame as amqp_frame
+from pamqp import encode as amqp_encode
 from pamqp import heartbeat as amqp_heartbeat
 
 from ..errors import RemoteProtocolError
@@ -402,8 +402,51 @@ def _shortstr(text: str) -> bytes:
     return bytes([len(data)]) + data
 
 
+def unchecked(cls: Any, *values: Any) -> Any:
+    """A pamqp method whose arguments are ``values`` in order, without its constructor's
+    checks of names (see ``method_bytes``)."""
+    method = cls.__new__(cls)
+    for name, value in zip(cls.__slots__, values, strict=True):
+        setattr(method, name, value)
+    return method
+
+
 def method_bytes(channel: int, method: Method) -> bytes:
-    return amqp_frame.marshal(method, channel)
+    """A method frame, as pamqp marshals it but without its checks of names: a queue or
+    exchange name is whatever UTF-8 short string the client chose (RabbitMQ's rule), and
+    pamqp's pattern would refuse ``очередь`` in our own answer."""
+    parts = [_U32.pack(method.index)]
+    bits = offset = 0
+    in_bits = False
+    for name in method.__slots__:
+        kind = method.amqp_type(name)
+        value = getattr(method, name, 0)
+        if kind == "bit":
+            if not in_bits:
+                bits, offset, in_bits = 0, 0, True
+            if value:
+                bits |= 1 << offset
+            offset += 1
+            if offset == 8:
+                parts.append(bytes((bits,)))
+                in_bits = False
+            continue
+        if in_bits:
+            parts.append(bytes((bits,)))
+            in_bits = False
+        parts.append(_encode_by_type(value, kind))
+    if in_bits:
+        parts.append(bytes((bits,)))
+    payload = b"".join(parts)
+    return _FRAME_HEADER.pack(1, channel, len(payload)) + payload + b"\xce"
+
+
+def _encode_by_type(value: Any, kind: str) -> bytes:
+    if kind == "shortstr":
+        return _shortstr(value or "")
+    if kind == "table":
+        return _table(value or {})
+    return amqp_encode.by_type(value, kind)
 
 
 def content_bytes(
@@ -414,7 +457,7 @@ def content_bytes(
     ``frame_max``."""
     header = content_header(len(body), properties)
     parts = [
-        method if isinstance(method, bytes) else amqp_frame.marshal(method, channel),
+        method if isinstance(method, bytes) else method_bytes(channel, method),
         _FRAME_HEADER.pack(2, channel, len(header)),
         header,
         b"\xce",

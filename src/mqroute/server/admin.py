@@ -26,6 +26,8 @@ class ConnectionInfo(Protocol):
     user: str
     opened_at: float
 
+    def pending_output(self) -> int: ...
+
 
 class Registry:
     """The server's live connections, start time, and per-queue rates."""
@@ -140,7 +142,7 @@ def _consumers(broker: Vhost, registry: Registry, page: slice) -> tuple[list[Any
                 "unacked": consumer.unacked,
                 "auto_ack": consumer.auto_ack,
                 "priority": consumer.priority,
-                "active": queue.active_tag in (None, consumer.tag),
+                "active": queue.active in (None, consumer),
             }
         )
     return rows, len(consumers)
@@ -163,6 +165,8 @@ def _connections(broker: Vhost, registry: Registry, page: slice) -> tuple[list[A
                 "opened": time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(conn.opened_at)),
                 "consumers": sum(len(s.consumers) for s in sessions),
                 "unacked": sum(len(s.unacked) for s in sessions),
+                # RabbitMQ's send_pend: bytes (and a cost per frame) waiting to be written.
+                "send_pend": conn.pending_output(),
             }
         )
     return rows, len(connections)
@@ -178,6 +182,7 @@ def _status(broker: Vhost, registry: Registry) -> dict[str, Any]:
         "memory_alarm": broker.flow.memory_alarm,
         "disk_alarm": broker.flow.disk_alarm,
         "connections": len(registry.connections),
+        "channels": stats.sessions,
         "exchanges": stats.exchanges,
         "queues": stats.queues,
         "bindings": stats.bindings,

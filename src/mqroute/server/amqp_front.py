@@ -47,6 +47,7 @@ from ..protocol.amqp import (
     deliver_bytes,
     method_bytes,
     to_table,
+    unchecked,
 )
 from ..protocol.amqp_fields import decode_table
 
@@ -100,6 +101,7 @@ class Closed:
 
 #: What a transactional channel holds until tx.commit (publishes are held as content).
 _TX_HELD = (amqp.Basic.Ack, amqp.Basic.Nack, amqp.Basic.Reject)
+TX_ITEM_COST = 256  # bytes a held publish or settlement counts for beyond its body
 
 
 class ConnectionError_(Exception):
@@ -124,14 +126,23 @@ class Channel:
     parts: list[bytes] = attrs.Factory(list)
     received: int = 0
     tx: list[tuple[Any, Any]] | None = None  # tx.select: (method or publish, message) to commit
+    tx_bytes: int = 0  # what ``tx`` holds: bodies, and TX_ITEM_COST an item
 
 
 class AmqpFrontEnd:
     """One AMQP connection's translation between frames and the facade."""
 
-    def __init__(self, conn_id: str, *, max_message_size: int, heartbeat: int) -> None:
+    def __init__(
+        self,
+        conn_id: str,
+        *,
+        max_message_size: int,
+        heartbeat: int,
+        max_uncommitted: int = 64 * 1024 * 1024,
+    ) -> None:
         self.id = conn_id
         self.max_message_size = max_message_size
+        self.max_uncommitted = max_uncommitted  # bytes one channel's transaction may hold
         self.heartbeat = heartbeat  # seconds, the server's wish; tune-ok settles it
         self.frame_max = FRAME_MIN_SIZE
         self.out: list[bytes] = []
@@ -353,6 +364,7 @@ class AmqpFrontEnd:
         )
         if ch.tx is not None:
             ch.tx.append((publish, message))  # published at tx.commit
+            self._held(ch, len(body))
             return None
         self._publish(ch, publish, message, now)
         return None
@@ -376,6 +388,7 @@ class AmqpFrontEnd:
         session = ch.session
         if ch.tx is not None and kind in _TX_HELD:
             ch.tx.append((m, None))  # settled at tx.commit
+            self._held(ch, 0)
             return None
         if kind is amqp.Basic.Publish:
             if m.immediate:
@@ -417,7 +430,8 @@ class AmqpFrontEnd:
                 self.out.append(
                     content_bytes(
                         n,
-                        amqp.Basic.GetOk(
+                        unchecked(
+                            amqp.Basic.GetOk,
                             d.delivery_tag,
                             d.redelivered,
                             d.exchange,
@@ -498,8 +512,11 @@ class AmqpFrontEnd:
             if not m.nowait:
                 self._send(
                     n,
-                    amqp.Queue.DeclareOk(
-                        declared.queue, declared.message_count, declared.consumer_count
+                    unchecked(
+                        amqp.Queue.DeclareOk,
+                        declared.queue,
+                        declared.message_count,
+                        declared.consumer_count,
                     ),
                 )
         elif kind is amqp.Queue.Bind:
@@ -557,7 +574,7 @@ class AmqpFrontEnd:
         elif kind is amqp.Tx.Commit or kind is amqp.Tx.Rollback:
             if ch.tx is None:
                 raise PreconditionFailed("channel is not transactional")
-            held, ch.tx = ch.tx, []
+            held, ch.tx, ch.tx_bytes = ch.tx, [], 0
             if kind is amqp.Tx.Commit:
                 for method, message in held:
                     if message is not None:
@@ -577,6 +594,20 @@ class AmqpFrontEnd:
                 503, f"COMMAND_INVALID - {getattr(m, 'name', type(m).__name__)} from a client", m
             )
         return None
+
+    def _held(self, ch: Channel, size: int) -> None:
+        """A transaction held one more item: past its bound, the channel is closed and what
+        it held dropped (as a rollback would), so uncommitted work cannot fill memory."""
+        ch.tx_bytes += size + TX_ITEM_COST
+        if ch.tx_bytes > self.max_uncommitted:
+            ch.tx, ch.tx_bytes = [], 0
+            self._close_channel(
+                ch,
+                406,
+                "PRECONDITION_FAILED - a transaction may hold at most "
+                f"{self.max_uncommitted} bytes of uncommitted publishes and acks; commit "
+                "more often",
+            )
 
     def _send(self, channel: int, method: Any) -> None:
         self.out.append(method_bytes(channel, method))
@@ -632,7 +663,7 @@ class AmqpFrontEnd:
             chunks.append(
                 content_bytes(
                     n,
-                    amqp.Basic.Return(312, "NO_ROUTE", m.exchange, m.routing_key),
+                    unchecked(amqp.Basic.Return, 312, "NO_ROUTE", m.exchange, m.routing_key),
                     m.properties,
                     m.body,
                     self.frame_max,

@@ -45,6 +45,7 @@ class AmqpWire(Wire):
             driver.id,
             max_message_size=config.max_message_size,
             heartbeat=config.heartbeat_ms // 1000,
+            max_uncommitted=config.max_uncommitted_bytes,
         )
 
     @property

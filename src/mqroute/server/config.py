@@ -51,6 +51,8 @@ class ServerConfig:
     # The CLI listens on 5672 unless told otherwise; embedded brokers only when asked.
     amqp_host: str | None = None  # None: the same as ``host``
     amqp_port: int | None = None
+    # What one AMQP channel's transaction may hold uncommitted (bodies and 256 B an item).
+    max_uncommitted_bytes: int = 64 * 1024 * 1024
 
 
 @attrs.frozen(kw_only=True)

@@ -172,6 +172,8 @@ class Driver:
         self._unblocked.set()
         self._taken_while_blocked = 0
         self._reader_scope: trio.CancelScope | None = None
+        self._output_taken: trio.Event | None = None  # the reader waits for the writer
+        self._write_started = 0.0
 
     # --- the boundary --------------------------------------------------------------------
 
@@ -260,7 +262,7 @@ class Driver:
             nursery.start_soon(self._writer)
             with trio.CancelScope() as self._reader_scope:
                 if self.wire.heartbeat:
-                    nursery.start_soon(self._heartbeats, self._reader_scope)
+                    nursery.start_soon(self._heartbeats, self._reader_scope, nursery.cancel_scope)
                 await self._reader()
             self.wake()
             with trio.move_on_after(self.config.close_timeout):
@@ -335,6 +337,8 @@ class Driver:
                 handled = 0
                 wire.after_items()
                 shell.drain()
+                if self._pending_output() > PENDING_OUTPUT_BYTES:
+                    await self._until_output_taken()
                 await trio.lowlevel.checkpoint()
                 turn_started = trio.current_time()
             item = wire.next_item()
@@ -342,9 +346,7 @@ class Driver:
                 wire.after_items()
                 shell.drain()
                 if self._pending_output() > PENDING_OUTPUT_BYTES:
-                    if self._drained.is_set():
-                        self._drained = trio.Event()
-                    await self._paused(self._drained)  # a client not reading: stop reading it
+                    await self._until_output_taken()
                 data = await self._receive()
                 if data is None:
                     return
@@ -400,6 +402,14 @@ class Driver:
         data = await self.stream.receive_some(RECEIVE_SIZE)
         self._last_received = trio.current_time()
         return data
+
+    async def _until_output_taken(self) -> None:
+        """A client that does not take what we write is not read either, until it has taken
+        half of it: it cannot make the broker hold more for it (a get loop, a return flood).
+        One that takes nothing at all for two heartbeat intervals is closed (_heartbeats)."""
+        self._output_taken = trio.Event()
+        self.wake()
+        await self._paused(self._output_taken)
 
     async def _paused(self, until: trio.Event) -> None:
         """Stop reading this client until ``until``. Its silence meanwhile is ours, not its:
@@ -492,6 +502,10 @@ class Driver:
         self.wake()
         return slot
 
+    def pending_output(self) -> int:
+        """What waits to be written to this client: bytes, plus ITEM_COST a frame."""
+        return self._pending_output()
+
     def _pending_output(self) -> int:
         pending = self._reply_cost
         for session in self.wire.sessions():
@@ -518,9 +532,14 @@ class Driver:
     async def _write(self, chunks: list[bytes]) -> None:
         if chunks:
             self._writing = True
+            self._write_started = trio.current_time()
             await self.stream.send_all(b"".join(chunks))
             self._writing = False
             self._last_sent = trio.current_time()
+        taken = self._output_taken
+        if taken is not None and self._pending_output() <= PENDING_OUTPUT_BYTES // 2:
+            self._output_taken = None
+            taken.set()
 
     async def _writer(self) -> None:
         wire, shell = self.wire, self.shell
@@ -545,12 +564,22 @@ class Driver:
             ):
                 self._drained.set()
 
-    async def _heartbeats(self, reader: trio.CancelScope) -> None:
+    async def _heartbeats(self, reader: trio.CancelScope, everything: trio.CancelScope) -> None:
         """Send a heartbeat after half an interval of silence; give up after two intervals
-        (the reader stops, the writer says why)."""
+        (the reader stops, the writer says why). A client whose socket takes none of our
+        bytes for two intervals is gone too: the writer is stopped where it waits."""
         interval = self.wire.heartbeat
         while True:
             now = trio.current_time()
+            if self._writing and now - self._write_started > 2 * interval:
+                self.node.log_limited(
+                    "%s: the client took none of our data for %.1fs; closing",
+                    self.id,
+                    now - self._write_started,
+                )
+                self._close_sent = True  # it could not be written either
+                everything.cancel()
+                return
             if self._reading_paused:
                 self._last_received = now
             silent = now - self._last_received
