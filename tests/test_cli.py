@@ -53,6 +53,29 @@ async def test_second_server_on_the_same_data_dir_refuses(tmp_path: Path) -> Non
         await first.wait()
 
 
+async def test_a_busy_amqp_port_is_one_line_and_exit_code_1(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = await trio.run_process(
+            [
+                *(sys.executable, "-m", "mqroute", "server", "--port", "0"),
+                *("--amqp-port", port, "--data-dir", str(tmp_path)),
+            ],
+            capture_stderr=True,
+            check=False,
+        )
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.decode().splitlines() if "INFO" not in line]
+    assert errors == [
+        f"Error: cannot listen for AMQP on 127.0.0.1:{port}: Address already in use (choose "
+        "another with --amqp-port, or turn it off with --no-amqp)"
+    ]
+
+
 async def test_help_explains_the_options() -> None:
     result = await trio.run_process(
         [sys.executable, "-m", "mqroute", "server", "--help"], capture_stdout=True

@@ -54,7 +54,8 @@ def prepare_process() -> None:
 def run(config: ServerConfig, *, store: Store | None = None) -> None:
     """Run a broker in this process until SIGINT or SIGTERM (``prepare_process`` first)."""
     prepare_process()
-    trio.run(_until_signal, config, store)
+    with _start_up_errors():  # the signal handler's nursery groups them too
+        trio.run(_until_signal, config, store)
 
 
 async def serve(
