@@ -38,6 +38,7 @@ class RawAmqp:
         user: str = "guest",
         password: str = "guest",
         client_properties: dict[str, Any] | None = None,
+        heartbeat: int = 0,
     ) -> RawAmqp:
         """Connected; with ``login``, through connection.open-ok."""
         assert address.amqp_port is not None
@@ -56,7 +57,7 @@ class RawAmqp:
         )
         tune = await client.method()
         assert isinstance(tune, amqp.Connection.Tune), tune
-        await client.send(0, amqp.Connection.TuneOk(tune.channel_max, tune.frame_max, 0))
+        await client.send(0, amqp.Connection.TuneOk(tune.channel_max, tune.frame_max, heartbeat))
         await client.send(0, amqp.Connection.Open("/"))
         assert isinstance(await client.method(), amqp.Connection.OpenOk)
         return client

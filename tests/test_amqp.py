@@ -953,3 +953,11 @@ def test_our_method_codec_agrees_with_pamqp(method: Any, channel: int) -> None:
     ours = method_bytes(channel, method)  # tables' integers as RabbitMQ writes them: 'I'
     assert slots(amqp_frame.unmarshal(ours)[2]) == reference
     assert slots(decode_method(wire, len(wire) - 1)) == reference
+
+
+def test_the_heartbeat_frame_is_what_pamqp_writes() -> None:
+    from pamqp.heartbeat import Heartbeat
+
+    from mqroute.protocol.amqp import HEARTBEAT_FRAME
+
+    assert HEARTBEAT_FRAME == amqp_frame.marshal(Heartbeat(), 0)

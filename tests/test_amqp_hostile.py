@@ -404,6 +404,41 @@ async def test_a_frame_trickled_slowly_on_the_amqp_port_is_closed(
     assert 10 <= trio.current_time() - start < 20
 
 
+async def test_an_amqp_client_silent_in_the_handshake_is_closed_at_its_deadline(
+    autojump_clock: trio.testing.MockClock, address: ServerAddress
+) -> None:
+    raw = await RawAmqp.connect(address, login=False)  # the header, and start: then nothing
+    start = trio.current_time()
+    close = await raw.method()
+    assert isinstance(close, amqp.Connection.Close) and close.reply_code == 501
+    assert "handshake" in close.reply_text
+    assert 10 <= trio.current_time() - start < 11
+
+
+async def test_missed_heartbeats_close_an_amqp_connection(
+    autojump_clock: trio.testing.MockClock, address: ServerAddress
+) -> None:
+    raw = await RawAmqp.connect(address, heartbeat=2)
+    await raw.open_channel()
+    start = trio.current_time()
+    methods = await raw.until_closed()  # it never sends a heartbeat
+    assert isinstance(methods[-1], amqp.Connection.Close) and "heartbeat" in methods[-1].reply_text
+    assert 4 <= trio.current_time() - start < 6
+    await round_trip(address)
+
+
+async def test_amqp_connections_per_address_are_limited(nursery: trio.Nursery) -> None:
+    config = ServerConfig(port=0, amqp_port=0, max_connections_per_host=2)
+    address = await nursery.start(functools.partial(serve, config))
+    first = await RawAmqp.connect(address)
+    async with mqroute.connect(address.url):
+        assert address.amqp_port is not None
+        over = await trio.open_tcp_stream("127.0.0.1", address.amqp_port)
+        with trio.fail_after(5):
+            assert await over.receive_some(100) == b""  # closed at once, before any header
+    await first.open_channel()  # the ones admitted go on
+
+
 async def test_bad_amqp_connections_are_logged_at_a_bounded_rate(
     address: ServerAddress, caplog: pytest.LogCaptureFixture
 ) -> None:

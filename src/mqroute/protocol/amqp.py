@@ -30,6 +30,7 @@ DEFAULT_FRAME_MAX = 131072  # RabbitMQ's
 FRAME_END = 0xCE
 _FRAME_HEADER = struct.Struct(">BHI")
 HEARTBEAT = amqp_heartbeat.Heartbeat()
+HEARTBEAT_FRAME = b"\x08\x00\x00\x00\x00\x00\x00\xce"  # type 8, channel 0, empty
 
 Method = Any  # a pamqp command instance (commands.Basic.Publish, …)
 

@@ -14,7 +14,7 @@ from ..core.session import Session
 from ..errors import REPLY_CODES, AccessRefused
 from ..protocol.amqp import (
     HEADER_RECEIVED,
-    HEARTBEAT,
+    HEARTBEAT_FRAME,
     PROTOCOL_HEADER,
     AmqpFrames,
     BadHeader,
@@ -175,7 +175,7 @@ class AmqpWire(Wire):
         return item  # type: ignore[no-any-return]
 
     def heartbeat_item(self) -> Any:
-        return method_bytes(0, HEARTBEAT)
+        return HEARTBEAT_FRAME
 
     def close_item(self, code: str | None, text: str) -> Any:
         number = _CLOSE_CODES.get(code or "", REPLY_CODES.get(code or "", 541))
