@@ -396,6 +396,14 @@ def deliver_bytes(
     return _FRAME_HEADER.pack(1, channel, len(payload)) + payload + b"\xce"
 
 
+def short_text(text: str) -> str:
+    """``text`` cut to fit a short string (255 bytes), on a character's boundary."""
+    data = text.encode()
+    if len(data) <= 255:
+        return text
+    return data[:255].decode(errors="ignore")
+
+
 def _shortstr(text: str) -> bytes:
     data = text.encode()
     if len(data) > 255:
@@ -515,7 +523,7 @@ def _table(table: Table) -> bytes:
 
 
 def _short(text: str) -> bytes:
-    data = text.encode()[:255]
+    data = short_text(text).encode()
     return bytes([len(data)]) + data
 
 

@@ -46,6 +46,7 @@ from ..protocol.amqp import (
     content_bytes,
     deliver_bytes,
     method_bytes,
+    short_text,
     to_table,
     unchecked,
 )
@@ -197,7 +198,7 @@ class AmqpFrontEnd:
         if self.state == "closing":
             return
         class_id, method_id = _ids(method)
-        self._send(0, amqp.Connection.Close(code, text[:255], class_id, method_id))
+        self._send(0, amqp.Connection.Close(code, short_text(text), class_id, method_id))
         self.state = "closing"
 
     # --- frames in --------------------------------------------------------------------------
@@ -245,6 +246,8 @@ class AmqpFrontEnd:
             return Closed()
         if self.state == "closing":
             return None
+        if not hasattr(frame, "index"):  # a content header or body on channel 0
+            raise ConnectionError_(505, f"UNEXPECTED_FRAME - {type(frame).__name__} on channel 0")
         raise ConnectionError_(
             503, f"COMMAND_INVALID - {frame.name} is not expected in state {self.state}", frame
         )
@@ -287,7 +290,7 @@ class AmqpFrontEnd:
     def _close_channel(self, ch: Channel, code: int, text: str, method: Any = None) -> None:
         """A channel exception: its session ends (unacked requeued), the client is told."""
         class_id, method_id = _ids(method)
-        self._send(ch.number, amqp.Channel.Close(code, text[:255], class_id, method_id))
+        self._send(ch.number, amqp.Channel.Close(code, short_text(text), class_id, method_id))
         ch.closing = True
         self._end_session(ch)
 

@@ -21,6 +21,7 @@ from ..protocol.amqp import (
     Content,
     FrameError,
     method_bytes,
+    short_text,
 )
 from ..protocol.amqp import (
     NEED_DATA as FRAMES_NEED_DATA,
@@ -180,14 +181,14 @@ class AmqpWire(Wire):
     def close_item(self, code: str | None, text: str) -> Any:
         number = _CLOSE_CODES.get(code or "", REPLY_CODES.get(code or "", 541))
         self.front.state = "closing"
-        return method_bytes(0, amqp.Connection.Close(number, f"{code} - {text}"[:255], 0, 0))
+        return method_bytes(0, amqp.Connection.Close(number, short_text(f"{code} - {text}"), 0, 0))
 
     def blocked_item(self, reason: str | None) -> Any:
         if reason is None:
             return method_bytes(0, amqp.Connection.Unblocked())
         capabilities = self.front.client_properties.get("capabilities") or {}
         if isinstance(capabilities, dict) and capabilities.get("connection.blocked"):
-            return method_bytes(0, amqp.Connection.Blocked(reason[:255]))
+            return method_bytes(0, amqp.Connection.Blocked(short_text(reason)))
         return None
 
     def release(self) -> None:
