@@ -19,8 +19,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from mqroute.core.vhost import Vhost  # noqa: E402
-from tests.amqp_fuzz import drive, login_frames, random_frames  # noqa: E402
+from tests.amqp_fuzz import drive, login_frames, random_frames
+
+from mqroute.core.vhost import Vhost
 
 FRAMES_PER_CONNECTION = 50
 

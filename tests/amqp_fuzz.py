@@ -136,7 +136,7 @@ def _value(rng: random.Random, depth: int) -> Any:
             rng.random() * 1e6,
             _text(rng),
             bytes(rng.randrange(256) for _ in range(rng.randrange(8))),
-            rng.choice(EXCHANGE_TYPES + ["reject-publish", "drop-head", "all", "any", "quorum"]),
+            rng.choice([*EXCHANGE_TYPES, "reject-publish", "drop-head", "all", "any", "quorum"]),
         ]
     )
 
