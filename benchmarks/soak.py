@@ -1,5 +1,6 @@
 """Hostile-client soak: a well-behaved client's latency, the server's memory and the backlog's
-safety while many clients misbehave at once. Bounded in time and count; loopback only.
+safety while many clients misbehave at once, on both ports. Bounded in time and count;
+loopback only.
 
     .venv/bin/python benchmarks/soak.py --minutes 10
 
@@ -15,32 +16,56 @@ a durable queue with a persistent, confirmed backlog, then for the given time ru
 - poison values: x-death, x-delay and expiration of every wrong shape, through TTL and nacks
   into dead-letter queues;
 
-and, beside them, one well-behaved client that declares, publishes (confirmed), consumes and
-acks in a loop, timing each step. At the end: p99 of each step, the server's peak RSS against
-the watermark, whether the server ever exited, and whether the backlog and every confirmed
-message of the well-behaved client are intact.
+and on the AMQP port at once:
+
+- pika workers (real processes) consuming with deliveries in flight, killed with SIGKILL;
+- TCP resets (SO_LINGER 0) in the handshake, while consuming, and inside a transaction;
+- start-ok and publishes with field tables nested past the limit, and wide ones (a frame of
+  tiny entries);
+- get loops and mandatory-return floods from clients that never read their socket;
+- random frames after a good login, and frames trickled a byte at a time;
+
+and, beside them, one well-behaved SDK client and one well-behaved pika client that declare,
+publish (confirmed), consume and ack in a loop, each in a process of its own, timing each
+step. At the end: p99 of each step, the server's peak RSS against the watermark, whether
+the server ever exited, and whether the backlog and every confirmed message of the
+well-behaved clients are intact.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import signal
 import statistics
 import struct
 import subprocess
+import sys
 import tempfile
+import textwrap
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import cbor2
+import pika
 import trio
 from common import free_port, rss_mb, server_command, wait_for_port
+from pamqp import commands as amqp
+from pamqp import frame as amqp_frame
+from pamqp import header as amqp_header
+from pamqp.body import ContentBody
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.amqp_fuzz import login_frames, random_frames
+from tests.amqp_raw import RawAmqp, start_ok_bytes, table_bytes
 
 import mqroute
 from mqroute.protocol import PROTOCOL_VERSION, Connection, Hello, Role
+from mqroute.server import ServerAddress
 
 WATERMARK = 256 * 1024 * 1024
 BACKLOG = 20_000
@@ -57,13 +82,52 @@ def hello() -> bytes:
     )
 
 
+WORKER = textwrap.dedent(
+    """
+    import sys, pika
+    connection = pika.BlockingConnection(pika.URLParameters(sys.argv[1]))
+    ch = connection.channel()
+    ch.basic_qos(prefetch_count=50)
+    def on_message(ch, method, properties, body):
+        if method.delivery_tag == 1:
+            print("consuming", flush=True)
+        if method.delivery_tag % 2:
+            ch.basic_ack(method.delivery_tag)
+    ch.basic_consume("soak.amqp.work", on_message)
+    ch.start_consuming()
+    """
+)
+AMQP_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError, AssertionError)
+
+
+def content(exchange: str, key: str, body: bytes, mandatory: bool = False) -> bytes:
+    return b"".join(
+        amqp_frame.marshal(m, 1)
+        for m in (
+            amqp.Basic.Publish(exchange=exchange, routing_key=key, mandatory=mandatory),
+            amqp_header.ContentHeader(0, len(body), amqp.Basic.Properties()),
+            ContentBody(body),
+        )
+    )
+
+
 class Soak:
-    def __init__(self, host: str, port: int, deadline: float) -> None:
+    def __init__(self, host: str, port: int, amqp_port: int, deadline: float) -> None:
         self.host, self.port, self.deadline = host, port, deadline
         self.url = f"mqroute://{host}:{port}"
+        self.address = ServerAddress(host, port, amqp_port)
         self.counts: Counter[str] = Counter()
         self.latency: dict[str, list[float]] = {
-            k: [] for k in ("declare", "publish", "consume", "ack")
+            k: []
+            for k in (
+                "declare",
+                "publish",
+                "consume",
+                "ack",
+                "pika declare",
+                "pika publish",
+                "pika get",
+            )
         }
         self.confirmed: set[str] = set()
         self.received: set[str] = set()
@@ -234,6 +298,165 @@ class Soak:
                     self.received.add(msg.message_id or "")
                 await trio.sleep(0.01)
 
+    # --- the AMQP port ------------------------------------------------------------------
+
+    async def amqp_killed_workers(self) -> None:
+        async with mqroute.connect(self.url) as conn:
+            await conn.declare_queue("soak.amqp.work")
+            while self.running():
+                async with conn.publisher(max_in_flight=200) as pub:
+                    for i in range(200):
+                        await pub.publish("", "soak.amqp.work", b"w" * 2048, message_id=str(i))
+                worker = await trio.lowlevel.open_process(
+                    [sys.executable, "-c", WORKER, self.address.amqp_url],
+                    stdout=subprocess.PIPE,
+                )
+                assert worker.stdout is not None
+                with trio.move_on_after(10):
+                    await worker.stdout.receive_some(100)
+                    await trio.sleep(self.rng.random() * 0.3)
+                os.kill(worker.pid, signal.SIGKILL)
+                await worker.wait()
+                await worker.stdout.aclose()
+                self.counts["amqp workers killed"] += 1
+                await conn.purge_queue("soak.amqp.work")
+                await trio.sleep(2)  # each worker's start costs a fifth of a core-second
+
+    async def amqp_resets(self) -> None:
+        while self.running():
+            phase = self.rng.choice(["handshake", "consuming", "transaction"])
+            try:
+                raw = await RawAmqp.connect(self.address, login=phase != "handshake")
+                if phase == "consuming":
+                    await raw.open_channel()
+                    await raw.send(1, amqp.Basic.Qos(prefetch_count=20))
+                    await raw.send(1, amqp.Basic.Consume(queue="soak.amqp.work"))
+                    await raw.method()
+                elif phase == "transaction":
+                    await raw.open_channel()
+                    await raw.send(1, amqp.Tx.Select())
+                    await raw.send_raw(content("", "soak.amqp.work", b"t" * 4096) * 20)
+                await trio.sleep(self.rng.random() * 0.05)
+                raw.reset()
+                self.counts[f"amqp reset in {phase}"] += 1
+            except AMQP_ERRORS:
+                self.counts["amqp reset refused"] += 1
+                await trio.sleep(0.05)
+
+    async def amqp_tables(self) -> None:
+        wide = b"".join(b"\x01kV" for _ in range(40_000))  # 40,000 void entries
+        import struct as _struct
+
+        wide_table = _struct.pack(">I", len(wide)) + wide
+        while self.running():
+            try:
+                raw = await RawAmqp.connect(self.address, login=False)
+                if self.rng.random() < 0.5:
+                    props = table_bytes(500, kind=self.rng.choice("FA"))
+                    await raw.send_raw(start_ok_bytes(props, b"PLAIN", b"\x00guest\x00guest"))
+                    self.counts["amqp deep start-ok"] += 1
+                else:
+                    await raw.send(
+                        0,
+                        amqp.Connection.StartOk(
+                            client_properties={"product": "soak"},
+                            mechanism="PLAIN",
+                            response="\x00guest\x00guest",
+                        ),
+                    )
+                    tune = await raw.method()
+                    await raw.send(0, amqp.Connection.TuneOk(tune.channel_max, tune.frame_max, 0))
+                    await raw.send(0, amqp.Connection.Open("/"))
+                    await raw.method()
+                    await raw.open_channel()
+                    payload = _struct.pack(">HHQH", 60, 0, 1, 0x2000) + wide_table
+                    header = _struct.pack(">BHI", 2, 1, len(payload)) + payload + b"\xce"
+                    publish = amqp_frame.marshal(amqp.Basic.Publish(routing_key="soak.none"), 1)
+                    body = amqp_frame.marshal(ContentBody(b"x"), 1)
+                    for _ in range(3):
+                        await raw.send_raw(publish + header + body)
+                    self.counts["amqp wide tables"] += 3
+                with trio.move_on_after(2):
+                    await raw.until_closed()
+                raw.reset()
+            except AMQP_ERRORS:
+                self.counts["amqp tables error"] += 1
+                await trio.sleep(0.05)
+
+    async def amqp_unread(self) -> None:
+        async with mqroute.connect(self.url) as conn:
+            await conn.declare_queue("soak.amqp.big", arguments={"x-max-length": 2000})
+            async with conn.publisher(max_in_flight=200) as pub:
+                for _ in range(2000):
+                    await pub.publish("", "soak.amqp.big", b"g" * 16 * 1024)
+        get = amqp_frame.marshal(amqp.Basic.Get(queue="soak.amqp.big"), 1)
+        returned = content("", "soak.nowhere", b"r" * 16 * 1024, mandatory=True)
+        while self.running():
+            try:
+                raw = await RawAmqp.connect(self.address)
+                await raw.open_channel()
+                kind = self.rng.choice(["get loop", "return flood"])
+                with trio.move_on_after(5):
+                    data = get * 1000 if kind == "get loop" else returned * 1000
+                    while True:
+                        await raw.send_raw(data)
+                raw.reset()
+                self.counts[f"amqp unread {kind}"] += 1
+            except AMQP_ERRORS:
+                self.counts["amqp unread error"] += 1
+                await trio.sleep(0.05)
+
+    async def amqp_fuzz(self) -> None:
+        login = b"".join(login_frames())
+        while self.running():
+            try:
+                raw = await RawAmqp.connect(self.address, login=False)
+                data = login + random_frames(self.rng, 50)
+                if self.rng.random() < 0.2:  # trickled: a slow frame
+                    await raw.send_raw(data[:40])
+                    for byte in data[40:60]:
+                        await raw.send_raw(bytes([byte]))
+                        await trio.sleep(1)
+                else:
+                    await raw.send_raw(data)
+                with trio.move_on_after(2):
+                    await raw.until_closed()
+                raw.reset()
+                self.counts["amqp fuzz"] += 1
+            except AMQP_ERRORS:
+                self.counts["amqp fuzz refused"] += 1
+                await trio.sleep(0.05)
+
+    async def amqp_well_behaved(self) -> None:
+        """A pika client's steps: declare, confirmed persistent publish, get (and ack)."""
+        latency = self.latency
+
+        def rounds() -> None:
+            connection = pika.BlockingConnection(pika.URLParameters(self.address.amqp_url))
+            ch = connection.channel()
+            ch.confirm_delivery()
+            n = 0
+            while trio.from_thread.run_sync(self.running):
+                n += 1
+                started = time.monotonic()
+                ch.queue_declare("soak.pika", durable=True)
+                latency["pika declare"].append(time.monotonic() - started)
+                started = time.monotonic()
+                props = pika.BasicProperties(delivery_mode=2, message_id=f"p-{n}")
+                ch.basic_publish("", "soak.pika", b"good", props)
+                latency["pika publish"].append(time.monotonic() - started)
+                self.confirmed.add(f"p-{n}")
+                started = time.monotonic()
+                method, got, _ = ch.basic_get("soak.pika")
+                latency["pika get"].append(time.monotonic() - started)
+                if method is not None:
+                    ch.basic_ack(method.delivery_tag)
+                    self.received.add(got.message_id or "")
+                time.sleep(0.01)
+            connection.close()
+
+        await trio.to_thread.run_sync(rounds, abandon_on_cancel=True)
+
 
 async def fill_backlog(url: str) -> set[str]:
     ids = set()
@@ -261,11 +484,14 @@ async def drain_backlog(url: str) -> set[str]:
 
 
 async def main(minutes: float) -> int:
-    port = free_port()
+    port, amqp_port = free_port(), free_port()
     data = tempfile.mkdtemp(prefix="mqroute-soak-")
     server = subprocess.Popen(
         server_command(
-            port, data, "--memory-high-watermark", str(WATERMARK), "--log-level", "warning"
+            port,
+            data,
+            *("--memory-high-watermark", str(WATERMARK), "--log-level", "warning"),
+            *("--amqp-port", str(amqp_port)),
         ),
         stderr=open(os.path.join(data, "server.log"), "w"),
     )
@@ -273,7 +499,7 @@ async def main(minutes: float) -> int:
     url = f"mqroute://127.0.0.1:{port}"
     print(f"server pid {server.pid}, log {data}/server.log; filling a backlog of {BACKLOG:,}")
     backlog = await fill_backlog(url)
-    soak = Soak("127.0.0.1", port, trio.current_time() + minutes * 60)
+    soak = Soak("127.0.0.1", port, amqp_port, trio.current_time() + minutes * 60)
     peak_rss = 0.0
     exited = None
 
@@ -310,9 +536,18 @@ async def main(minutes: float) -> int:
             soak.churn,
             soak.flood,
             soak.poison,
-            soak.well_behaved,
+            soak.amqp_killed_workers,
+            soak.amqp_resets,
+            soak.amqp_tables,
+            soak.amqp_unread,
+            soak.amqp_fuzz,
+            soak.amqp_fuzz,
         ):
             nursery.start_soon(_guard, task, soak.counts)
+        # The well-behaved clients run in processes of their own: in this one they would
+        # share the CPU and the GIL with the hostile load, and time that, not the broker.
+        for kind in ("sdk", "pika"):
+            nursery.start_soon(_probe, kind, port, amqp_port, minutes * 60 - 2, soak)
     print(f"ran {time.monotonic() - started:.0f}s")
     alive = server.poll() is None and exited is None
     leftover = await drain_backlog(url) if alive else set()
@@ -335,6 +570,45 @@ async def main(minutes: float) -> int:
     return 0 if ok else 1
 
 
+async def _probe(kind: str, port: int, amqp_port: int, seconds: float, soak: Soak) -> None:
+    result = await trio.run_process(
+        [
+            sys.executable,
+            __file__,
+            "--probe",
+            kind,
+            "--port",
+            str(port),
+            "--amqp-port",
+            str(amqp_port),
+            "--seconds",
+            str(seconds),
+        ],
+        capture_stdout=True,
+    )
+    found = json.loads(result.stdout.decode().splitlines()[-1])
+    for step, values in found["latency"].items():
+        soak.latency[step] += values
+    soak.confirmed |= set(found["confirmed"])
+    soak.received |= set(found["received"])
+
+
+async def probe(kind: str, port: int, amqp_port: int, seconds: float) -> None:
+    """One well-behaved client for ``seconds``; prints its timings and ids as JSON."""
+    soak = Soak("127.0.0.1", port, amqp_port, trio.current_time() + seconds)
+    await (soak.well_behaved() if kind == "sdk" else soak.amqp_well_behaved())
+    latency = {k: v for k, v in soak.latency.items() if v}
+    print(
+        json.dumps(
+            {
+                "latency": latency,
+                "confirmed": sorted(soak.confirmed),
+                "received": sorted(soak.received),
+            }
+        )
+    )
+
+
 def _p99(values: list[float]) -> float:
     if len(values) < 2:
         return float("nan")
@@ -355,4 +629,12 @@ async def _guard(task: Any, counts: Counter[str]) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--minutes", type=float, default=10.0)
-    raise SystemExit(trio.run(main, parser.parse_args().minutes))
+    parser.add_argument("--probe", choices=["sdk", "pika"], help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--amqp-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--seconds", type=float, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.probe:
+        trio.run(probe, args.probe, args.port, args.amqp_port, args.seconds)
+        raise SystemExit(0)
+    raise SystemExit(trio.run(main, args.minutes))
