@@ -7,8 +7,10 @@ exclusive queues. ``amqp_connection.py`` is its trio shell, as ``connection.py``
 
 from __future__ import annotations
 
+import enum
 import logging
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import attrs
@@ -105,6 +107,26 @@ _TX_HELD = (amqp.Basic.Ack, amqp.Basic.Nack, amqp.Basic.Reject)
 TX_ITEM_COST = 256  # bytes a held publish or settlement counts for beyond its body
 
 
+class ConnState(enum.StrEnum):
+    """An AMQP connection's states, from the server's side."""
+
+    START = "start"  # connection.start sent: start-ok (the login) comes next
+    TUNE = "tune"  # tune sent: tune-ok next
+    OPEN_WAIT = "open-wait"  # connection.open next (the vhost)
+    OPEN = "open"  # channels may open
+    CLOSING = "closing"  # a close sent or received: only close-ok counts now
+
+
+class ChannelState(enum.StrEnum):
+    """A channel's states. A publish's content travels as a header and body frames, which
+    must follow the basic.publish on its channel, nothing between."""
+
+    OPEN = "open"  # methods, or a publish read whole
+    HEADER = "header"  # basic.publish came: its content header next
+    BODY = "body"  # the header came: body frames until its size
+    CLOSING = "closing"  # we sent channel.close: only close-ok counts now
+
+
 class ConnectionError_(Exception):
     """An AMQP connection exception: Connection.Close with this code, then the end."""
 
@@ -120,7 +142,7 @@ class Channel:
     confirming: bool = False
     confirm_offset: int = 0  # publishes numbered before confirm.select
     prefetch: int = 0  # basic.qos: for consumers started after it
-    closing: bool = False  # we sent Channel.Close; only close-ok counts now
+    state: ChannelState = ChannelState.OPEN
     publish: amqp.Basic.Publish | None = None  # content being assembled
     body_size: int = 0
     properties: Properties | None = None
@@ -128,6 +150,10 @@ class Channel:
     received: int = 0
     tx: list[tuple[Any, Any]] | None = None  # tx.select: (method or publish, message) to commit
     tx_bytes: int = 0  # what ``tx`` holds: bodies, and TX_ITEM_COST an item
+
+    @property
+    def closing(self) -> bool:
+        return self.state is ChannelState.CLOSING
 
 
 class AmqpFrontEnd:
@@ -152,7 +178,7 @@ class AmqpFrontEnd:
         self.access: Access | None = None
         self.user = ""
         self.client_properties: dict[str, Any] = {}
-        self.state = "start"  # start → tune → open-wait → open → closing
+        self.state = ConnState.START
         self.closed = False
         self.sessions_opened: list[Session] = []
         self.sessions_closed: list[Session] = []
@@ -177,7 +203,7 @@ class AmqpFrontEnd:
 
     def authenticated(self, user: str) -> None:
         self.user = user
-        self.state = "tune"
+        self.state = ConnState.TUNE
         self._send(
             0,
             amqp.Connection.Tune(
@@ -191,15 +217,15 @@ class AmqpFrontEnd:
 
     def opened(self, vhost: Vhost, access: Access) -> None:
         self.vhost, self.access = vhost, access
-        self.state = "open"
+        self.state = ConnState.OPEN
         self._send(0, amqp.Connection.OpenOk())
 
     def close_connection(self, code: int, text: str, method: Any = None) -> None:
-        if self.state == "closing":
+        if self.state is ConnState.CLOSING:
             return
         class_id, method_id = _ids(method)
         self._send(0, amqp.Connection.Close(code, short_text(text), class_id, method_id))
-        self.state = "closing"
+        self.state = ConnState.CLOSING
 
     # --- frames in --------------------------------------------------------------------------
 
@@ -211,9 +237,9 @@ class AmqpFrontEnd:
         try:
             if channel == 0:
                 return self._connection_frame(frame)
-            if self.state == "closing":
+            if self.state is ConnState.CLOSING:
                 return None  # only close / close-ok count now
-            if self.state != "open":
+            if self.state is not ConnState.OPEN:
                 raise ConnectionError_(504, "CHANNEL_ERROR - a channel before connection.open")
             return self._channel_frame(channel, frame, now)
         except ConnectionError_ as exc:
@@ -221,36 +247,47 @@ class AmqpFrontEnd:
             return None
 
     def _connection_frame(self, frame: Any) -> Any:
+        """A frame on channel 0, by the state table (``_CONNECTION_METHODS``). A close is
+        taken in any state; closing, only close-ok counts."""
         kind = type(frame)
-        if kind is amqp.Connection.StartOk and self.state == "start":
-            self.client_properties = dict(frame.client_properties or {})
-            user, password = _credentials(frame)
-            return Authenticate(user, password)
-        if kind is amqp.Connection.TuneOk and self.state == "tune":
-            if frame.frame_max and frame.frame_max < FRAME_MIN_SIZE:
-                raise ConnectionError_(530, "NOT_ALLOWED - frame_max below 4096", frame)
-            self.frame_max = min(frame.frame_max or DEFAULT_FRAME_MAX, DEFAULT_FRAME_MAX)
-            self.heartbeat = frame.heartbeat
-            self.state = "open-wait"
-            return None
-        if kind is amqp.Connection.Open and self.state == "open-wait":
-            return OpenVhost(frame.virtual_host or "/")
-        if kind is amqp.Connection.UpdateSecret and self.state == "open":
-            self._send(0, amqp.Connection.UpdateSecretOk())  # passwords do not expire here
-            return None
         if kind is amqp.Connection.Close:
             self._send(0, amqp.Connection.CloseOk())
-            self.state = "closing"
+            self.state = ConnState.CLOSING
             return Closed()
-        if kind is amqp.Connection.CloseOk and self.state == "closing":
-            return Closed()
-        if self.state == "closing":
-            return None
+        if self.state is ConnState.CLOSING:
+            return Closed() if kind is amqp.Connection.CloseOk else None
+        handler = _CONNECTION_METHODS[self.state].get(kind)
+        if handler is not None:
+            return handler(self, frame)
         if not hasattr(frame, "index"):  # a content header or body on channel 0
             raise ConnectionError_(505, f"UNEXPECTED_FRAME - {type(frame).__name__} on channel 0")
         raise ConnectionError_(
             503, f"COMMAND_INVALID - {frame.name} is not expected in state {self.state}", frame
         )
+
+    def _start_ok(self, frame: Any) -> Authenticate:
+        properties = frame.client_properties
+        self.client_properties = dict(properties) if isinstance(properties, dict) else {}
+        user, password = _credentials(frame)
+        return Authenticate(user, password)
+
+    def _tune_ok(self, frame: Any) -> None:
+        if frame.frame_max and frame.frame_max < FRAME_MIN_SIZE:
+            raise ConnectionError_(530, "NOT_ALLOWED - frame_max below 4096", frame)
+        self.frame_max = min(frame.frame_max or DEFAULT_FRAME_MAX, DEFAULT_FRAME_MAX)
+        self.heartbeat = frame.heartbeat
+        self.state = ConnState.OPEN_WAIT
+
+    def _open(self, frame: Any) -> OpenVhost:
+        return OpenVhost(frame.virtual_host or "/")
+
+    def _update_secret(self, frame: Any) -> None:
+        self._send(0, amqp.Connection.UpdateSecretOk())  # passwords do not expire here
+
+    def capability(self, name: str) -> bool:
+        """Whether the client said it takes ``name`` (its capabilities table)."""
+        capabilities = self.client_properties.get("capabilities")
+        return isinstance(capabilities, dict) and bool(capabilities.get(name))
 
     def _channel_frame(self, number: int, frame: Any, now: float) -> Any:
         ch = self.channels.get(number)
@@ -268,13 +305,14 @@ class AmqpFrontEnd:
             return None
         if ch is None:
             raise ConnectionError_(504, f"CHANNEL_ERROR - no channel {number}", frame)
-        if ch.closing:
+        state = ch.state
+        if state is ChannelState.CLOSING:
             if kind is amqp.Channel.CloseOk:
                 del self.channels[number]
             return None
         if kind is Content:
             return self._whole_content(ch, frame, now)
-        if ch.publish is not None:
+        if state is not ChannelState.OPEN:
             return self._content(ch, frame, now)
         try:
             return self._method(ch, frame, now)
@@ -291,7 +329,7 @@ class AmqpFrontEnd:
         """A channel exception: its session ends (unacked requeued), the client is told."""
         class_id, method_id = _ids(method)
         self._send(ch.number, amqp.Channel.Close(code, short_text(text), class_id, method_id))
-        ch.closing = True
+        ch.state = ChannelState.CLOSING
         self._end_session(ch)
 
     def _end_session(self, ch: Channel) -> None:
@@ -306,7 +344,7 @@ class AmqpFrontEnd:
         here; anything else goes through the frame-by-frame path, so it is answered alike."""
         publish, header = content.publish, content.header
         if (
-            ch.publish is None
+            ch.state is ChannelState.OPEN
             and ch.tx is None
             and not publish.immediate
             and header.body_size <= self.max_message_size
@@ -328,7 +366,8 @@ class AmqpFrontEnd:
         return None
 
     def _content(self, ch: Channel, frame: Any, now: float) -> Any:
-        if type(frame) is Header and ch.properties is None:
+        """A publish's header or body frame (the channel's state says which may come)."""
+        if type(frame) is Header and ch.state is ChannelState.HEADER:
             if frame.body_size > self.max_message_size:
                 reason = (
                     f"message size {frame.body_size} is larger than the maximum of "
@@ -344,7 +383,8 @@ class AmqpFrontEnd:
                 self._close_channel(ch, 406, f"PRECONDITION_FAILED - {reason}", publish)
                 return None
             ch.properties, ch.body_size = frame.properties, frame.body_size
-        elif type(frame) is ContentBody and ch.properties is not None:
+            ch.state = ChannelState.BODY
+        elif type(frame) is ContentBody and ch.state is ChannelState.BODY:
             ch.parts.append(frame.value)
             ch.received += len(frame.value)
             if ch.received > ch.body_size:
@@ -358,6 +398,7 @@ class AmqpFrontEnd:
         publish, properties = ch.publish, ch.properties
         body = ch.parts[0] if len(ch.parts) == 1 else b"".join(ch.parts)
         ch.publish, ch.properties, ch.parts, ch.received, ch.body_size = None, None, [], 0, 0
+        ch.state = ChannelState.OPEN
         assert publish is not None and properties is not None and self.vhost is not None
         message = Message(
             exchange=publish.exchange,
@@ -385,218 +426,238 @@ class AmqpFrontEnd:
 
     # --- methods ----------------------------------------------------------------------------
 
-    def _method(self, ch: Channel, m: Any, now: float) -> Any:
-        vhost, access, kind, n = self.vhost, self.access, type(m), ch.number
-        assert vhost is not None and access is not None
-        session = ch.session
+    def _method(self, ch: Channel, m: Any, now: float) -> None:
+        """One method on an open channel, by the handler table at the end of this module."""
+        kind = type(m)
         if ch.tx is not None and kind in _TX_HELD:
             ch.tx.append((m, None))  # settled at tx.commit
             self._held(ch, 0)
-            return None
-        if kind is amqp.Basic.Publish:
-            if m.immediate:
-                raise ConnectionError_(540, "NOT_IMPLEMENTED - immediate=true", m)
-            ch.publish = m
-        elif kind is amqp.Basic.Ack:
-            vhost.ack(session, m.delivery_tag, multiple=m.multiple, now=now)
-        elif kind is amqp.Basic.Nack:
-            vhost.nack(session, m.delivery_tag, multiple=m.multiple, requeue=m.requeue, now=now)
-        elif kind is amqp.Basic.Reject:
-            vhost.reject(session, m.delivery_tag, requeue=m.requeue, now=now)
-        elif kind is amqp.Basic.Consume:
-            # consume-ok goes before the first delivery (py-amqp registers the callback when
-            # it arrives): events this channel has waiting go first, those consume made after.
-            self._take_events(ch, now)
-            tag = vhost.consume(
-                session,
-                m.queue,
-                consumer_tag=m.consumer_tag,
-                prefetch=ch.prefetch,
-                auto_ack=m.no_ack,
-                exclusive=m.exclusive,
-                arguments=to_table(m.arguments or {}),
-                now=now,
-            )
-            if not m.nowait:
-                self._send(n, amqp.Basic.ConsumeOk(tag))
-            self._take_events(ch, now)
-        elif kind is amqp.Basic.Cancel:
-            if m.consumer_tag in session.consumers or m.consumer_tag == session.reply_consumer:
-                vhost.cancel(session, m.consumer_tag, now=now)
-            if not m.nowait:  # an unknown tag is no error (RabbitMQ)
-                self._send(n, amqp.Basic.CancelOk(m.consumer_tag))
-        elif kind is amqp.Basic.Get:
-            d = vhost.get(session, m.queue, auto_ack=m.no_ack, now=now)
-            if d is None:
-                self._send(n, amqp.Basic.GetEmpty())
-            else:
-                self.out.append(
-                    content_bytes(
-                        n,
-                        unchecked(
-                            amqp.Basic.GetOk,
-                            d.delivery_tag,
-                            d.redelivered,
-                            d.exchange,
-                            d.routing_key,
-                            d.message_count or 0,
-                        ),
-                        d.message.properties,
-                        d.message.body,
-                        self.frame_max,
-                    )
-                )
-        elif kind is amqp.Basic.Qos:
-            if m.prefetch_size:  # as RabbitMQ
-                raise ConnectionError_(
-                    540, f"NOT_IMPLEMENTED - prefetch_size!=0 ({m.prefetch_size})", m
-                )
-            if m.prefetch_count > 65535:
-                raise ConnectionError_(530, "NOT_ALLOWED - prefetch_count over 65535", m)
-            if m.global_:  # RabbitMQ's meaning: shared by the channel's consumers
-                vhost.share_prefetch(session, m.prefetch_count, now=now)
-            else:
-                ch.prefetch = m.prefetch_count
-            self._send(n, amqp.Basic.QosOk())
-        elif kind is amqp.Basic.Recover or kind is amqp.Basic.RecoverAsync:
-            if session.unacked:
-                vhost.nack(session, 0, multiple=True, requeue=True, now=now)
-            if kind is amqp.Basic.Recover:
-                self._send(n, amqp.Basic.RecoverOk())
-        elif kind is amqp.Confirm.Select:
-            if ch.tx is not None:
-                raise PreconditionFailed("cannot switch from tx to confirm mode")
-            if not ch.confirming:
-                ch.confirming = True
-                # AMQP numbers confirms from select on; the session numbered every publish.
-                ch.confirm_offset = session.confirms.next_seq - 1
-            if not m.nowait:
-                self._send(n, amqp.Confirm.SelectOk())
-        elif kind is amqp.Exchange.Declare:
-            spec = ExchangeSpec(
-                name=m.exchange,
-                type=m.exchange_type,
-                durable=m.durable,
-                auto_delete=m.auto_delete,
-                internal=m.internal,
-                arguments=to_table(m.arguments or {}),
-            )
-            vhost.declare_exchange(spec, passive=m.passive, access=access)
-            if not m.nowait:
-                self._send(n, amqp.Exchange.DeclareOk())
-        elif kind is amqp.Exchange.Delete:
-            try:
-                vhost.delete_exchange(m.exchange, if_unused=m.if_unused, access=access)
-            except NotFound:
-                pass  # RabbitMQ's delete is idempotent
-            if not m.nowait:
-                self._send(n, amqp.Exchange.DeleteOk())
-        elif kind is amqp.Exchange.Bind or kind is amqp.Exchange.Unbind:
-            args = (m.destination, m.source, m.routing_key, to_table(m.arguments or {}))
-            if kind is amqp.Exchange.Bind:
-                vhost.bind_exchange(*args, access=access)
-                ok: Any = amqp.Exchange.BindOk()
-            else:
-                vhost.unbind_exchange(*args, access=access)
-                ok = amqp.Exchange.UnbindOk()
-            if not m.nowait:
-                self._send(n, ok)
-        elif kind is amqp.Queue.Declare:
-            spec_q = QueueSpec(
-                name=m.queue,
-                durable=m.durable,
-                exclusive=m.exclusive,
-                auto_delete=m.auto_delete,
-                arguments=to_table(m.arguments or {}),
-            )
-            declared = vhost.declare_queue(
-                self.id, spec_q, passive=m.passive, now=now, access=access
-            )
-            if not m.nowait:
-                self._send(
-                    n,
-                    unchecked(
-                        amqp.Queue.DeclareOk,
-                        declared.queue,
-                        declared.message_count,
-                        declared.consumer_count,
-                    ),
-                )
-        elif kind is amqp.Queue.Bind:
-            vhost.bind_queue(
-                self.id,
-                m.queue,
-                m.exchange,
-                m.routing_key,
-                to_table(m.arguments or {}),
-                access=access,
-            )
-            if not m.nowait:
-                self._send(n, amqp.Queue.BindOk())
-        elif kind is amqp.Queue.Unbind:
-            vhost.unbind_queue(
-                self.id,
-                m.queue,
-                m.exchange,
-                m.routing_key,
-                to_table(m.arguments or {}),
-                access=access,
-            )
-            self._send(n, amqp.Queue.UnbindOk())
-        elif kind is amqp.Queue.Purge:
-            count = vhost.purge_queue(self.id, m.queue, access=access)
-            if not m.nowait:
-                self._send(n, amqp.Queue.PurgeOk(count))
-        elif kind is amqp.Queue.Delete:
-            count = vhost.delete_queue(
-                self.id,
-                m.queue,
-                if_unused=m.if_unused,
-                if_empty=m.if_empty,
-                now=now,
-                access=access,
-            )
-            if not m.nowait:
-                self._send(n, amqp.Queue.DeleteOk(count))
-        elif kind is amqp.Channel.Flow:
-            if not m.active:  # RabbitMQ's answer since 3.3 (docs/amqp.md)
-                raise ConnectionError_(540, "NOT_IMPLEMENTED - active=false", m)
-            self._send(n, amqp.Channel.FlowOk(True))
-        elif kind is amqp.Channel.Close:
-            self._end_session(ch)
-            del self.channels[n]
-            self._send(n, amqp.Channel.CloseOk())
-        elif kind is amqp.Channel.CloseOk:
-            pass
-        elif kind is amqp.Tx.Select:
-            if ch.confirming:
-                raise PreconditionFailed("cannot switch from confirm to tx mode")
-            if ch.tx is None:
-                ch.tx = []
-            self._send(n, amqp.Tx.SelectOk())
-        elif kind is amqp.Tx.Commit or kind is amqp.Tx.Rollback:
-            if ch.tx is None:
-                raise PreconditionFailed("channel is not transactional")
-            held, ch.tx, ch.tx_bytes = ch.tx, [], 0
-            if kind is amqp.Tx.Commit:
-                for method, message in held:
-                    if message is not None:
-                        if not self._publish(ch, method, message, now):
-                            return None
-                    else:
-                        ch.tx, saved = None, ch.tx  # settle now, not held again
-                        try:
-                            self._method(ch, method, now)
-                        finally:
-                            ch.tx = saved
-                self._send(n, amqp.Tx.CommitOk())
-            else:
-                self._send(n, amqp.Tx.RollbackOk())
-        else:
+            return
+        handler = _METHODS.get(kind)
+        if handler is None:
             raise ConnectionError_(
                 503, f"COMMAND_INVALID - {getattr(m, 'name', type(m).__name__)} from a client", m
             )
-        return None
+        handler(self, ch, m, now)
+
+    # One handler per method a client sends on a channel: (channel, method, now).
+
+    def _basic_publish(self, ch: Channel, m: Any, now: float) -> None:
+        if m.immediate:
+            raise ConnectionError_(540, "NOT_IMPLEMENTED - immediate=true", m)
+        ch.publish = m
+        ch.state = ChannelState.HEADER
+
+    def _basic_ack(self, ch: Channel, m: Any, now: float) -> None:
+        self._vhost.ack(ch.session, m.delivery_tag, multiple=m.multiple, now=now)
+
+    def _basic_nack(self, ch: Channel, m: Any, now: float) -> None:
+        self._vhost.nack(
+            ch.session, m.delivery_tag, multiple=m.multiple, requeue=m.requeue, now=now
+        )
+
+    def _basic_reject(self, ch: Channel, m: Any, now: float) -> None:
+        self._vhost.reject(ch.session, m.delivery_tag, requeue=m.requeue, now=now)
+
+    def _basic_consume(self, ch: Channel, m: Any, now: float) -> None:
+        # consume-ok goes before the first delivery (py-amqp registers the callback when it
+        # arrives): events this channel has waiting go first, those consume made after.
+        self._take_events(ch, now)
+        tag = self._vhost.consume(
+            ch.session,
+            m.queue,
+            consumer_tag=m.consumer_tag,
+            prefetch=ch.prefetch,
+            auto_ack=m.no_ack,
+            exclusive=m.exclusive,
+            arguments=to_table(m.arguments or {}),
+            now=now,
+        )
+        if not m.nowait:
+            self._send(ch.number, amqp.Basic.ConsumeOk(tag))
+        self._take_events(ch, now)
+
+    def _basic_cancel(self, ch: Channel, m: Any, now: float) -> None:
+        session = ch.session
+        if m.consumer_tag in session.consumers or m.consumer_tag == session.reply_consumer:
+            self._vhost.cancel(session, m.consumer_tag, now=now)
+        if not m.nowait:  # an unknown tag is no error (RabbitMQ)
+            self._send(ch.number, amqp.Basic.CancelOk(m.consumer_tag))
+
+    def _basic_get(self, ch: Channel, m: Any, now: float) -> None:
+        d = self._vhost.get(ch.session, m.queue, auto_ack=m.no_ack, now=now)
+        if d is None:
+            self._send(ch.number, amqp.Basic.GetEmpty())
+            return
+        get_ok = unchecked(
+            amqp.Basic.GetOk,
+            d.delivery_tag,
+            d.redelivered,
+            d.exchange,
+            d.routing_key,
+            d.message_count or 0,
+        )
+        props, body = d.message.properties, d.message.body
+        self.out.append(content_bytes(ch.number, get_ok, props, body, self.frame_max))
+
+    def _basic_qos(self, ch: Channel, m: Any, now: float) -> None:
+        if m.prefetch_size:  # as RabbitMQ
+            raise ConnectionError_(
+                540, f"NOT_IMPLEMENTED - prefetch_size!=0 ({m.prefetch_size})", m
+            )
+        if m.prefetch_count > 65535:
+            raise ConnectionError_(530, "NOT_ALLOWED - prefetch_count over 65535", m)
+        if m.global_:  # RabbitMQ's meaning: shared by the channel's consumers
+            self._vhost.share_prefetch(ch.session, m.prefetch_count, now=now)
+        else:
+            ch.prefetch = m.prefetch_count
+        self._send(ch.number, amqp.Basic.QosOk())
+
+    def _basic_recover(self, ch: Channel, m: Any, now: float) -> None:
+        if ch.session.unacked:
+            self._vhost.nack(ch.session, 0, multiple=True, requeue=True, now=now)
+        if type(m) is amqp.Basic.Recover:
+            self._send(ch.number, amqp.Basic.RecoverOk())
+
+    def _confirm_select(self, ch: Channel, m: Any, now: float) -> None:
+        if ch.tx is not None:
+            raise PreconditionFailed("cannot switch from tx to confirm mode")
+        if not ch.confirming:
+            ch.confirming = True
+            # AMQP numbers confirms from select on; the session numbered every publish.
+            ch.confirm_offset = ch.session.confirms.next_seq - 1
+        if not m.nowait:
+            self._send(ch.number, amqp.Confirm.SelectOk())
+
+    def _exchange_declare(self, ch: Channel, m: Any, now: float) -> None:
+        spec = ExchangeSpec(
+            name=m.exchange,
+            type=m.exchange_type,
+            durable=m.durable,
+            auto_delete=m.auto_delete,
+            internal=m.internal,
+            arguments=to_table(m.arguments or {}),
+        )
+        self._vhost.declare_exchange(spec, passive=m.passive, access=self._access)
+        if not m.nowait:
+            self._send(ch.number, amqp.Exchange.DeclareOk())
+
+    def _exchange_delete(self, ch: Channel, m: Any, now: float) -> None:
+        try:
+            self._vhost.delete_exchange(m.exchange, if_unused=m.if_unused, access=self._access)
+        except NotFound:
+            pass  # RabbitMQ's delete is idempotent
+        if not m.nowait:
+            self._send(ch.number, amqp.Exchange.DeleteOk())
+
+    def _exchange_bind(self, ch: Channel, m: Any, now: float) -> None:
+        args = (m.destination, m.source, m.routing_key, to_table(m.arguments or {}))
+        if type(m) is amqp.Exchange.Bind:
+            self._vhost.bind_exchange(*args, access=self._access)
+            ok: Any = amqp.Exchange.BindOk()
+        else:
+            self._vhost.unbind_exchange(*args, access=self._access)
+            ok = amqp.Exchange.UnbindOk()
+        if not m.nowait:
+            self._send(ch.number, ok)
+
+    def _queue_declare(self, ch: Channel, m: Any, now: float) -> None:
+        spec = QueueSpec(
+            name=m.queue,
+            durable=m.durable,
+            exclusive=m.exclusive,
+            auto_delete=m.auto_delete,
+            arguments=to_table(m.arguments or {}),
+        )
+        declared = self._vhost.declare_queue(
+            self.id, spec, passive=m.passive, now=now, access=self._access
+        )
+        if not m.nowait:
+            ok = unchecked(
+                amqp.Queue.DeclareOk,
+                declared.queue,
+                declared.message_count,
+                declared.consumer_count,
+            )
+            self._send(ch.number, ok)
+
+    def _queue_bind(self, ch: Channel, m: Any, now: float) -> None:
+        args = (self.id, m.queue, m.exchange, m.routing_key, to_table(m.arguments or {}))
+        if type(m) is amqp.Queue.Bind:
+            self._vhost.bind_queue(*args, access=self._access)
+            if not m.nowait:
+                self._send(ch.number, amqp.Queue.BindOk())
+        else:
+            self._vhost.unbind_queue(*args, access=self._access)
+            self._send(ch.number, amqp.Queue.UnbindOk())
+
+    def _queue_purge(self, ch: Channel, m: Any, now: float) -> None:
+        count = self._vhost.purge_queue(self.id, m.queue, access=self._access)
+        if not m.nowait:
+            self._send(ch.number, amqp.Queue.PurgeOk(count))
+
+    def _queue_delete(self, ch: Channel, m: Any, now: float) -> None:
+        count = self._vhost.delete_queue(
+            self.id,
+            m.queue,
+            if_unused=m.if_unused,
+            if_empty=m.if_empty,
+            now=now,
+            access=self._access,
+        )
+        if not m.nowait:
+            self._send(ch.number, amqp.Queue.DeleteOk(count))
+
+    def _channel_flow(self, ch: Channel, m: Any, now: float) -> None:
+        if not m.active:  # RabbitMQ's answer since 3.3 (docs/amqp.md)
+            raise ConnectionError_(540, "NOT_IMPLEMENTED - active=false", m)
+        self._send(ch.number, amqp.Channel.FlowOk(True))
+
+    def _channel_close(self, ch: Channel, m: Any, now: float) -> None:
+        self._end_session(ch)
+        del self.channels[ch.number]
+        self._send(ch.number, amqp.Channel.CloseOk())
+
+    def _channel_close_ok(self, ch: Channel, m: Any, now: float) -> None:
+        """A close-ok for a close we did not send: nothing to do."""
+
+    def _tx_select(self, ch: Channel, m: Any, now: float) -> None:
+        if ch.confirming:
+            raise PreconditionFailed("cannot switch from confirm to tx mode")
+        if ch.tx is None:
+            ch.tx = []
+        self._send(ch.number, amqp.Tx.SelectOk())
+
+    def _tx_end(self, ch: Channel, m: Any, now: float) -> None:
+        """tx.commit publishes and settles what the transaction held, in order; tx.rollback
+        forgets it."""
+        if ch.tx is None:
+            raise PreconditionFailed("channel is not transactional")
+        held, ch.tx, ch.tx_bytes = ch.tx, [], 0
+        if type(m) is amqp.Tx.Rollback:
+            self._send(ch.number, amqp.Tx.RollbackOk())
+            return
+        for method, message in held:
+            if message is not None:
+                if not self._publish(ch, method, message, now):
+                    return
+                continue
+            ch.tx, saved = None, ch.tx  # settle now, not held again
+            try:
+                self._method(ch, method, now)
+            finally:
+                ch.tx = saved
+        self._send(ch.number, amqp.Tx.CommitOk())
+
+    @property
+    def _vhost(self) -> Vhost:
+        assert self.vhost is not None, "a channel method before connection.open"
+        return self.vhost
+
+    @property
+    def _access(self) -> Access:
+        assert self.access is not None
+        return self.access
 
     def _held(self, ch: Channel, size: int) -> None:
         """A transaction held one more item: past its bound, the channel is closed and what
@@ -673,8 +734,7 @@ class AmqpFrontEnd:
                 )
             )
         elif kind is CancelledByBroker:
-            capabilities = self.client_properties.get("capabilities") or {}
-            if capabilities.get("consumer_cancel_notify"):
+            if self.capability("consumer_cancel_notify"):
                 chunks.append(method_bytes(n, amqp.Basic.Cancel(e.consumer_tag, nowait=True)))
         elif kind is DeliveryTimedOut:
             # RabbitMQ closes the channel: the delivery went back to its queue. The close goes
@@ -685,6 +745,47 @@ class AmqpFrontEnd:
                 f"PRECONDITION_FAILED - delivery acknowledgement on channel {n} timed out "
                 "(x-consumer-timeout)",
             )
+
+
+#: What a client may send on channel 0 in each state (besides connection.close, taken in any).
+_CONNECTION_METHODS: dict[ConnState, dict[type, Callable[[AmqpFrontEnd, Any], Any]]] = {
+    ConnState.START: {amqp.Connection.StartOk: AmqpFrontEnd._start_ok},
+    ConnState.TUNE: {amqp.Connection.TuneOk: AmqpFrontEnd._tune_ok},
+    ConnState.OPEN_WAIT: {amqp.Connection.Open: AmqpFrontEnd._open},
+    ConnState.OPEN: {amqp.Connection.UpdateSecret: AmqpFrontEnd._update_secret},
+}
+
+_Handler = Callable[[AmqpFrontEnd, Channel, Any, float], None]
+#: The methods a client sends on an open channel, each with its handler. Unbound, so that no
+#: front end refers to itself through its own table (native.py's _REQUEST_HANDLERS alike).
+_METHODS: dict[type, _Handler] = {
+    amqp.Basic.Publish: AmqpFrontEnd._basic_publish,
+    amqp.Basic.Ack: AmqpFrontEnd._basic_ack,
+    amqp.Basic.Nack: AmqpFrontEnd._basic_nack,
+    amqp.Basic.Reject: AmqpFrontEnd._basic_reject,
+    amqp.Basic.Consume: AmqpFrontEnd._basic_consume,
+    amqp.Basic.Cancel: AmqpFrontEnd._basic_cancel,
+    amqp.Basic.Get: AmqpFrontEnd._basic_get,
+    amqp.Basic.Qos: AmqpFrontEnd._basic_qos,
+    amqp.Basic.Recover: AmqpFrontEnd._basic_recover,
+    amqp.Basic.RecoverAsync: AmqpFrontEnd._basic_recover,
+    amqp.Confirm.Select: AmqpFrontEnd._confirm_select,
+    amqp.Exchange.Declare: AmqpFrontEnd._exchange_declare,
+    amqp.Exchange.Delete: AmqpFrontEnd._exchange_delete,
+    amqp.Exchange.Bind: AmqpFrontEnd._exchange_bind,
+    amqp.Exchange.Unbind: AmqpFrontEnd._exchange_bind,
+    amqp.Queue.Declare: AmqpFrontEnd._queue_declare,
+    amqp.Queue.Bind: AmqpFrontEnd._queue_bind,
+    amqp.Queue.Unbind: AmqpFrontEnd._queue_bind,
+    amqp.Queue.Purge: AmqpFrontEnd._queue_purge,
+    amqp.Queue.Delete: AmqpFrontEnd._queue_delete,
+    amqp.Channel.Flow: AmqpFrontEnd._channel_flow,
+    amqp.Channel.Close: AmqpFrontEnd._channel_close,
+    amqp.Channel.CloseOk: AmqpFrontEnd._channel_close_ok,
+    amqp.Tx.Select: AmqpFrontEnd._tx_select,
+    amqp.Tx.Commit: AmqpFrontEnd._tx_end,
+    amqp.Tx.Rollback: AmqpFrontEnd._tx_end,
+}
 
 
 def _credentials(start_ok: amqp.Connection.StartOk) -> tuple[str, str]:

@@ -26,7 +26,7 @@ from ..protocol.amqp import (
 from ..protocol.amqp import (
     NEED_DATA as FRAMES_NEED_DATA,
 )
-from .amqp_front import AmqpFrontEnd, Authenticate, Closed, OpenVhost
+from .amqp_front import AmqpFrontEnd, Authenticate, Closed, ConnState, OpenVhost
 from .driver import END, NEED_DATA, Driver, Wire
 
 _PUBLISHES = (amqp.Basic.Publish, Content)  # what a paused connection is not read past
@@ -51,7 +51,7 @@ class AmqpWire(Wire):
 
     @property
     def closing(self) -> bool:
-        return self.front.state == "closing"
+        return self.front.state is ConnState.CLOSING
 
     # --- bytes in ------------------------------------------------------------------------
 
@@ -180,14 +180,13 @@ class AmqpWire(Wire):
 
     def close_item(self, code: str | None, text: str) -> Any:
         number = _CLOSE_CODES.get(code or "", REPLY_CODES.get(code or "", 541))
-        self.front.state = "closing"
+        self.front.state = ConnState.CLOSING
         return method_bytes(0, amqp.Connection.Close(number, short_text(f"{code} - {text}"), 0, 0))
 
     def blocked_item(self, reason: str | None) -> Any:
         if reason is None:
             return method_bytes(0, amqp.Connection.Unblocked())
-        capabilities = self.front.client_properties.get("capabilities") or {}
-        if isinstance(capabilities, dict) and capabilities.get("connection.blocked"):
+        if self.front.capability("connection.blocked"):
             return method_bytes(0, amqp.Connection.Blocked(short_text(reason)))
         return None
 
