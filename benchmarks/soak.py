@@ -44,7 +44,6 @@ import struct
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from collections import Counter
 from pathlib import Path
@@ -61,7 +60,7 @@ from pamqp.body import ContentBody
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.amqp_fuzz import login_frames, random_frames
-from tests.amqp_raw import RawAmqp, start_ok_bytes, table_bytes
+from tests.amqp_raw import PIKA_WORKER, RawAmqp, start_ok_bytes, table_bytes
 
 import mqroute
 from mqroute.protocol import PROTOCOL_VERSION, Connection, Hello, Role
@@ -82,21 +81,6 @@ def hello() -> bytes:
     )
 
 
-WORKER = textwrap.dedent(
-    """
-    import sys, pika
-    connection = pika.BlockingConnection(pika.URLParameters(sys.argv[1]))
-    ch = connection.channel()
-    ch.basic_qos(prefetch_count=50)
-    def on_message(ch, method, properties, body):
-        if method.delivery_tag == 1:
-            print("consuming", flush=True)
-        if method.delivery_tag % 2:
-            ch.basic_ack(method.delivery_tag)
-    ch.basic_consume("soak.amqp.work", on_message)
-    ch.start_consuming()
-    """
-)
 AMQP_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError, AssertionError)
 
 
@@ -308,7 +292,14 @@ class Soak:
                     for i in range(200):
                         await pub.publish("", "soak.amqp.work", b"w" * 2048, message_id=str(i))
                 worker = await trio.lowlevel.open_process(
-                    [sys.executable, "-c", WORKER, self.address.amqp_url],
+                    [
+                        sys.executable,
+                        "-c",
+                        PIKA_WORKER,
+                        self.address.amqp_url,
+                        "soak.amqp.work",
+                        "ack-odd",
+                    ],
                     stdout=subprocess.PIPE,
                 )
                 assert worker.stdout is not None

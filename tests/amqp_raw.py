@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 import struct
+import textwrap
 from typing import Any
 
 import trio
@@ -18,6 +19,25 @@ from mqroute.protocol.amqp import PROTOCOL_HEADER
 from mqroute.server import ServerAddress
 
 FRAME_HEADER = struct.Struct(">BHI")
+
+#: A pika worker process: ``python -c PIKA_WORKER URL QUEUE MODE``. It prints "consuming" at
+#: its first delivery; MODE "ack-odd" acks every other delivery, "hold" acks none.
+PIKA_WORKER = textwrap.dedent(
+    """
+    import sys, pika
+    url, queue, mode = sys.argv[1:4]
+    connection = pika.BlockingConnection(pika.URLParameters(url))
+    ch = connection.channel()
+    ch.basic_qos(prefetch_count=50)
+    def on_message(ch, method, properties, body):
+        if method.delivery_tag == 1:
+            print("consuming", flush=True)
+        if mode == "ack-odd" and method.delivery_tag % 2:
+            ch.basic_ack(method.delivery_tag)
+    ch.basic_consume(queue, on_message)
+    ch.start_consuming()
+    """
+)
 
 
 def plain(user: str, password: str) -> str:

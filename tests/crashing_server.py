@@ -16,7 +16,7 @@ import signal
 from collections.abc import Sequence
 from pathlib import Path
 
-from mqroute.core.journal import PutMessage, Record
+from mqroute.records import PutMessage, Record
 from mqroute.server import ServerConfig, startup
 from mqroute.server.datadir import DataDirLock
 from mqroute.server.store import SqliteStore

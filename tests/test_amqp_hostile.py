@@ -8,9 +8,9 @@ import functools
 import logging
 import os
 import signal
+import struct
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -30,7 +30,7 @@ from mqroute.server import ServerAddress, ServerConfig, serve
 from mqroute.server.driver import ITEM_COST, PENDING_OUTPUT_BYTES
 from mqroute.server.users import Definitions
 
-from .amqp_raw import RawAmqp, start_ok_bytes, table_bytes
+from .amqp_raw import PIKA_WORKER, RawAmqp, start_ok_bytes, table_bytes
 
 
 @pytest.fixture
@@ -98,29 +98,13 @@ async def test_a_reset_with_deliveries_in_flight_requeues_them(address: ServerAd
     assert await ready_and_redelivered(address, "work", 500) == 50
 
 
-WORKER = textwrap.dedent(
-    """
-    import sys, pika
-    connection = pika.BlockingConnection(pika.URLParameters(sys.argv[1]))
-    ch = connection.channel()
-    ch.basic_qos(prefetch_count=50)
-    def on_message(ch, method, properties, body):
-        if method.delivery_tag == 1:
-            print("consuming", flush=True)
-        if method.delivery_tag % 2:
-            ch.basic_ack(method.delivery_tag)
-    ch.basic_consume("work", on_message)
-    ch.start_consuming()
-    """
-)
-
-
 async def test_a_pika_worker_killed_with_sigkill_ends_only_its_connection(
     address: ServerAddress,
 ) -> None:
     await fill(address, "work", 2000)
     worker = await trio.lowlevel.open_process(
-        [sys.executable, "-c", WORKER, address.amqp_url], stdout=subprocess.PIPE
+        [sys.executable, "-c", PIKA_WORKER, address.amqp_url, "work", "ack-odd"],
+        stdout=subprocess.PIPE,
     )
     assert worker.stdout is not None
     with trio.fail_after(20):
@@ -533,3 +517,99 @@ async def test_a_fault_anywhere_in_a_connection_ends_only_that_connection(
         await trio.testing.wait_all_tasks_blocked()  # the server saw the victim go
         assert not armed[0], "the fault was not reached"
         await round_trip(address)
+
+
+# --- values the broker reads later, sent through the AMQP port ---------------------------------
+
+POISON: list[Any] = [1, "text", {"not": "a list"}, [1, "x", None], [{"count": "many"}], -5]
+
+
+@pytest.mark.parametrize("value", POISON, ids=repr)
+async def test_poison_x_death_from_pika_is_dead_lettered_with_a_fresh_history(
+    address: ServerAddress, value: Any
+) -> None:
+    def work() -> tuple[Any, Any]:
+        connection = pika.BlockingConnection(pika.URLParameters(address.amqp_url))
+        ch = connection.channel()
+        ch.exchange_declare("dlx", "fanout")
+        ch.queue_declare("dead")
+        ch.queue_bind("dead", "dlx")
+        ch.queue_declare("work", arguments={"x-dead-letter-exchange": "dlx"})
+        headers = {"x-death": value}
+        ch.basic_publish("", "work", b"poison", pika.BasicProperties(headers=headers))
+        method, _, _ = ch.basic_get("work")
+        ch.basic_nack(method.delivery_tag, requeue=False)
+        _, props, _ = ch.basic_get("dead", auto_ack=True)
+        connection.close()
+        return props.headers["x-death"][0]["reason"], props.headers["x-death"][0]["queue"]
+
+    assert await trio.to_thread.run_sync(work) == ("rejected", "work")
+    await round_trip(address)
+
+
+async def test_a_consume_with_arguments_past_the_nesting_limit_closes_only_that_connection(
+    address: ServerAddress,
+) -> None:
+    raw = await RawAmqp.connect(address)
+    await raw.open_channel()
+    await raw.send(1, amqp.Queue.Declare(queue="q"))
+    assert isinstance(await raw.method(), amqp.Queue.DeclareOk)
+    consume = amqp_frame.marshal(amqp.Basic.Consume(queue="q", consumer_tag="c"), 1)
+    # Its arguments table is the frame's last field: the empty one becomes a deep one.
+    payload = consume[7:-5] + table_bytes(20)
+    await raw.send_raw(struct.pack(">BHI", 1, 1, len(payload)) + payload + b"\xce")
+    close = await raw.method()
+    assert isinstance(close, amqp.Connection.Close) and close.reply_code == 501
+    assert "nested deeper than 16" in close.reply_text
+    await round_trip(address)
+
+
+async def test_a_closed_amqp_connection_is_freed_without_a_full_collection(
+    address: ServerAddress, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import gc
+    import weakref
+
+    from mqroute.server.driver import Driver
+
+    made: list[weakref.ref[Driver]] = []
+    finished = trio.Semaphore(0)
+    run = Driver.run
+
+    async def recording_run(self: Driver) -> None:
+        if self.id.startswith("amqp-"):
+            made.append(weakref.ref(self))
+        try:
+            await run(self)
+        finally:
+            if self.id.startswith("amqp-"):
+                finished.release()
+
+    monkeypatch.setattr(Driver, "run", recording_run)
+    gc.collect()
+    gc.disable()
+    try:
+        await trio.to_thread.run_sync(publish_and_get, address)  # a whole life, with pika
+        partial = await RawAmqp.connect(address)  # leaves in the middle of a frame
+        await partial.send_raw(b"\x01\x00\x01\x00\x00\x03\xe8" + b"\x00" * 100)
+        await partial.stream.aclose()
+        raw = await RawAmqp.connect(address, login=False)  # never logs in
+        await raw.stream.aclose()
+        with trio.fail_after(5):
+            for _ in range(3):
+                await finished.acquire()
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(made) == 3
+        assert [ref() for ref in made] == [None, None, None]
+    finally:
+        gc.enable()
+
+
+def publish_and_get(address: ServerAddress) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(address.amqp_url))
+    ch = connection.channel()
+    ch.queue_declare("life")
+    ch.basic_publish("", "life", b"x")
+    method, _, _ = ch.basic_get("life")
+    ch.basic_ack(method.delivery_tag)
+    connection.close()

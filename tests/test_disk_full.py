@@ -16,8 +16,8 @@ import trio
 import trio.testing
 
 import mqroute
-from mqroute.core.journal import Record
 from mqroute.errors import ResourceError
+from mqroute.records import Record
 from mqroute.server import ServerAddress, ServerConfig, resources, serve, users
 from mqroute.server.store import SqliteStore
 

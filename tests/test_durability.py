@@ -11,10 +11,10 @@ import pytest
 import trio
 
 import mqroute
-from mqroute.core.journal import Record
 from mqroute.core.queue import RESIDENT
 from mqroute.core.vhost import Vhost
 from mqroute.errors import DataDirError, NotFound, StoreError
+from mqroute.records import Record
 from mqroute.server import ServerAddress, ServerConfig, serve
 from mqroute.server.store import SqliteStore
 

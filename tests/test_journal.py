@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from mqroute.core.journal import DropQueue, Journal, PutMessage, PutQueue
+from mqroute.core.journal import Journal
 from mqroute.model import Message, QueueSpec
+from mqroute.records import DropQueue, PutMessage, PutQueue
 
 MESSAGE = Message(exchange="", routing_key="q", body=b"x")
 

@@ -20,14 +20,22 @@ SRC = Path(__file__).parent.parent / "src" / "mqroute"
 ALLOWED = {
     "errors": {"errors"},
     "model": {"model", "errors"},
-    "core": {"core", "model", "errors"},
+    "records": {"records", "model", "errors"},
+    "core": {"core", "records", "model", "errors"},
     "protocol": {"protocol", "model", "errors"},
     "client": {"client", "protocol", "model", "errors", "root"},
-    "server": {"server", "core", "protocol", "model", "errors", "root"},
+    "server": {"server", "core", "protocol", "records", "model", "errors", "root"},
     "bench": {"bench", "client", "model", "errors"},
     "cli": {"cli", "bench", "client", "server", "protocol", "model", "errors", "root"},
     "testing": {"testing", "server", "core", "client", "model", "errors"},
     "pytest_plugin": {"pytest_plugin", "testing"},
+}
+#: Modules held tighter than their layer: the store knows records, not the core; the sans-I/O
+#: front ends know the core's facade and their protocol, nothing of the trio side.
+MODULE_ALLOWED = {
+    "mqroute.server.store": {"records", "model", "errors"},
+    "mqroute.server.native": {"core", "protocol", "model", "errors"},
+    "mqroute.server.amqp_front": {"core", "protocol", "model", "errors", "root"},
 }
 #: Third-party and standard modules a layer must never import.
 FORBIDDEN = {
@@ -85,6 +93,16 @@ def test_imports_point_down(module: str) -> None:
     bad = {target for target in internal if layer_of(target) not in ALLOWED[layer]}
     assert not bad, f"{module} ({layer}) imports {bad}; allowed: {sorted(ALLOWED[layer])}"
     assert not external & FORBIDDEN.get(layer, set()), f"{module} does I/O it must not"
+    tighter = MODULE_ALLOWED.get(module)
+    if tighter is not None:
+        bad = {t for t in internal if t != module and layer_of(t) not in tighter}
+        assert not bad, f"{module} imports {bad}; allowed: {sorted(tighter)}"
+        assert "trio" not in external, f"{module} is sans I/O"
+
+
+@pytest.mark.parametrize("module", sorted(MODULE_ALLOWED))
+def test_tighter_rules_name_real_modules(module: str) -> None:
+    assert module in modules()
 
 
 def loaded_after(statement: str) -> set[str]:

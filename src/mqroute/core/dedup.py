@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 from ..errors import PreconditionFailed
 from ..model import Message, Table
-from .journal import ForgetSeen, Journal, PutSeen
+from ..records import ForgetSeen, PutSeen
+from .journal import Journal
 
 if TYPE_CHECKING:
     from .session import Session

@@ -15,9 +15,10 @@ import attrs
 
 from ..errors import BrokerError, PreconditionFailed
 from ..model import MAX_SHORT_STRING, REPLY_TO, Message, Returned
+from ..records import PutMessage
 from .dedup import Deduplicator
 from .flow import FlowControl
-from .journal import Batch, Journal, PutMessage
+from .journal import Batch, Journal
 from .paging import Pager
 from .queue import MessageQueue
 from .reply_to import REPLY_PREFIX, ReplyTo

@@ -23,10 +23,11 @@ from ..model import (
     Table,
     brief,
 )
+from ..records import DropMessages, MarkDelivered
 from .access import FULL, Access
 from .confirms import Confirms
 from .effects import Effects
-from .journal import DropMessages, Journal, MarkDelivered
+from .journal import Journal
 from .queue import MessageQueue, QueueEntry
 
 if TYPE_CHECKING:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
+from ..records import HoldMessage, MarkDelivered
 from .dead_letter import DeadLetters
-from .journal import HoldMessage, MarkDelivered
 from .queue import MessageQueue
 from .scheduler import Scheduler
 from .session import Session, Unacked

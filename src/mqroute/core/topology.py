@@ -26,20 +26,20 @@ from ..model import (
     Table,
     utf8_length_over,
 )
-from .dedup import SeenIds, window_of
-from .effects import Effects
-from .flow import MemoryLedger
-from .journal import (
+from ..records import (
     DropBinding,
     DropExchange,
     DropMessages,
     DropQueue,
-    Journal,
     PutBinding,
     PutExchange,
     PutQueue,
     Record,
 )
+from .dedup import SeenIds, window_of
+from .effects import Effects
+from .flow import MemoryLedger
+from .journal import Journal
 from .paging import Pager
 from .queue import MessageQueue, QueueEntry
 from .routing import EXCHANGE_TYPE_CLASSES, ExchangeType

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..core.access import MANAGEMENT_TAGS, MONITORING_TAGS
 from ..core.dead_letter import Redriven
@@ -67,10 +67,10 @@ from ..protocol import (
     encode_deliver_tail,
     ok_frame,
 )
-from .admin import inspect
 
-if TYPE_CHECKING:
-    from .admin import Registry
+#: What answers an admin listing: (what, offset, limit) -> (rows, total). The shell gives it,
+#: so this front end knows nothing of the registry of live connections.
+Listings = Callable[[str, int, int], tuple[Any, int]]
 
 log = logging.getLogger("mqroute.server")
 
@@ -79,12 +79,12 @@ class NativeFrontEnd:
     """One client connection's translation between frames and the facade."""
 
     def __init__(
-        self, vhost: Vhost, session: Session, conn_id: str, registry: Registry, max_message: int
+        self, vhost: Vhost, session: Session, conn_id: str, listings: Listings, max_message: int
     ) -> None:
         self.vhost = vhost
         self.session = session
         self.id = conn_id
-        self.registry = registry
+        self.listings = listings
         self.max_message_size = max_message
         self.access = session.access  # what this client's user may do here
 
@@ -276,7 +276,7 @@ class NativeFrontEnd:
     def _inspect(self, ev: Inspect, now: float) -> InspectOk:
         tags = MONITORING_TAGS if ev.what in ("connections", "status") else MANAGEMENT_TAGS
         self.access.check_tags(tags, f"listing {ev.what}")
-        rows, total = inspect(self.vhost, self.registry, ev.what, ev.offset, ev.limit)
+        rows, total = self.listings(ev.what, ev.offset, ev.limit)
         return InspectOk(result=rows, total=total)
 
     # --- output ------------------------------------------------------------------------------

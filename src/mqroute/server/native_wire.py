@@ -4,6 +4,7 @@ must wait: a login, bodies read back from disk, a redrive in steps, a paused pub
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
@@ -37,6 +38,7 @@ from ..protocol import (
     ok_frame,
     welcome_for,
 )
+from .admin import inspect
 from .driver import END, NEED_DATA, Driver, Wire
 from .native import NativeFrontEnd
 
@@ -113,8 +115,9 @@ class NativeWire(Wire):
             driver.end(exc.code, exc.reason)
             return False
         self.session = shell.broker.open_session(driver.id, access)
+        listings = functools.partial(inspect, shell.broker, shell.registry)
         self.front = NativeFrontEnd(
-            shell.broker, self.session, driver.id, shell.registry, config.max_message_size
+            shell.broker, self.session, driver.id, listings, config.max_message_size
         )
         self.heartbeat = welcome.heartbeat_ms / 1000
         driver.attach(shell, access.user)

@@ -22,7 +22,9 @@ from typing import Any, Protocol
 import attrs
 import cbor2
 
-from ..core.journal import (
+from ..errors import StoreError
+from ..model import Binding, ExchangeSpec, Message, Properties, QueueSpec
+from ..records import (
     DropBinding,
     DropExchange,
     DropMessages,
@@ -37,8 +39,6 @@ from ..core.journal import (
     PutSeen,
     Record,
 )
-from ..errors import StoreError
-from ..model import Binding, ExchangeSpec, Message, Properties, QueueSpec
 
 log = logging.getLogger("mqroute.store")
 
