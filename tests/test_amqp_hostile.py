@@ -613,3 +613,57 @@ def publish_and_get(address: ServerAddress) -> None:
     method, _, _ = ch.basic_get("life")
     ch.basic_ack(method.delivery_tag)
     connection.close()
+
+
+# --- counts ------------------------------------------------------------------------------------
+
+
+async def test_a_channel_past_channel_max_closes_the_connection(address: ServerAddress) -> None:
+    raw = await RawAmqp.connect(address)
+    await raw.send(2048, amqp.Channel.Open())
+    close = await raw.method()
+    assert isinstance(close, amqp.Connection.Close) and close.reply_code == 530
+    assert "channel_max is 2047" in close.reply_text
+    await round_trip(address)
+
+
+async def test_consumers_per_channel_are_limited(nursery: trio.Nursery) -> None:
+    from mqroute.core.topology import Limits
+
+    config = ServerConfig(port=0, amqp_port=0, limits=Limits(consumers_per_session=3))
+    address = await nursery.start(functools.partial(serve, config))
+    raw = await RawAmqp.connect(address)
+    await raw.open_channel()
+    await raw.send(1, amqp.Queue.Declare(queue="q"))
+    await raw.method()
+    for n in range(3):
+        await raw.send(1, amqp.Basic.Consume(queue="q", consumer_tag=f"c{n}"))
+        assert isinstance(await raw.method(), amqp.Basic.ConsumeOk)
+    await raw.send(1, amqp.Basic.Consume(queue="q", consumer_tag="c3"))
+    close = await raw.method()
+    assert isinstance(close, amqp.Channel.Close) and close.reply_code == 406
+    assert "limit of 3 consumers per session" in close.reply_text
+    await raw.send(1, amqp.Channel.CloseOk())
+    await raw.open_channel(2)  # another channel has its own
+    await raw.send(2, amqp.Basic.Consume(queue="q", consumer_tag="c0"))
+    assert isinstance(await raw.method(), amqp.Basic.ConsumeOk)
+
+
+def test_decoding_a_frame_holds_no_more_memory_than_a_few_frames() -> None:
+    """pamqp kept a slice of the rest of the frame alive at every level of nesting (90 MB
+    for one frame of nested arrays); ours reads at offsets, within the nesting limit."""
+    import tracemalloc
+
+    from mqroute.protocol.amqp_fields import decode_table
+
+    wide = b"\x01kA" + struct.pack(">I", 0)  # an empty array per entry
+    tables = [
+        table_bytes(16, kind="A"),  # at the limit, nested
+        struct.pack(">I", len(wide) * 18_000) + wide * 18_000,  # 126 KiB of entries
+    ]
+    for data in tables:
+        tracemalloc.start()
+        decode_table(data)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 4 * 1024 * 1024  # the values it returns; no copies of the frame

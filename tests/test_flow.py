@@ -476,3 +476,28 @@ async def test_a_client_the_server_stopped_reading_is_not_dropped_for_silence(
             pass
         await flood.declare_queue("flood", passive=True)
         assert flood.is_open and flood.blocked is None
+
+
+ALARM = Pause("memory alarm")
+CREDIT = Pause("queue q over its limit", credit=True)
+
+
+@pytest.mark.parametrize(
+    ("pauses", "consuming", "holds_when_told", "tell", "wait"),
+    [
+        ([], False, True, None, False),
+        ([ALARM], False, False, "memory alarm", True),  # an alarm is told, on every port
+        ([CREDIT, ALARM], True, False, "memory alarm", True),
+        ([CREDIT], False, True, None, True),  # credit: not a word, not read
+        ([CREDIT], False, False, None, True),
+        ([CREDIT], True, True, "queue q over its limit", True),  # native: told, then waits
+        ([CREDIT], True, False, None, False),  # AMQP: its acks must be read
+    ],
+)
+def test_the_pause_policy_is_rabbitmqs_flow_state(
+    pauses: list[Pause], consuming: bool, holds_when_told: bool, tell: str | None, wait: bool
+) -> None:
+    from mqroute.core.flow import PausePolicy, pause_policy
+
+    policy = pause_policy(pauses, consuming=consuming, holds_when_told=holds_when_told)
+    assert policy == PausePolicy(tell=tell, wait=wait)

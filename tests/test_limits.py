@@ -115,7 +115,7 @@ def test_object_counts_have_limits_that_change_nothing_when_reached() -> None:
     broker.unbind_queue("o", "a", "x")
     broker.bind_queue("o", "b", "x")  # room again
     broker.consume(session, "a")
-    with pytest.raises(PreconditionFailed, match=r"consumer limit per connection \(1\)"):
+    with pytest.raises(PreconditionFailed, match=r"limit of 1 consumers per session"):
         broker.consume(session, "b")
     assert sorted(broker.queues) == ["a", "b"] and "y" not in broker.exchanges
     assert len(broker.queues["b"].consumers) == 0

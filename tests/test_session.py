@@ -100,7 +100,7 @@ def test_new_consumer_checks_before_it_changes_anything() -> None:
     with pytest.raises(PreconditionFailed, match="consumer tag 'a' is already in use"):
         new("a")
     b.consume(s, "q", consumer_tag="b", now=T0)
-    with pytest.raises(PreconditionFailed, match=r"consumer limit per connection \(2\)"):
+    with pytest.raises(PreconditionFailed, match=r"limit of 2 consumers per session"):
         new("c")
     other = b.open_session("c2")
     with pytest.raises(ResourceLocked, match="already has consumers"):

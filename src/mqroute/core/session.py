@@ -260,7 +260,8 @@ class Session:
             raise InvalidArgument(f"prefetch must be from 0 to 65535, not {prefetch}")
         if len(self.consumers) >= limit:
             raise PreconditionFailed(
-                f"cannot consume from {name!r}: consumer limit per connection ({limit}) is reached"
+                f"cannot consume from {name!r}: the limit of {limit} consumers per session (a "
+                "native connection, an AMQP channel) is reached"
             )
         if consumer_tag and consumer_tag in self.consumers:
             raise PreconditionFailed(f"consumer tag {consumer_tag!r} is already in use")
