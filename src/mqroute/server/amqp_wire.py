@@ -11,23 +11,20 @@ from pamqp import commands as amqp
 
 from ..core.effects import NeedBodies
 from ..core.session import Session
-from ..errors import REPLY_CODES, AccessRefused
+from ..errors import REPLY_CODES, AccessRefused, ProtocolError
 from ..protocol.amqp import (
     HEADER_RECEIVED,
     HEARTBEAT_FRAME,
+    NEED_DATA,
     PROTOCOL_HEADER,
     AmqpFrames,
     BadHeader,
     Content,
-    FrameError,
     method_bytes,
     short_text,
 )
-from ..protocol.amqp import (
-    NEED_DATA as FRAMES_NEED_DATA,
-)
 from .amqp_front import AmqpFrontEnd, Authenticate, Closed, ConnState, OpenVhost
-from .driver import END, NEED_DATA, Driver, Wire
+from .driver import END, Driver, Wire
 
 _PUBLISHES = (amqp.Basic.Publish, Content)  # what a paused connection is not read past
 # The driver's own closes by the broker's names of the condition, as AMQP reply codes.
@@ -48,6 +45,8 @@ class AmqpWire(Wire):
             heartbeat=config.heartbeat_ms // 1000,
             max_uncommitted=config.max_uncommitted_bytes,
         )
+        self.next_item = self.frames.next_frame
+        self.need_data = NEED_DATA
 
     @property
     def closing(self) -> bool:
@@ -61,26 +60,17 @@ class AmqpWire(Wire):
     def pending_bytes(self) -> int:
         return self.frames.pending_bytes()
 
-    def next_item(self) -> Any:
-        try:
-            item = self.frames.next_frame()
-        except BadHeader:
+    def protocol_error(self, exc: ProtocolError) -> None:
+        if isinstance(exc, BadHeader):
             # AMQP's answer to a client that speaks something else: our header, then close.
             self.driver.send(PROTOCOL_HEADER)
-            return END
-        except FrameError as exc:
-            driver = self.driver
-            driver.node.log_limited(
-                "%s from %s: AMQP frame error: %s", driver.id, driver.peer, str(exc)
-            )
-            self.front.close_connection(501, f"FRAME_ERROR - {exc}")
-            self.after_items()
-            return END
-        if item is FRAMES_NEED_DATA:
-            return NEED_DATA
-        if item is None:
-            return END
-        return item
+            return
+        driver = self.driver
+        driver.node.log_limited(
+            "%s from %s: AMQP frame error: %s", driver.id, driver.peer, str(exc)
+        )
+        self.front.close_connection(501, f"FRAME_ERROR - {exc}")
+        self.after_items()
 
     # --- the negotiation and login -------------------------------------------------------
 
@@ -89,7 +79,7 @@ class AmqpWire(Wire):
         node = driver.node
         while True:
             item = await driver.read_item()
-            if item is END:
+            if item is END or item is None:  # a protocol error, or the client's end
                 return False
             if item == HEADER_RECEIVED:
                 front.start()  # the client spoke AMQP 0-9-1: start the negotiation
@@ -127,21 +117,39 @@ class AmqpWire(Wire):
 
     # --- frames --------------------------------------------------------------------------
 
-    async def handle(self, item: Any) -> bool:
-        driver, front = self.driver, self.front
-        if item == HEADER_RECEIVED:
-            return False  # a second protocol header cannot come; be safe
+    def handle(self, item: Any) -> Any:
+        if type(item) is not tuple:
+            return False  # the end of the stream (None): nothing more to read
+        driver = self.driver
         channel, frame = item
         if driver.publishing_paused() and type(frame) in _PUBLISHES:
-            self.after_items()
-            await driver.before_publish(len(frame.body) if type(frame) is Content else 0)
+            return self._when_resumed(channel, frame)
+        try:
+            action = self.front.handle(channel, frame, driver.now)
+        except NeedBodies as need:
+            return self._after_read_back(channel, frame, need)
+        return type(action) is not Closed
+
+    async def _when_resumed(self, channel: int, frame: Any) -> bool:
+        self.after_items()
+        await self.driver.before_publish(len(frame.body) if type(frame) is Content else 0)
+        return await self._handle_waiting(channel, frame)
+
+    async def _after_read_back(self, channel: int, frame: Any, need: NeedBodies) -> bool:
+        self.after_items()
+        assert self.driver.shell is not None
+        await self.driver.shell.wait_read_back(need.queue)
+        return await self._handle_waiting(channel, frame)
+
+    async def _handle_waiting(self, channel: int, frame: Any) -> bool:
+        """``handle``, where bodies may have to be read back (perhaps more than once)."""
         while True:
             try:
-                action = front.handle(channel, frame, driver.now)
+                action = self.front.handle(channel, frame, self.driver.now)
             except NeedBodies as need:
                 self.after_items()
-                assert driver.shell is not None
-                await driver.shell.wait_read_back(need.queue)
+                assert self.driver.shell is not None
+                await self.driver.shell.wait_read_back(need.queue)
                 continue
             return type(action) is not Closed
 

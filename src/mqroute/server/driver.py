@@ -22,13 +22,14 @@ import logging
 import ssl
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from ..core.flow import Pause, pause_policy
 from ..core.session import Session
+from ..errors import ProtocolError
 
 if TYPE_CHECKING:
     from .node import Node
@@ -50,9 +51,7 @@ PENDING_OUTPUT_BYTES = 1024 * 1024
 ITEM_COST = 256
 BLOCKED_GRACE_BYTES = 256 * 1024  # publishes taken after the client was told it is blocked
 
-#: What a wire's ``next_item`` returns for "no whole frame yet", and for the end of reading
-#: (the wire queued whatever it had to say).
-NEED_DATA: Any = object()
+#: What ``Driver.read_item`` returns once the handshake cannot go on (the wire said why).
 END: Any = object()
 
 
@@ -73,10 +72,14 @@ class Wire(abc.ABC):
     def pending_bytes(self) -> int:
         """Bytes of a frame begun and not yet whole."""
 
+    #: The next whole frame from what was received, or ``need_data``; raises the protocol's
+    #: ProtocolError for bytes that break it. The framing's own method, called per frame.
+    next_item: Callable[[], Any]
+    need_data: Any  # the framing's "no whole frame yet"
+
     @abc.abstractmethod
-    def next_item(self) -> Any:
-        """The next whole frame, ``NEED_DATA``, or ``END`` (a protocol error was answered
-        with the wire's close, or the client closed)."""
+    def protocol_error(self, exc: ProtocolError) -> None:
+        """The client broke the protocol: answer with the protocol's close (then the end)."""
 
     @abc.abstractmethod
     async def handshake(self) -> bool:
@@ -84,8 +87,11 @@ class Wire(abc.ABC):
         (``driver.attach``): True; False if it never was (the wire said why)."""
 
     @abc.abstractmethod
-    async def handle(self, item: Any) -> bool:
-        """Act on one frame; False to stop reading (the connection is closing)."""
+    def handle(self, item: Any) -> Any:
+        """Act on one frame (or the framing's end of stream): True to read on, False to stop
+        (the connection is closing), or, where it must wait (a login, bodies read back, a
+        paused publisher), a coroutine that the reader awaits for that answer. Most frames
+        wait for nothing, and cost no coroutine."""
 
     def after_items(self) -> None:  # noqa: B027 - most wires have nothing to do here
         """The reader handled a batch of frames and is about to wait."""
@@ -312,8 +318,12 @@ class Driver:
         """The next frame in the handshake (writing what waits first), or END."""
         wire = self.wire
         while True:
-            item = wire.next_item()
-            if item is not NEED_DATA:
+            try:
+                item = wire.next_item()
+            except ProtocolError as exc:
+                wire.protocol_error(exc)
+                return END
+            if item is not wire.need_data:
                 return item
             await self.flush()
             data = await self._receive()
@@ -325,6 +335,7 @@ class Driver:
         wire = self.wire
         shell = self.shell
         assert shell is not None
+        next_item, need_data, handle = wire.next_item, wire.need_data, wire.handle
         handled = 0
         turn_started = trio.current_time()
         while self._close is None:
@@ -341,8 +352,13 @@ class Driver:
                     await self._until_output_taken()
                 await trio.lowlevel.checkpoint()
                 turn_started = trio.current_time()
-            item = wire.next_item()
-            if item is NEED_DATA:
+            try:
+                item = next_item()
+            except ProtocolError as exc:
+                wire.protocol_error(exc)
+                wire.after_items()
+                return
+            if item is need_data:
                 wire.after_items()
                 shell.drain()
                 if self._pending_output() > PENDING_OUTPUT_BYTES:
@@ -353,13 +369,14 @@ class Driver:
                 self.now = self.clock()
                 wire.receive_data(data)
                 continue
-            if item is END:
-                wire.after_items()
-                return
             self._partial_since = None  # a whole frame came: any slow one starts again
-            if not await wire.handle(item):
-                wire.after_items()
-                return
+            go_on = handle(item)
+            if go_on is not True:
+                if go_on is not False:
+                    go_on = await go_on
+                if not go_on:
+                    wire.after_items()
+                    return
 
     async def _receive(self) -> bytes | bytearray | None:
         """The next bytes from the client; None if a frame it began stalls, or the wire's

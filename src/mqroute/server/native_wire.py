@@ -17,9 +17,7 @@ from ..core.effects import NeedBodies
 from ..core.session import Session
 from ..errors import BrokerError, ProtocolError
 from ..protocol import (
-    NEED_DATA as PROTOCOL_NEED_DATA,
-)
-from ..protocol import (
+    NEED_DATA,
     Ack,
     Blocked,
     Close,
@@ -39,7 +37,7 @@ from ..protocol import (
     welcome_for,
 )
 from .admin import inspect
-from .driver import END, NEED_DATA, Driver, Wire
+from .driver import Driver, Wire
 from .native import NativeFrontEnd
 
 log = logging.getLogger("mqroute.server")
@@ -61,6 +59,8 @@ class NativeWire(Wire):
         )
         self.session: Session | None = None
         self.front: NativeFrontEnd | None = None
+        self.next_item = self.proto.next_event
+        self.need_data = NEED_DATA
 
     # --- bytes in ------------------------------------------------------------------------
 
@@ -70,21 +70,10 @@ class NativeWire(Wire):
     def pending_bytes(self) -> int:
         return self.proto.pending_bytes()
 
-    def next_item(self) -> Any:
-        try:
-            event = self.proto.next_event()
-        except ProtocolError as exc:
-            driver = self.driver
-            driver.node.log_limited(
-                "%s from %s: protocol error: %s", driver.id, driver.peer, str(exc)
-            )
-            driver.end(exc.code, str(exc))
-            return END
-        if event is PROTOCOL_NEED_DATA:
-            return NEED_DATA
-        if type(event) is PeerClosed:
-            return END
-        return event
+    def protocol_error(self, exc: ProtocolError) -> None:
+        driver = self.driver
+        driver.node.log_limited("%s from %s: protocol error: %s", driver.id, driver.peer, str(exc))
+        driver.end(exc.code, str(exc))
 
     # --- the handshake -------------------------------------------------------------------
 
@@ -127,18 +116,14 @@ class NativeWire(Wire):
 
     # --- frames --------------------------------------------------------------------------
 
-    async def handle(self, event: Any) -> bool:
+    def handle(self, event: Any) -> Any:
         driver, front = self.driver, self.front
         assert front is not None
         kind = type(event)
         if kind is Publish:
             if driver.publishing_paused():
-                await driver.before_publish(len(event.body))
-            front.publish(event, driver.now)
-            broker = front.vhost
-            if broker.flow.changed:  # this publish may have paused its sender
-                assert driver.shell is not None
-                driver.shell.drain()
+                return self._publish_when_resumed(event)
+            self._publish(event)
         elif kind in _SETTLES:
             close = front.settle(event, driver.now)
             if close is not None:
@@ -153,11 +138,26 @@ class NativeWire(Wire):
             self.release()  # before the reply, so the client sees its queues gone
             driver.end(None, "closed by client")
             return False
+        elif kind is PeerClosed:
+            return False
         else:
-            await self._request(event)
+            return self._request(event)
         return True
 
-    async def _request(self, event: Any) -> None:
+    def _publish(self, event: Publish) -> None:
+        assert self.front is not None
+        self.front.publish(event, self.driver.now)
+        broker = self.front.vhost
+        if broker.flow.changed:  # this publish may have paused its sender
+            assert self.driver.shell is not None
+            self.driver.shell.drain()
+
+    async def _publish_when_resumed(self, event: Publish) -> bool:
+        await self.driver.before_publish(len(event.body))
+        self._publish(event)
+        return True
+
+    async def _request(self, event: Any) -> bool:
         driver, front = self.driver, self.front
         assert front is not None and driver.shell is not None
         shell = driver.shell
@@ -181,6 +181,7 @@ class NativeWire(Wire):
                 await shell.wait_read_back(queue)
             event = attrs.evolve(event, limit=left)
         driver.answer(reply)
+        return True
 
     # --- frames out ----------------------------------------------------------------------
 
