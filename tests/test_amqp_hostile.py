@@ -451,9 +451,9 @@ async def test_resuming_one_channel_leaves_another_channels_pause(nursery: trio.
     driver.set_blocked(1, Pause("queue a over its limit", credit=True))
     driver.set_blocked(2, Pause("queue b over its limit", credit=True))
     driver.set_blocked(2, None)
-    assert driver.publishing_paused()
+    assert driver.publishing_paused
     driver.set_blocked(1, None)
-    assert not driver.publishing_paused()
+    assert not driver.publishing_paused
 
 
 # --- the boundary: a failure anywhere in one connection ends only that connection ------------

@@ -70,7 +70,8 @@ class ConsumerState:
         session = self.session
         if session.closed:
             return False
-        if session.outbox_full():
+        # Session.outbox_full, inlined: this runs twice per delivery.
+        if len(session._outbox) >= session.outbox_limit or session._outbox_bytes >= OUTBOX_BYTES:
             session.starved = True
             return False
         if self.auto_ack:
@@ -123,6 +124,7 @@ class Session:
         self.scheduler = scheduler
         self.timed_out: set[int] = set()
         self.reply_consumer: str | None = None  # consumer tag on amq.rabbitmq.reply-to
+        self.reply_token: str | None = None  # ... and its address's random part
 
     # --- outbox --------------------------------------------------------------------------
 

@@ -122,7 +122,7 @@ class AmqpWire(Wire):
             return False  # the end of the stream (None): nothing more to read
         driver = self.driver
         channel, frame = item
-        if driver.publishing_paused() and type(frame) in _PUBLISHES:
+        if driver.publishing_paused and type(frame) in _PUBLISHES:
             return self._when_resumed(channel, frame)
         try:
             action = self.front.handle(channel, frame, driver.now)

@@ -176,6 +176,9 @@ class Driver:
         self._told: str | None = None  # why the client was told it is blocked
         self._unblocked = trio.Event()
         self._unblocked.set()
+        #: Whether flow control pauses this connection's publishing now: read per publish, so a
+        #: plain attribute, kept equal to ``not self._unblocked.is_set()``.
+        self.publishing_paused = False
         self._taken_while_blocked = 0
         self._reader_scope: trio.CancelScope | None = None
         self._output_taken: trio.Event | None = None  # the reader waits for the writer
@@ -226,6 +229,7 @@ class Driver:
     def _release(self) -> None:
         shell = self.shell
         self._unblocked.set()
+        self.publishing_paused = False
         if shell is None:
             return
         try:
@@ -470,13 +474,12 @@ class Driver:
         if policy.wait:
             if self._unblocked.is_set():
                 self._unblocked = trio.Event()
+                self.publishing_paused = True
         elif not self._unblocked.is_set():
             log.info("%s: publishing resumed", self.id)
             self._unblocked.set()
+            self.publishing_paused = False
             self._taken_while_blocked = 0
-
-    def publishing_paused(self) -> bool:
-        return not self._unblocked.is_set()
 
     async def before_publish(self, size: int) -> None:
         """A publish was read. While publishing is paused, those sent before the client heard

@@ -121,7 +121,7 @@ class NativeWire(Wire):
         assert front is not None
         kind = type(event)
         if kind is Publish:
-            if driver.publishing_paused():
+            if driver.publishing_paused:
                 return self._publish_when_resumed(event)
             self._publish(event)
         elif kind in _SETTLES:
