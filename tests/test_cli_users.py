@@ -77,3 +77,15 @@ def test_the_client_commands_log_in_with_user_and_password() -> None:
         assert result.exit_code != 0
         assert "login refused for user 'ops'" in result.output
         assert "wrong" not in result.output.replace("wrong password", "")
+
+
+async def test_the_lock_file_and_the_vhosts_directory_are_private(tmp_path: Path) -> None:
+    from .test_durability import running
+
+    data = tmp_path / "data"
+    run("vhost", "add", "staging", "--data-dir", str(data))
+    async with running(data):
+        pass
+    assert stat.S_IMODE((data / "definitions.lock").stat().st_mode) == 0o600
+    assert stat.S_IMODE((data / "vhosts").stat().st_mode) == 0o700
+    assert stat.S_IMODE((data / "vhosts" / "staging").stat().st_mode) == 0o700

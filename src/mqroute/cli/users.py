@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +34,8 @@ def _editing(data_dir: Path | None) -> Iterator[Definitions]:
     """The definitions, saved after the block; one editor at a time (a lock file)."""
     where = data_dir or default_data_dir()
     where.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with open(where / "definitions.lock", "a") as lock:
+    fd = os.open(where / "definitions.lock", os.O_RDWR | os.O_CREAT, 0o600)  # private, as all
+    with open(fd, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         definitions = users.load(where)
         try:

@@ -17,6 +17,7 @@ import attrs
 
 from ..errors import InvalidArgument
 from ..model import Message, Table
+from .access import FULL, Access
 from .effects import Effects, PageIn
 from .queue import PAGE, MessageQueue, QueueEntry
 from .topology import DEFAULT_EXCHANGE, Topology, check_access
@@ -121,13 +122,22 @@ class DeadLetters:
             )
 
     def redrive(
-        self, owner: str, queue: str, *, to_exchange: str | None = None, limit: int = 0
+        self,
+        owner: str,
+        queue: str,
+        *,
+        to_exchange: str | None = None,
+        limit: int = 0,
+        access: Access = FULL,
     ) -> Redriven:
         """Move ready messages out of a dead-letter queue.
 
         Each goes back to the queue it last died in (``x-last-death-queue``, through the
         default exchange), or, with ``to_exchange``, is published there with its routing key.
-        Messages with nowhere to go stay. ``limit`` 0 moves them all. A persistent message's
+        Messages with nowhere to go stay. ``limit`` 0 moves them all. The caller must be
+        allowed to write where each message goes, as a publish there would need (the default
+        exchange and the queue): a header names the target, and a header is the client's, so
+        every target is checked, before anything moves. A persistent message's
         removal and its new copy are written in the same commit. It stops at a message whose
         body is on disk, having asked for it (``more``): the shell reads it back and calls
         again for the rest.
@@ -141,6 +151,14 @@ class DeadLetters:
             raise InvalidArgument(f"limit must be 0 (all) or more, not {limit}")
         moved = 0
         ready = source.ready_entries()
+        if to_exchange is None and not access.everything:
+            for entry in ready[: limit or None]:
+                if entry.message is None:
+                    break  # read back first; checked on the call that moves it
+                home = _home(entry.message, topology, queue)
+                if home is not None:
+                    access.check("write", "exchange", DEFAULT_EXCHANGE)
+                    access.check("write", "queue", home)
         for i, entry in enumerate(ready):
             if limit and moved == limit:
                 break
@@ -149,9 +167,12 @@ class DeadLetters:
                 source.want([e for e in ready[i : i + PAGE * 4] if e.message is None])
                 return Redriven(moved=moved, more=True)
             if to_exchange is None:
-                home = (message.properties.headers or {}).get("x-last-death-queue")
-                if not isinstance(home, str) or home not in topology.queues or home == queue:
+                home = _home(message, topology, queue)
+                if home is None:
                     continue  # stays where it is
+                if not access.everything:  # read back since the check above
+                    access.check("write", "exchange", DEFAULT_EXCHANGE)
+                    access.check("write", "queue", home)
                 message = attrs.evolve(message, exchange="", routing_key=home)
             else:
                 message = attrs.evolve(message, exchange=to_exchange)
@@ -160,6 +181,14 @@ class DeadLetters:
             self.enqueue(message, route(topology, message, from_client=False))
             moved += 1
         return Redriven(moved=moved, more=False)
+
+
+def _home(message: Message, topology: Topology, queue: str) -> str | None:
+    """The queue a message last died in, if it still exists and is not ``queue``."""
+    home = (message.properties.headers or {}).get("x-last-death-queue")
+    if not isinstance(home, str) or home not in topology.queues or home == queue:
+        return None
+    return home
 
 
 def death_headers(message: Message, queue: str, reason: str, now: float) -> Table:

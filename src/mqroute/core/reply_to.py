@@ -2,12 +2,18 @@
 
 A requester consumes the pseudo-queue ``amq.rabbitmq.reply-to`` (auto-ack) and publishes a
 request with ``reply_to`` set to that name; the broker rewrites it into an address naming the
-requester's session (``amq.rabbitmq.reply-to.<session id>``). A reply published to that
-address through the default exchange goes straight to the requester: no queue, no storage.
-A requester that is gone makes a mandatory reply come back as returned.
+requester's session (``amq.rabbitmq.reply-to.<token>``). A reply published to that address
+through the default exchange goes straight to the requester: no queue, no storage. A
+requester that is gone makes a mandatory reply come back as returned.
+
+The token is 128 random bits, new for each reply consumer, as RabbitMQ's addresses carry: an
+address cannot be guessed, so nobody but the requester's responders can answer it.
 """
 
 from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
 
 import attrs
 
@@ -16,9 +22,15 @@ from ..model import REPLY_TO, Message, Returned
 from .session import Session
 
 
+def new_token() -> str:
+    """128 random bits, URL-safe: 22 characters."""
+    return secrets.token_urlsafe(16)
+
+
 class ReplyTo:
-    def __init__(self) -> None:
-        self._sessions: dict[int, Session] = {}  # sessions consuming REPLY_TO, by id
+    def __init__(self, tokens: Callable[[], str] = new_token) -> None:
+        self._tokens = tokens
+        self._sessions: dict[str, Session] = {}  # sessions consuming REPLY_TO, by token
 
     def consume(self, session: Session, consumer_tag: str, auto_ack: bool) -> str:
         if not auto_ack:
@@ -27,12 +39,15 @@ class ReplyTo:
             raise PreconditionFailed(f"this session already consumes {REPLY_TO}")
         tag = consumer_tag or session.new_consumer_tag()
         session.reply_consumer = tag
-        self._sessions[session.id] = session
+        session.reply_token = self._tokens()
+        self._sessions[session.reply_token] = session
         return tag
 
     def cancel(self, session: Session) -> None:
         session.reply_consumer = None
-        self._sessions.pop(session.id, None)
+        if session.reply_token is not None:
+            self._sessions.pop(session.reply_token, None)
+            session.reply_token = None
 
     def addressed(self, session: Session, message: Message) -> Message:
         """``message`` with ``reply_to`` naming ``session``'s reply consumer."""
@@ -40,14 +55,12 @@ class ReplyTo:
             raise PreconditionFailed(
                 f"reply_to {REPLY_TO} needs a consumer on {REPLY_TO} in the same connection"
             )
-        address = f"{REPLY_TO}.{session.id}"
+        address = f"{REPLY_TO}.{session.reply_token}"
         return attrs.evolve(message, properties=attrs.evolve(message.properties, reply_to=address))
 
     def reply(self, session: Session, seq: int, message: Message, mandatory: bool) -> bool:
         """Hand a reply to the requester its routing key names; returns whether it got it."""
-        target_id = message.routing_key[len(REPLY_TO) + 1 :]
-        valid = target_id.isascii() and target_id.isdigit() and len(target_id) < 20
-        target = self._sessions.get(int(target_id)) if valid else None
+        target = self._sessions.get(message.routing_key[len(REPLY_PREFIX) :])
         gone = target is None or target.closed or target.reply_consumer is None
         # A requester that does not read its replies gets no more than its outbox holds:
         # they pass through no queue, so nothing else would bound them.

@@ -509,7 +509,9 @@ class Vhost:
         access.check("read", "queue", queue)
         if to_exchange is not None:
             access.check("write", "exchange", to_exchange)
-        return self.dead_letters.redrive(owner, queue, to_exchange=to_exchange, limit=limit)
+        return self.dead_letters.redrive(
+            owner, queue, to_exchange=to_exchange, limit=limit, access=access
+        )
 
     def paged_in(
         self, request: PageIn, bodies: dict[int, Message], *, now: float | None = None

@@ -256,6 +256,9 @@ class Node:
         pages: PageFile | None = None
         if config.data_dir is not None:
             where = vhost_dir(config.data_dir, name)
+            if where != config.data_dir:  # vhosts/ itself is private too, not only each vhost
+                where.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                where.parent.chmod(0o700)  # one an older version made 0755
             where.mkdir(mode=0o700, parents=True, exist_ok=True)
             if store is None:
                 store = await trio.to_thread.run_sync(SqliteStore, where)
