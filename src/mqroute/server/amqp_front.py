@@ -127,6 +127,12 @@ class ChannelState(enum.StrEnum):
     CLOSING = "closing"  # we sent channel.close: only close-ok counts now
 
 
+# The states as module names: the frame path compares them per frame, and looking a member
+# up on its enum class costs 140 ns in Python 3.11.
+C_START, C_TUNE, C_OPEN_WAIT, C_OPEN, C_CLOSING = ConnState
+CH_OPEN, CH_HEADER, CH_BODY, CH_CLOSING = ChannelState
+
+
 class ConnectionError_(Exception):
     """An AMQP connection exception: Connection.Close with this code, then the end."""
 
@@ -142,7 +148,7 @@ class Channel:
     confirming: bool = False
     confirm_offset: int = 0  # publishes numbered before confirm.select
     prefetch: int = 0  # basic.qos: for consumers started after it
-    state: ChannelState = ChannelState.OPEN
+    state: ChannelState = CH_OPEN
     publish: amqp.Basic.Publish | None = None  # content being assembled
     body_size: int = 0
     properties: Properties | None = None
@@ -153,7 +159,7 @@ class Channel:
 
     @property
     def closing(self) -> bool:
-        return self.state is ChannelState.CLOSING
+        return self.state is CH_CLOSING
 
 
 class AmqpFrontEnd:
@@ -178,7 +184,7 @@ class AmqpFrontEnd:
         self.access: Access | None = None
         self.user = ""
         self.client_properties: dict[str, Any] = {}
-        self.state = ConnState.START
+        self.state = C_START
         self.closed = False
         self.sessions_opened: list[Session] = []
         self.sessions_closed: list[Session] = []
@@ -203,7 +209,7 @@ class AmqpFrontEnd:
 
     def authenticated(self, user: str) -> None:
         self.user = user
-        self.state = ConnState.TUNE
+        self.state = C_TUNE
         self._send(
             0,
             amqp.Connection.Tune(
@@ -217,15 +223,15 @@ class AmqpFrontEnd:
 
     def opened(self, vhost: Vhost, access: Access) -> None:
         self.vhost, self.access = vhost, access
-        self.state = ConnState.OPEN
+        self.state = C_OPEN
         self._send(0, amqp.Connection.OpenOk())
 
     def close_connection(self, code: int, text: str, method: Any = None) -> None:
-        if self.state is ConnState.CLOSING:
+        if self.state is C_CLOSING:
             return
         class_id, method_id = _ids(method)
         self._send(0, amqp.Connection.Close(code, short_text(text), class_id, method_id))
-        self.state = ConnState.CLOSING
+        self.state = C_CLOSING
 
     # --- frames in --------------------------------------------------------------------------
 
@@ -237,9 +243,9 @@ class AmqpFrontEnd:
         try:
             if channel == 0:
                 return self._connection_frame(frame)
-            if self.state is ConnState.CLOSING:
+            if self.state is C_CLOSING:
                 return None  # only close / close-ok count now
-            if self.state is not ConnState.OPEN:
+            if self.state is not C_OPEN:
                 raise ConnectionError_(504, "CHANNEL_ERROR - a channel before connection.open")
             return self._channel_frame(channel, frame, now)
         except ConnectionError_ as exc:
@@ -252,9 +258,9 @@ class AmqpFrontEnd:
         kind = type(frame)
         if kind is amqp.Connection.Close:
             self._send(0, amqp.Connection.CloseOk())
-            self.state = ConnState.CLOSING
+            self.state = C_CLOSING
             return Closed()
-        if self.state is ConnState.CLOSING:
+        if self.state is C_CLOSING:
             return Closed() if kind is amqp.Connection.CloseOk else None
         handler = _CONNECTION_METHODS[self.state].get(kind)
         if handler is not None:
@@ -276,7 +282,7 @@ class AmqpFrontEnd:
             raise ConnectionError_(530, "NOT_ALLOWED - frame_max below 4096", frame)
         self.frame_max = min(frame.frame_max or DEFAULT_FRAME_MAX, DEFAULT_FRAME_MAX)
         self.heartbeat = frame.heartbeat
-        self.state = ConnState.OPEN_WAIT
+        self.state = C_OPEN_WAIT
 
     def _open(self, frame: Any) -> OpenVhost:
         return OpenVhost(frame.virtual_host or "/")
@@ -306,13 +312,13 @@ class AmqpFrontEnd:
         if ch is None:
             raise ConnectionError_(504, f"CHANNEL_ERROR - no channel {number}", frame)
         state = ch.state
-        if state is ChannelState.CLOSING:
+        if state is CH_CLOSING:
             if kind is amqp.Channel.CloseOk:
                 del self.channels[number]
             return None
         if kind is Content:
             return self._whole_content(ch, frame, now)
-        if state is not ChannelState.OPEN:
+        if state is not CH_OPEN:
             return self._content(ch, frame, now)
         try:
             return self._method(ch, frame, now)
@@ -329,7 +335,7 @@ class AmqpFrontEnd:
         """A channel exception: its session ends (unacked requeued), the client is told."""
         class_id, method_id = _ids(method)
         self._send(ch.number, amqp.Channel.Close(code, short_text(text), class_id, method_id))
-        ch.state = ChannelState.CLOSING
+        ch.state = CH_CLOSING
         self._end_session(ch)
 
     def _end_session(self, ch: Channel) -> None:
@@ -344,7 +350,7 @@ class AmqpFrontEnd:
         here; anything else goes through the frame-by-frame path, so it is answered alike."""
         publish, header = content.publish, content.header
         if (
-            ch.state is ChannelState.OPEN
+            ch.state is CH_OPEN
             and ch.tx is None
             and not publish.immediate
             and header.body_size <= self.max_message_size
@@ -367,7 +373,7 @@ class AmqpFrontEnd:
 
     def _content(self, ch: Channel, frame: Any, now: float) -> Any:
         """A publish's header or body frame (the channel's state says which may come)."""
-        if type(frame) is Header and ch.state is ChannelState.HEADER:
+        if type(frame) is Header and ch.state is CH_HEADER:
             if frame.body_size > self.max_message_size:
                 reason = (
                     f"message size {frame.body_size} is larger than the maximum of "
@@ -383,8 +389,8 @@ class AmqpFrontEnd:
                 self._close_channel(ch, 406, f"PRECONDITION_FAILED - {reason}", publish)
                 return None
             ch.properties, ch.body_size = frame.properties, frame.body_size
-            ch.state = ChannelState.BODY
-        elif type(frame) is ContentBody and ch.state is ChannelState.BODY:
+            ch.state = CH_BODY
+        elif type(frame) is ContentBody and ch.state is CH_BODY:
             ch.parts.append(frame.value)
             ch.received += len(frame.value)
             if ch.received > ch.body_size:
@@ -398,7 +404,7 @@ class AmqpFrontEnd:
         publish, properties = ch.publish, ch.properties
         body = ch.parts[0] if len(ch.parts) == 1 else b"".join(ch.parts)
         ch.publish, ch.properties, ch.parts, ch.received, ch.body_size = None, None, [], 0, 0
-        ch.state = ChannelState.OPEN
+        ch.state = CH_OPEN
         assert publish is not None and properties is not None and self.vhost is not None
         message = Message(
             exchange=publish.exchange,
@@ -446,7 +452,7 @@ class AmqpFrontEnd:
         if m.immediate:
             raise ConnectionError_(540, "NOT_IMPLEMENTED - immediate=true", m)
         ch.publish = m
-        ch.state = ChannelState.HEADER
+        ch.state = CH_HEADER
 
     def _basic_ack(self, ch: Channel, m: Any, now: float) -> None:
         self._vhost.ack(ch.session, m.delivery_tag, multiple=m.multiple, now=now)
@@ -749,10 +755,10 @@ class AmqpFrontEnd:
 
 #: What a client may send on channel 0 in each state (besides connection.close, taken in any).
 _CONNECTION_METHODS: dict[ConnState, dict[type, Callable[[AmqpFrontEnd, Any], Any]]] = {
-    ConnState.START: {amqp.Connection.StartOk: AmqpFrontEnd._start_ok},
-    ConnState.TUNE: {amqp.Connection.TuneOk: AmqpFrontEnd._tune_ok},
-    ConnState.OPEN_WAIT: {amqp.Connection.Open: AmqpFrontEnd._open},
-    ConnState.OPEN: {amqp.Connection.UpdateSecret: AmqpFrontEnd._update_secret},
+    C_START: {amqp.Connection.StartOk: AmqpFrontEnd._start_ok},
+    C_TUNE: {amqp.Connection.TuneOk: AmqpFrontEnd._tune_ok},
+    C_OPEN_WAIT: {amqp.Connection.Open: AmqpFrontEnd._open},
+    C_OPEN: {amqp.Connection.UpdateSecret: AmqpFrontEnd._update_secret},
 }
 
 _Handler = Callable[[AmqpFrontEnd, Channel, Any, float], None]

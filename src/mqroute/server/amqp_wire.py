@@ -23,7 +23,7 @@ from ..protocol.amqp import (
     method_bytes,
     short_text,
 )
-from .amqp_front import AmqpFrontEnd, Authenticate, Closed, ConnState, OpenVhost
+from .amqp_front import C_CLOSING, AmqpFrontEnd, Authenticate, Closed, OpenVhost
 from .driver import END, Driver, Wire
 
 _PUBLISHES = (amqp.Basic.Publish, Content)  # what a paused connection is not read past
@@ -50,7 +50,7 @@ class AmqpWire(Wire):
 
     @property
     def closing(self) -> bool:
-        return self.front.state is ConnState.CLOSING
+        return self.front.state is C_CLOSING
 
     # --- bytes in ------------------------------------------------------------------------
 
@@ -188,7 +188,7 @@ class AmqpWire(Wire):
 
     def close_item(self, code: str | None, text: str) -> Any:
         number = _CLOSE_CODES.get(code or "", REPLY_CODES.get(code or "", 541))
-        self.front.state = ConnState.CLOSING
+        self.front.state = C_CLOSING
         return method_bytes(0, amqp.Connection.Close(number, short_text(f"{code} - {text}"), 0, 0))
 
     def blocked_item(self, reason: str | None) -> Any:
