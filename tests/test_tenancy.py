@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 import trio
+import trio.testing
 
 import mqroute
 from mqroute.core.access import Permissions
@@ -76,3 +77,61 @@ async def test_direct_reply_to_addresses_cannot_be_guessed(
                 await forger.publish("", request.reply_to, b"the real answer")
             answer = await replies.__anext__()
             assert answer.body == b"the real answer"
+
+
+# --- logins ------------------------------------------------------------------------------------
+
+
+def counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every password check the node makes, by the password tried, in order."""
+    import mqroute.server.node as node_module
+
+    calls: list[str] = []
+    real = node_module.verify_password
+
+    def verify(password: str, stored: str) -> bool:
+        calls.append(password)
+        return real(password, stored)
+
+    monkeypatch.setattr(node_module, "verify_password", verify)
+    return calls
+
+
+async def test_an_unknown_user_costs_the_same_hash_as_a_wrong_password(
+    world: tuple[ServerAddress, Vhost], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    address, _ = world
+    calls = counting(monkeypatch)
+    for user in ("nobody", "mgr"):
+        with pytest.raises(mqroute.MQRouteError, match="unknown user or wrong password"):
+            async with mqroute.connect(f"mqroute://{user}:wrong@127.0.0.1:{address.port}"):
+                pass
+    assert calls == ["wrong", "wrong"]  # one hash each: the refusals take the same time
+
+
+async def test_guessers_hold_one_place_in_the_hashing_line(
+    nursery: trio.Nursery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mqroute.server.node import HASHES_IN_FLIGHT
+
+    d = Definitions.default(fast=True)
+    d.add_user("bob", "bobs secret")  # real scrypt: checked in a worker thread
+    d.add_user("alice", "alices secret")
+    d.set_permissions("alice", "/", Permissions(".*", ".*", ".*"))
+    config = ServerConfig(port=0, definitions=d, login_failure_delay=0.0)
+    address = await nursery.start(functools.partial(serve, config))
+    calls = counting(monkeypatch)
+
+    async def guess(n: int) -> None:
+        with pytest.raises(mqroute.MQRouteError):
+            async with mqroute.connect(f"mqroute://bob:guess{n}@127.0.0.1:{address.port}"):
+                pass
+
+    async with trio.open_nursery() as guessers:
+        for n in range(20):
+            guessers.start_soon(guess, n)
+        await trio.testing.wait_all_tasks_blocked()  # all twenty wait for their hashes
+        url = f"mqroute://alice:alices%20secret@127.0.0.1:{address.port}"
+        async with mqroute.connect(url) as conn:
+            await conn.declare_queue("alice-q")
+    assert calls.index("alices secret") <= HASHES_IN_FLIGHT  # not behind twenty guesses

@@ -9,6 +9,7 @@ shell of the vhost it asked for.
 
 from __future__ import annotations
 
+import base64
 import functools
 import ipaddress
 import logging
@@ -33,6 +34,9 @@ from .shell import Shell, run_vhost
 from .store import MemoryStore, PageFile, SqliteStore, Store
 from .users import (
     DEFAULT_VHOST,
+    SCRYPT_N,
+    SCRYPT_P,
+    SCRYPT_R,
     Definitions,
     PasswordCache,
     definitions_path,
@@ -44,6 +48,10 @@ from .users import (
 log = logging.getLogger("mqroute.server")
 
 FAILED_LOGIN_LOG_INTERVAL = 60.0  # seconds: a failing address is logged once per interval
+# Password hashes (scrypt, about 50 ms and 16 MiB each) computed at once; more logins wait
+# their turn, each address and user holding one place in the line, so a guesser's hundred
+# connections are one place and a login by anyone else is answered after a few hashes.
+HASHES_IN_FLIGHT = 2
 
 
 class LoginRefused(AccessRefused):
@@ -90,6 +98,8 @@ class Node:
     by_host: dict[str, int] = attrs.Factory(dict)
     failed_logins: dict[str, tuple[float, int]] = attrs.Factory(dict)  # host -> (logged, count)
     ssl_context: ssl.SSLContext | None = None  # what new TLS clients get (reload: SIGHUP)
+    hashing: trio.CapacityLimiter = attrs.Factory(lambda: trio.CapacityLimiter(HASHES_IN_FLIGHT))
+    _hash_lines: dict[tuple[str, str], trio.Lock] = attrs.Factory(dict)  # (host, user)
     _definitions_mtime: float = 0.0
     _nursery: trio.Nursery | None = None
     _scopes: dict[str, trio.CancelScope] = attrs.Factory(dict)
@@ -182,24 +192,46 @@ class Node:
     async def _authenticate(self, user: str, password: str, host: str) -> None:
         self.reload_definitions()
         found = self.definitions.users.get(user)
-        if found is None:
-            raise LoginRefused(f"login refused for user {user!r}: unknown user or wrong password")
-        if user in self.config.loopback_users and not is_loopback(host):
+        if found is not None and user in self.config.loopback_users and not is_loopback(host):
             raise LoginRefused(
                 f"user {user!r} may only log in from localhost (a loopback user, as RabbitMQ's "
                 "guest); create a user of your own for remote clients"
             )
-        stored = found.password_hash
-        if not self.passwords.known(user, stored, password):
-            if is_cheap(stored):
-                ok = verify_password(password, stored)
-            else:  # about 50 ms of scrypt: off the event loop
-                ok = await trio.to_thread.run_sync(verify_password, password, stored)
-            if not ok:
+        # An unknown user costs the same hash as a wrong password: the time of a refusal
+        # does not tell which user names exist.
+        stored = found.password_hash if found is not None else self._unknown_user_hash()
+        if found is None or not self.passwords.known(user, stored, password):
+            ok = await self._check_password(password, stored, host, user)
+            if not ok or found is None:
                 raise LoginRefused(
                     f"login refused for user {user!r}: unknown user or wrong password"
                 )
             self.passwords.remember(user, stored, password)
+
+    async def _check_password(self, password: str, stored: str, host: str, user: str) -> bool:
+        """scrypt off the event loop, at most HASHES_IN_FLIGHT at once, one place in the
+        line for each address and user (see HASHES_IN_FLIGHT)."""
+        if is_cheap(stored):  # definitions made for tests: microseconds
+            return verify_password(password, stored)
+        key = (host, user)
+        line = self._hash_lines.setdefault(key, trio.Lock())
+        try:
+            async with line:
+                return await trio.to_thread.run_sync(
+                    verify_password, password, stored, limiter=self.hashing
+                )
+        finally:
+            if not line.locked() and not line.statistics().tasks_waiting:
+                self._hash_lines.pop(key, None)
+
+    def _unknown_user_hash(self) -> str:
+        """A hash nobody's password matches, as costly as the users' own."""
+        known = next(iter(self.definitions.users.values()), None)
+        params = known.password_hash.split("$")[1:4] if known is not None else []
+        if len(params) != 3:
+            params = [str(SCRYPT_N), str(SCRYPT_R), str(SCRYPT_P)]
+        salt, digest = base64.b64encode(os.urandom(16)), base64.b64encode(os.urandom(32))
+        return "$".join(["scrypt", *params, salt.decode(), digest.decode()])
 
     def _log_failed_login(self, host: str, user: str, exc: Exception) -> None:
         now = trio.current_time()
