@@ -290,3 +290,15 @@ async def test_a_client_resetting_its_socket_mid_write_is_a_lost_connection_not_
             await trio.testing.wait_all_tasks_blocked()
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert any("connection lost" in r.getMessage() for r in caplog.records)
+
+
+async def test_connection_lines_are_logged_at_a_bounded_rate(
+    server: ServerAddress, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="mqroute"):
+        for _ in range(150):
+            async with mqroute.connect(server.url, heartbeat=0):
+                pass
+    lines = [r.getMessage() for r in caplog.records]
+    assert sum(" opened from " in line for line in lines) <= 100
+    assert sum(" closed (" in line for line in lines) <= 100

@@ -18,7 +18,6 @@ framing, its handshake and login, what each frame does, and how its frames are w
 from __future__ import annotations
 
 import abc
-import logging
 import ssl
 import time
 from collections import deque
@@ -34,8 +33,6 @@ from ..errors import ProtocolError
 if TYPE_CHECKING:
     from .node import Node
     from .shell import Shell
-
-log = logging.getLogger("mqroute.server")
 
 RECEIVE_SIZE = 256 * 1024
 # Frames one connection's reader handles before it yields to the others, or seconds it spends
@@ -240,7 +237,7 @@ class Driver:
         finally:
             shell.drain()  # what it held went back: other consumers get it
             self.shell = None
-            log.info("%s closed (%s)", self.id, self.wire.kind)
+            self.node.log_connection("%s closed (%s)", self.id, self.wire.kind)
 
     # --- the connection's life -----------------------------------------------------------
 
@@ -259,7 +256,7 @@ class Driver:
         if not opened:
             return
         assert self.shell is not None
-        log.info(
+        self.node.log_connection(
             "%s opened from %s (%s, client %r, user %r, vhost %r)",
             self.id,
             self.peer,
@@ -467,7 +464,7 @@ class Driver:
             if item is not None:
                 self.send(item)
                 self._told = policy.tell
-            log.info("%s: publishing blocked: %s", self.id, policy.tell)
+            self.node.log_connection("%s: publishing blocked: %s", self.id, policy.tell)
         elif policy.tell is None and self._told is not None:
             self.send(self.wire.blocked_item(None))
             self._told = None
@@ -476,7 +473,7 @@ class Driver:
                 self._unblocked = trio.Event()
                 self.publishing_paused = True
         elif not self._unblocked.is_set():
-            log.info("%s: publishing resumed", self.id)
+            self.node.log_connection("%s: publishing resumed", self.id)
             self._unblocked.set()
             self.publishing_paused = False
             self._taken_while_blocked = 0

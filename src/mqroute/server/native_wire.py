@@ -5,7 +5,6 @@ must wait: a login, bodies read back from disk, a redrive in steps, a paused pub
 from __future__ import annotations
 
 import functools
-import logging
 from typing import Any
 
 import attrs
@@ -39,8 +38,6 @@ from ..protocol import (
 from .admin import inspect
 from .driver import Driver, Wire
 from .native import NativeFrontEnd
-
-log = logging.getLogger("mqroute.server")
 
 _SETTLES = (Ack, Nack, Release, Extend)
 
@@ -134,7 +131,9 @@ class NativeWire(Wire):
             front.too_large(event)
         elif kind is Close:
             if event.code is not None:
-                log.info("%s: client closed with %r %r", driver.id, event.code, event.text)
+                driver.node.log_connection(
+                    "%s: client closed with %r %r", driver.id, event.code, event.text
+                )
             self.release()  # before the reply, so the client sees its queues gone
             driver.end(None, "closed by client")
             return False

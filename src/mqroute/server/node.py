@@ -92,6 +92,8 @@ class Node:
     definitions: Definitions
     shells: dict[str, Shell] = attrs.Factory(dict)
     bad_log: LogLimit = attrs.Factory(LogLimit)
+    # Connections opening, closing, blocked: a churning client must not fill the disk either.
+    connection_log: LogLimit = attrs.Factory(lambda: LogLimit(burst=100, interval=60.0))
     passwords: PasswordCache = attrs.Factory(PasswordCache)
     max_connections: int = 10_000
     open_connections: int = 0
@@ -142,6 +144,15 @@ class Node:
                 *args,
                 exc_info=exc_info,
             )
+
+    def log_connection(self, message: str, *args: object) -> None:
+        """A connection's life at INFO (opened, closed, blocked): a hundred lines a minute at
+        most, with a count of the rest, however fast clients come and go."""
+        allowed, suppressed = self.connection_log.allow(trio.current_time())
+        if allowed:
+            if suppressed:
+                message += f" ({suppressed} connection lines suppressed)"
+            log.info(message, *args)
 
     def load_tls(self) -> None:
         """(Re)read the certificate and key. Connections already open keep theirs; new ones
