@@ -238,7 +238,9 @@ async def test_a_flood_into_an_unconsumed_queue_is_paged_instead_of_blocked(
                 for i in range(20_000):
                     await pub.publish("", "flood", b"%08d" % i + b"x" * (BODY - 8))
                     assert conn.blocked is None
-            assert broker.flow.paging and broker.ledger.used < limit
+            # Paging keeps it near the watermark. If the pager's thread lags (a cold disk),
+            # the alarm takes effect at the next publish, so up to one confirm window more.
+            assert broker.flow.paging and broker.ledger.used < limit + 100 * COST
             with trio.fail_after(10):  # the pager writes in the background
                 while broker.pager.take([], 0).out or any(
                     e.message is not None and not e.paged
