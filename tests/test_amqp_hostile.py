@@ -659,7 +659,7 @@ def test_decoding_a_frame_holds_no_more_memory_than_a_few_frames() -> None:
     wide = b"\x01kA" + struct.pack(">I", 0)  # an empty array per entry
     tables = [
         table_bytes(16, kind="A"),  # at the limit, nested
-        struct.pack(">I", len(wide) * 18_000) + wide * 18_000,  # 126 KiB of entries
+        struct.pack(">I", len(wide) * 8000) + wide * 8000,  # 8,000 entries: 56 KiB
     ]
     for data in tables:
         tracemalloc.start()
@@ -667,3 +667,15 @@ def test_decoding_a_frame_holds_no_more_memory_than_a_few_frames() -> None:
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert peak < 4 * 1024 * 1024  # the values it returns; no copies of the frame
+
+
+def test_a_frame_of_more_table_values_than_the_limit_is_a_frame_error() -> None:
+    from mqroute.protocol.amqp_fields import MAX_FIELD_VALUES, FieldError, decode_table
+
+    def table(count: int) -> bytes:
+        entries = b"\x01kV" * count
+        return struct.pack(">I", len(entries)) + entries
+
+    assert len(decode_table(table(MAX_FIELD_VALUES))) == 1  # one key, written again and again
+    with pytest.raises(FieldError, match=f"more than {MAX_FIELD_VALUES} values"):
+        decode_table(table(MAX_FIELD_VALUES + 1))

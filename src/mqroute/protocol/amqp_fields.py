@@ -21,6 +21,11 @@ from pamqp import commands
 from ..errors import RemoteProtocolError
 from .values import MAX_NESTING
 
+#: Values one frame's field tables may hold in all. Real tables hold tens (a client's
+#: properties, Celery's headers) to a few thousand (a long x-death history); a 128 KiB frame
+#: of tiny entries holds 43,000, and decoding them held the event loop for 60 ms.
+MAX_FIELD_VALUES = 8192
+
 
 class FieldError(RemoteProtocolError):
     """A frame's fields cannot be read, or exceed a limit: 501 FRAME_ERROR, the connection
@@ -54,10 +59,11 @@ _FIXED: dict[int, struct.Struct] = {
 class _Reader:
     """One frame's payload and a position in it."""
 
-    __slots__ = ("data", "end", "pos")
+    __slots__ = ("data", "end", "left", "pos")
 
     def __init__(self, data: bytes | bytearray | memoryview, pos: int, end: int) -> None:
         self.data, self.pos, self.end = data, pos, end
+        self.left = MAX_FIELD_VALUES  # values its tables may still hold
 
     def take(self, n: int) -> int:
         """The position of the next ``n`` bytes, which are then passed."""
@@ -120,6 +126,9 @@ class _Reader:
         native protocol counts it)."""
         if depth > MAX_NESTING:
             raise FieldError(f"a field table is nested deeper than {MAX_NESTING} levels")
+        self.left -= 1
+        if self.left < 0:
+            raise FieldError(f"field tables hold more than {MAX_FIELD_VALUES} values in a frame")
         kind = self.data[self.take(1)]
         fixed = _FIXED.get(kind)
         if fixed is not None:

@@ -35,8 +35,8 @@ if TYPE_CHECKING:
     from .shell import Shell
 
 RECEIVE_SIZE = 256 * 1024
-# Frames one connection's reader handles before it yields to the others, or seconds it spends
-# (looked at every 8 frames), whichever comes first. Short turns keep a consumer's
+# Frames one connection's reader handles before it yields to the others, or seconds it spends,
+# whichever comes first. Short turns keep a consumer's
 # ack-to-delivery round trip short while a paced publisher's socket is full: 128 frames / 5 ms
 # gave 27.5k msg/s at a 256 KiB queue flow limit, 16 / 0.5 ms 31.7k (docs/performance.md).
 FRAMES_PER_TURN = 16
@@ -47,6 +47,7 @@ TURN_SECONDS = 0.0005
 PENDING_OUTPUT_BYTES = 1024 * 1024
 ITEM_COST = 256
 BLOCKED_GRACE_BYTES = 256 * 1024  # publishes taken after the client was told it is blocked
+MANY_SESSIONS = 100  # a connection that held this many gives their memory back when it ends
 
 #: What ``Driver.read_item`` returns once the handshake cannot go on (the wire said why).
 END: Any = object()
@@ -208,13 +209,15 @@ class Driver:
 
     async def _finish(self) -> None:
         try:
-            self._release()
+            sessions = self._release()
             unsent = self._replies or (self._close is not None and not self._close_sent)
             if unsent and not self._writing:
                 # Closed from outside the writer (missed heartbeats, an internal error), or
                 # refused in the handshake: the client still hears why, if it listens.
                 with trio.move_on_after(self.config.close_timeout):
                     await self._write(self._ready_chunks(with_close=True))
+            if sessions >= MANY_SESSIONS:
+                await self.node.give_back_memory()
         except Exception:  # the socket is gone, or the release failed: logged once, over
             self.node.log_limited("%s: error while closing", self.id, exc_info=True)
         finally:
@@ -223,14 +226,16 @@ class Driver:
             # is freed at once, without waiting for a full collection.
             self.wire.driver = None  # type: ignore[assignment]
 
-    def _release(self) -> None:
+    def _release(self) -> int:
+        """Close the connection's sessions; how many it held."""
         shell = self.shell
         self._unblocked.set()
         self.publishing_paused = False
         if shell is None:
-            return
+            return 0
+        sessions = list(self.wire.sessions())
         try:
-            for session in list(self.wire.sessions()):
+            for session in sessions:
                 shell.by_session.pop(session.id, None)
             shell.registry.connections.pop(self.id, None)
             self.wire.release()
@@ -238,6 +243,7 @@ class Driver:
             shell.drain()  # what it held went back: other consumers get it
             self.shell = None
             self.node.log_connection("%s closed (%s)", self.id, self.wire.kind)
+        return len(sessions)
 
     # --- the connection's life -----------------------------------------------------------
 
@@ -341,9 +347,9 @@ class Driver:
         turn_started = trio.current_time()
         while self._close is None:
             handled += 1
-            if handled >= FRAMES_PER_TURN or (
-                not handled & 7 and trio.current_time() - turn_started > TURN_SECONDS
-            ):
+            # The clock is read every frame: one frame may cost milliseconds (a field table
+            # of 40,000 entries), and the turn must end right after it.
+            if handled >= FRAMES_PER_TURN or trio.current_time() - turn_started > TURN_SECONDS:
                 # A flood from one connection (or a few costly frames) must not hold up the
                 # others: their acks give consumers credit, and the writers deliver.
                 handled = 0

@@ -48,6 +48,7 @@ from .users import (
 log = logging.getLogger("mqroute.server")
 
 FAILED_LOGIN_LOG_INTERVAL = 60.0  # seconds: a failing address is logged once per interval
+TRIM_INTERVAL = 1.0  # seconds between two returns of the C heap's free memory to the system
 # Password hashes (scrypt, about 50 ms and 16 MiB each) computed at once; more logins wait
 # their turn, each address and user holding one place in the line, so a guesser's hundred
 # connections are one place and a login by anyone else is answered after a few hashes.
@@ -102,6 +103,7 @@ class Node:
     ssl_context: ssl.SSLContext | None = None  # what new TLS clients get (reload: SIGHUP)
     hashing: trio.CapacityLimiter = attrs.Factory(lambda: trio.CapacityLimiter(HASHES_IN_FLIGHT))
     _hash_lines: dict[tuple[str, str], trio.Lock] = attrs.Factory(dict)  # (host, user)
+    _last_trim: float = -math.inf
     _definitions_mtime: float = 0.0
     _nursery: trio.Nursery | None = None
     _scopes: dict[str, trio.CancelScope] = attrs.Factory(dict)
@@ -153,6 +155,15 @@ class Node:
             if suppressed:
                 message += f" ({suppressed} connection lines suppressed)"
             log.info(message, *args)
+
+    async def give_back_memory(self) -> None:
+        """A connection that held many sessions closed: what they freed stays in the C heap
+        (glibc keeps its pages), so RSS would stay at its high-water mark. Return it, in a
+        worker thread, at most once every TRIM_INTERVAL."""
+        now = trio.current_time()
+        if now - self._last_trim >= TRIM_INTERVAL:
+            self._last_trim = now
+            await trio.to_thread.run_sync(resources.release_free_memory)
 
     def load_tls(self) -> None:
         """(Re)read the certificate and key. Connections already open keep theirs; new ones
