@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import trio
 
 from mqroute.protocol import NEED_DATA, Connection, Consume, Frame, Hello, PeerClosed, Role, Welcome
@@ -95,3 +97,41 @@ async def start_server_process(
             match = re.search(rb"listening on (mqroute://\S+)", buffer)
             if match:
                 return process, match.group(1).decode(), buffer.decode().splitlines()
+
+
+class DriverRecorder:
+    """Weak references to the connection drivers whose id starts with ``prefix``, and a way
+    to wait until ``count`` of them have ended: to show a closed connection is freed by
+    reference counting alone (run with the collector off)."""
+
+    def __init__(self, monkeypatch: Any, prefix: str) -> None:
+        import weakref
+
+        from mqroute.server.driver import Driver
+
+        self.made: list[weakref.ref[Driver]] = []
+        self._finished = trio.Semaphore(0)
+        run = Driver.run
+
+        async def recording_run(driver: Driver) -> None:
+            mine = driver.id.startswith(prefix)
+            if mine:
+                self.made.append(weakref.ref(driver))
+            try:
+                await run(driver)
+            finally:
+                if mine:
+                    self._finished.release()
+
+        monkeypatch.setattr(Driver, "run", recording_run)
+
+    async def until_ended(self, count: int) -> None:
+        import trio.testing
+
+        with trio.fail_after(5):
+            for _ in range(count):
+                await self._finished.acquire()
+        await trio.testing.wait_all_tasks_blocked()
+
+    def alive(self) -> list[object]:
+        return [ref() for ref in self.made if ref() is not None]

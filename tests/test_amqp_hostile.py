@@ -31,6 +31,7 @@ from mqroute.server.driver import ITEM_COST, PENDING_OUTPUT_BYTES
 from mqroute.server.users import Definitions
 
 from .amqp_raw import PIKA_WORKER, RawAmqp, start_ok_bytes, table_bytes
+from .helpers import DriverRecorder
 
 
 @pytest.fixture
@@ -568,24 +569,8 @@ async def test_a_closed_amqp_connection_is_freed_without_a_full_collection(
     address: ServerAddress, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import gc
-    import weakref
 
-    from mqroute.server.driver import Driver
-
-    made: list[weakref.ref[Driver]] = []
-    finished = trio.Semaphore(0)
-    run = Driver.run
-
-    async def recording_run(self: Driver) -> None:
-        if self.id.startswith("amqp-"):
-            made.append(weakref.ref(self))
-        try:
-            await run(self)
-        finally:
-            if self.id.startswith("amqp-"):
-                finished.release()
-
-    monkeypatch.setattr(Driver, "run", recording_run)
+    drivers = DriverRecorder(monkeypatch, "amqp-")
     gc.collect()
     gc.disable()
     try:
@@ -595,12 +580,8 @@ async def test_a_closed_amqp_connection_is_freed_without_a_full_collection(
         await partial.stream.aclose()
         raw = await RawAmqp.connect(address, login=False)  # never logs in
         await raw.stream.aclose()
-        with trio.fail_after(5):
-            for _ in range(3):
-                await finished.acquire()
-        await trio.testing.wait_all_tasks_blocked()
-        assert len(made) == 3
-        assert [ref() for ref in made] == [None, None, None]
+        await drivers.until_ended(3)
+        assert len(drivers.made) == 3 and drivers.alive() == []
     finally:
         gc.enable()
 

@@ -22,7 +22,7 @@ import mqroute
 from mqroute.protocol import Close, Heartbeat, Publish
 from mqroute.server import ServerAddress
 
-from .helpers import RawClient, consume_frame
+from .helpers import DriverRecorder, RawClient, consume_frame
 from .test_durability import running
 
 
@@ -159,22 +159,8 @@ async def test_a_closed_connection_is_freed_without_a_full_collection(
     server: ServerAddress, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import gc
-    import weakref
 
-    from mqroute.server.driver import Driver
-
-    made: list[weakref.ref[Driver]] = []
-    finished = trio.Semaphore(0)
-    run = Driver.run
-
-    async def recording_run(self: Driver) -> None:
-        made.append(weakref.ref(self))
-        try:
-            await run(self)
-        finally:
-            finished.release()
-
-    monkeypatch.setattr(Driver, "run", recording_run)
+    drivers = DriverRecorder(monkeypatch, "conn-")
     gc.collect()
     gc.disable()
     try:
@@ -189,12 +175,8 @@ async def test_a_closed_connection_is_freed_without_a_full_collection(
         silent = await trio.open_tcp_stream(server.host, server.port)  # never says hello
         await silent.send_all(b"\x00\x00")
         await silent.aclose()
-        with trio.fail_after(5):
-            for _ in range(3):
-                await finished.acquire()
-        await trio.testing.wait_all_tasks_blocked()
-        assert len(made) == 3
-        assert [ref() for ref in made] == [None, None, None]
+        await drivers.until_ended(3)
+        assert len(drivers.made) == 3 and drivers.alive() == []
     finally:
         gc.enable()
 
