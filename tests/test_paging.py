@@ -301,3 +301,27 @@ def test_memory_freed_by_paging_goes_back_to_the_system() -> None:
     after = resources.process_memory()
     assert before - after > 50 * 2**20, (before, after)
     assert len(kept) == 6250
+
+
+def test_a_deleted_queue_gives_the_page_files_space_back(tmp_path: Path) -> None:
+    from mqroute.model import Message
+    from mqroute.server.store import PageFile
+
+    pages = PageFile(tmp_path)
+    try:
+
+        def on_disk() -> int:
+            return sum(p.stat().st_size for p in tmp_path.glob(PAGE_FILE_NAME + "*"))
+
+        body = b"p" * 64 * 1024
+        for start in range(0, 2000, 200):  # 128 MB paged out, as a flood would be
+            out = [
+                (7, seq, Message(exchange="", routing_key="q", body=body))
+                for seq in range(start, start + 200)
+            ]
+            pages.apply(out, [], [])
+        assert on_disk() > 120_000_000
+        pages.apply([], [], [7])  # the queue was deleted
+        assert on_disk() < 20_000_000
+    finally:
+        pages.close()

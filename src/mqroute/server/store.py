@@ -289,6 +289,9 @@ class SqliteStore:
 PAGE_FILE_NAME = "paging.db"
 
 
+PAGE_FILE_SLACK = 16 * 1024 * 1024  # free bytes the page file keeps before giving them back
+
+
 class PageFile:
     """Message bodies paged out under memory pressure (``paging.py``): a scratch SQLite file
     beside the store, emptied at every start and never fsync'd, because what it holds is
@@ -305,6 +308,9 @@ class PageFile:
         try:
             os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            # Pages freed by deletes can be handed back to the system (give_back); it must be
+            # set before the first table.
+            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=OFF")
             # A rowid table: rows arrive in order, so inserts append (a WITHOUT ROWID table
@@ -318,6 +324,7 @@ class PageFile:
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot create the page file {self.path}: {exc}") from None
         self._reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._page_size = self._db.execute("PRAGMA page_size").fetchone()[0]
 
     def _remove_files(self) -> None:
         for suffix in ("", "-wal", "-shm"):
@@ -348,6 +355,19 @@ class PageFile:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise
+        if drop or drop_queues:
+            self._give_back()
+
+    def _give_back(self) -> None:
+        """Hand the pages of deleted rows back to the system once there are many: a flood
+        that was paged out and then deleted or purged must not keep its disk space (it
+        counts against the disk everyone shares) until the next restart."""
+        db = self._db
+        free = db.execute("PRAGMA freelist_count").fetchone()[0] * self._page_size
+        if free >= PAGE_FILE_SLACK:
+            # executescript steps it to the end (execute would free one page)
+            db.executescript("PRAGMA incremental_vacuum;")
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the WAL holds the moved pages
 
     def read(self, uid: int, seqs: list[int]) -> dict[int, Message]:
         rows = self._reader.execute(
