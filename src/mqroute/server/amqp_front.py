@@ -185,7 +185,6 @@ class AmqpFrontEnd:
         self.user = ""
         self.client_properties: dict[str, Any] = {}
         self.state = C_START
-        self.closed = False
         self.sessions_opened: list[Session] = []
         self.sessions_closed: list[Session] = []
 

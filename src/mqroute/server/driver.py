@@ -501,9 +501,6 @@ class Driver:
             self._drained = trio.Event()
         self._wakeup.set()
 
-    def _wake(self) -> None:  # the name the shell's drain and committer call
-        self.wake()
-
     def send(self, item: Any) -> None:
         """Write ``item`` after what is queued, now."""
         self._queue(item, True)

@@ -164,7 +164,7 @@ class Shell:
             for session_id in effects.output:
                 conn = by_session.get(session_id)
                 if conn is not None:
-                    conn._wake()
+                    conn.wake()
             effects.output.clear()
         if effects.deadline is not None:
             if self.timer_at is None or effects.deadline < self.timer_at:
@@ -191,7 +191,7 @@ class Shell:
         while waiting and waiting[0][0] <= number:
             _, slot, conn = waiting.popleft()
             slot[1] = True
-            conn._wake()
+            conn.wake()
 
     async def wait_read_back(self, queue: MessageQueue) -> None:
         """Until a page-in of ``queue``'s messages is done (drain first: it may be the one
